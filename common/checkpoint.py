@@ -1,0 +1,170 @@
+"""Checkpoint files: atomic, checksummed, keep-N plus best, newest-valid auto-resume.
+
+Layout: out_dir/checkpoints/step_00001200/{state.pt, MANIFEST.json}, best.json.
+A checkpoint is written into a hidden temp directory, fsynced, then renamed into
+place; MANIFEST.json (sha256 and size of every file) is written last, so a
+directory without a matching manifest is never trusted. Rank 0 writes; every
+rank learns the outcome, so a failed write stops all ranks together.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from common import dist
+from common.config import UserError
+
+MANIFEST = "MANIFEST.json"
+PREFIX = "step_"
+
+
+class CheckpointError(UserError):
+    """A checkpoint could not be written or read; the message says what is intact."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify(ckpt_dir: Path) -> str | None:
+    """None if the checkpoint is complete and its checksums match, else the reason."""
+    try:
+        manifest = json.loads((ckpt_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no MANIFEST.json (the write did not finish)"
+    except (OSError, ValueError) as e:
+        return f"unreadable MANIFEST.json ({e})"
+    for name, meta in manifest.get("files", {}).items():
+        f = ckpt_dir / name
+        if not f.is_file():
+            return f"missing file {name}"
+        if f.stat().st_size != meta["size"]:
+            return f"{name} is {f.stat().st_size} bytes, manifest says {meta['size']} (truncated?)"
+        if _sha256(f) != meta["sha256"]:
+            return f"{name} checksum mismatch (corrupt)"
+    return None
+
+
+def write_checkpoint(final: Path, payload: dict, meta: dict) -> None:
+    """Atomically create `final` (a directory) holding payload as state.pt."""
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        with open(tmp / "state.pt", "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        files = {"state.pt": {"size": (tmp / "state.pt").stat().st_size, "sha256": _sha256(tmp / "state.pt")}}
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump({**meta, "files": files}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class Checkpointer:
+    def __init__(self, directory: Path, keep_last: int = 3, best_mode: str = "max"):
+        self.dir = Path(directory)
+        self.keep_last = max(1, keep_last)
+        self.best_mode = best_mode
+
+    def all(self) -> list[Path]:
+        """Checkpoint directories, newest first."""
+        if not self.dir.is_dir():
+            return []
+        found = [p for p in self.dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+
+    def path_for(self, step: int) -> Path:
+        return self.dir / f"{PREFIX}{step:08d}"
+
+    def best_name(self) -> str | None:
+        try:
+            return json.loads((self.dir / "best.json").read_text())["name"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def is_better(self, value: float, best: float | None) -> bool:
+        return best is None or (value > best if self.best_mode == "max" else value < best)
+
+    def save(self, payload: dict, step: int, is_best: bool = False, metric: float | None = None) -> Path:
+        """Rank 0 writes; all ranks return together or raise the same CheckpointError."""
+        final, error = self.path_for(step), None
+        if dist.rank() == 0:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                write_checkpoint(final, payload, {"step": step, "format_version": payload.get("format_version")})
+                if is_best:
+                    tmp = self.dir / ".best.json.tmp"
+                    tmp.write_text(json.dumps({"name": final.name, "step": step, "metric": metric}))
+                    tmp.replace(self.dir / "best.json")
+                self._prune()
+            except OSError as e:
+                previous = next((p.name for p in self.all() if p != final), None)
+                error = (f"could not write checkpoint {final}: {e}. The previous checkpoint "
+                         f"({previous or 'none'}) is untouched. Free space or fix permissions on {self.dir}, "
+                         "then re-run the same command to resume.")
+        error = dist.broadcast_object(error)
+        if error:
+            raise CheckpointError(error)
+        return final
+
+    def _prune(self) -> None:
+        best = self.best_name()
+        for p in self.all()[self.keep_last:]:
+            if p.name != best:
+                shutil.rmtree(p, ignore_errors=True)
+        for p in self.dir.glob(".tmp-*"):  # left by a crash mid-write
+            shutil.rmtree(p, ignore_errors=True)
+
+    def latest_valid(self) -> Path | None:
+        """Newest checkpoint that passes verification; warns about each newer one that fails."""
+        for p in self.all():
+            reason = verify(p)
+            if reason is None:
+                return p
+            warnings.warn(f"skipping checkpoint {p}: {reason}; trying the previous one", stacklevel=2)
+        return None
+
+
+def load_file(ckpt_dir: Path) -> dict:
+    """Verify and load a checkpoint directory (or a state.pt inside one) on the CPU."""
+    ckpt_dir = Path(ckpt_dir)
+    if ckpt_dir.is_file():
+        ckpt_dir = ckpt_dir.parent
+    reason = verify(ckpt_dir)
+    if reason:
+        raise CheckpointError(f"checkpoint {ckpt_dir} is not usable: {reason}")
+    try:
+        # weights_only: a checkpoint holds tensors and plain values; anything else is refused.
+        return torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {ckpt_dir} could not be loaded safely: {str(e).splitlines()[0]}") from None

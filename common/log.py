@@ -1,0 +1,67 @@
+"""Rank-0 logging: TensorBoard scalars and hparams, metrics.jsonl, console lines.
+
+Other ranks get a logger whose methods do nothing, so callers never branch on rank.
+Only already-reduced numbers arrive here. On resume, events after the resumed step
+are dropped from both metrics.jsonl and TensorBoard (purge_step), so curves continue
+without overlap.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+class Logger:
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.jsonl = Path(out_dir) / "metrics.jsonl"
+        if resume_step > 0 and self.jsonl.exists():
+            self._truncate_after(resume_step)
+        elif resume_step == 0 and self.jsonl.exists():
+            self.jsonl.unlink()  # a fresh run owns the directory's history
+        self.tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=resume_step if resume_step > 0 else None)
+
+    def _truncate_after(self, step: int) -> None:
+        keep = []
+        for line in self.jsonl.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                pass  # a line cut by a crash mid-write
+        self.jsonl.write_text("".join(k + "\n" for k in keep))
+
+    def log(self, split: str, step: int, epoch: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps({"step": step, "epoch": epoch, "split": split, **metrics}) + "\n")
+        for k, v in metrics.items():
+            self.tb.add_scalar(f"{split}/{k}", v, step)
+        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(f"[{split}] step {step} epoch {epoch} {shown}", flush=True)
+
+    def hparams(self, config: dict, final: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        metrics = {f"hparam/{k}": v for k, v in final.items() if isinstance(v, float) and math.isfinite(v)}
+        self.tb.add_hparams(_flat(config), metrics, run_name="hparams")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()

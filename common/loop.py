@@ -1,0 +1,203 @@
+"""fit(): the one training loop every recipe shares.
+
+It counts; the recipe's train_step does the work. Per optimizer step: one list of
+micro-batches from the loader, train_step on each (all but the last under DDP
+no_sync), one scaler update, one scheduler step, one EMA update. Metrics stay on the
+device and are reduced across ranks every `log_every_steps`: no host sync in between.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common import dist
+from common.checkpoint import Checkpointer, load_file
+from common.config import UserError, dump_yaml, to_dict
+from common.log import Logger
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after a preemption signal; re-run (or requeue) to continue
+PREEMPT_CHECK_STEPS = 10  # multi-process runs agree on the preemption flag every N steps (one tiny all-reduce)
+
+
+class Preemption:
+    """SIGUSR1/SIGTERM only set a flag; the loop acts on it at the next step boundary."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self):
+        self.flag = False
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, frame):
+        self.flag = True
+
+    def agreed(self, rt) -> bool:
+        """True on every rank if any rank got the signal (a collective: call it on all ranks)."""
+        if rt.world_size == 1:
+            return self.flag
+        t = torch.tensor([float(self.flag)], device=rt.device)
+        return bool(dist.all_reduce_sum(t).item() > 0)
+
+    def restore(self) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+class Meter:
+    """Running sums of train_step outputs, kept on the device until a log step."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, out: dict[str, torch.Tensor]) -> None:
+        for k, v in out.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+
+    def reduce(self, rt) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        t = torch.stack([self.sums[k] for k in keys]) / (self.count * rt.world_size)
+        values = dist.all_reduce_sum(t).tolist()
+        self.sums, self.count = {}, 0
+        return dict(zip(keys, values))
+
+
+def total_steps(cfg, train_loader) -> int:
+    return cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * train_loader.plan.steps
+
+
+def prepare_run_dir(cfg, rt) -> Path:
+    out = Path(cfg.out_dir)
+    error = None
+    if rt.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(dump_yaml(cfg))
+        except OSError as e:
+            error = f"out_dir={cfg.out_dir!r} is not writable ({e}); choose another out_dir"
+    error = dist.broadcast_object(error)
+    if error:
+        raise UserError(error)
+    return out
+
+
+def resume(cfg, state, rt, ckpt: Checkpointer) -> None:
+    if cfg.resume == "none":
+        return
+    if cfg.resume == "auto":
+        found = ckpt.latest_valid() if rt.is_main else None
+        path = dist.broadcast_object(str(found) if found else None)
+        if path is None:
+            return
+    else:
+        path = cfg.resume
+    for warning in state.load_state_dict(load_file(Path(path)), rt.scaler, rt.recipe):
+        rt.log(f"warning: {warning}")
+    rt.log(f"resumed from {path}: step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch} of the epoch")
+
+
+def fit(cfg, state, rt, loaders, train_step, evaluate) -> dict[str, float]:
+    out = prepare_run_dir(cfg, rt)
+    ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
+    resume(cfg, state, rt, ckpt)
+    logger = Logger(out, rt.is_main, state.step)
+    train, t = loaders.train, cfg.train
+    total = total_steps(cfg, train)
+    preempt = Preemption()
+    meter = Meter()
+    bar = _progress(cfg, rt, total, state.step)
+    last_eval: dict[str, float] = {}
+    eval_step = -1
+    saved_step = state.step if state.step else -1
+    samples, waited, t_log = 0, 0.0, time.perf_counter()
+
+    def run_eval():
+        nonlocal last_eval, eval_step
+        last_eval, eval_step = evaluate(state, rt, loaders.eval), state.step
+        logger.log("val", state.step, state.epoch, last_eval)
+
+    def save():
+        nonlocal saved_step
+        split, _, key = cfg.ckpt.best_metric.partition("/")
+        value = last_eval.get(key) if split == "val" and eval_step == state.step else None
+        is_best = value is not None and ckpt.is_better(value, state.best)
+        if is_best:
+            state.best = value
+        payload = state.state_dict(rt.scaler, to_dict(cfg), rt.recipe)
+        ckpt.save(payload, state.step, is_best=is_best, metric=value)
+        saved_step = state.step
+
+    try:
+        while state.step < total:
+            train.set_epoch(state.epoch, state.batch_in_epoch)
+            batches = iter(train)
+            while state.step < total:
+                t0 = time.perf_counter()
+                micro_batches = next(batches, None)
+                waited += time.perf_counter() - t0
+                if micro_batches is None:
+                    break
+                for i, batch in enumerate(micro_batches):
+                    with rt.micro_step(i, len(micro_batches)):
+                        meter.add(train_step(batch, state, rt))
+                    samples += len(batch[0]) * rt.world_size
+                rt.end_step()
+                for sched in state.scheds.values():
+                    sched.step()
+                state.update_ema()
+                state.step += 1
+                state.batch_in_epoch += 1
+                epoch_end = state.batch_in_epoch == train.plan.steps
+                if epoch_end:
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                last = state.step == total
+                if bar:
+                    bar.update(1)
+
+                if state.step % t.log_every_steps == 0 or epoch_end or last:
+                    metrics = meter.reduce(rt)
+                    elapsed = time.perf_counter() - t_log
+                    metrics["lr"] = next(iter(state.optims.values())).param_groups[0]["lr"]
+                    metrics["samples_per_s"] = samples / elapsed
+                    metrics["data_wait_pct"] = 100 * waited / elapsed
+                    logger.log("train", state.step, state.epoch, metrics)
+                if (t.eval_every_steps and state.step % t.eval_every_steps == 0) or \
+                        (not t.eval_every_steps and epoch_end) or last:
+                    run_eval()
+                if (t.ckpt_every_steps and state.step % t.ckpt_every_steps == 0) or \
+                        (not t.ckpt_every_steps and epoch_end) or last:
+                    save()
+                check = rt.world_size == 1 or state.step % PREEMPT_CHECK_STEPS == 0
+                if check and preempt.agreed(rt):
+                    if saved_step != state.step:
+                        save()
+                    rt.log(f"preempted: checkpoint at step {state.step} written; exiting with code {EXIT_PREEMPTED}")
+                    raise SystemExit(EXIT_PREEMPTED)
+                if state.step % t.log_every_steps == 0 or epoch_end or last:
+                    samples, waited, t_log = 0, 0.0, time.perf_counter()
+                if epoch_end:
+                    break
+        if saved_step != state.step:
+            save()
+        logger.hparams(to_dict(cfg), last_eval)
+        return last_eval
+    finally:
+        preempt.restore()
+        logger.close()
+        if bar:
+            bar.close()
+
+
+def _progress(cfg, rt, total: int, start: int):
+    if not (cfg.train.progress and rt.is_main and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, dynamic_ncols=True, leave=False)

@@ -1,0 +1,52 @@
+"""Optimizers and per-step LR schedules from `cfg.optim`."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
+
+from common.runtime import unwrap
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Weight decay on weight matrices and conv kernels only: decaying norm scales and
+    biases hurts accuracy and buys no regularization (switch back with decay_norm_and_bias)."""
+    if decay_norm_and_bias or weight_decay == 0:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in unwrap(model).parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(o, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, o.weight_decay, o.decay_norm_and_bias)
+    # foreach kernels batch the per-parameter updates; fused is not on every device/dtype.
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, foreach=True)
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=o.lr, betas=tuple(o.betas), foreach=True)
+
+
+def lr_factor(o, step: int, total: int) -> float:
+    """Multiplier of the peak LR at optimizer step `step` of `total` (constant/cosine/step)."""
+    if step < o.warmup_steps:
+        return (step + 1) / (o.warmup_steps + 1)
+    if o.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    if o.schedule == "cosine":
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if o.schedule == "step":
+        return o.step_gamma ** sum(progress >= m for m in o.step_milestones)
+    raise ValueError(f"unknown schedule {o.schedule}")
+
+
+def build_scheduler(o, optimizer: torch.optim.Optimizer, total_steps: int):
+    if o.schedule == "onecycle":
+        return OneCycleLR(optimizer, max_lr=o.lr, total_steps=max(1, total_steps),
+                          pct_start=max(o.warmup_steps / max(1, total_steps), 0.01) if o.warmup_steps else 0.3)
+    return LambdaLR(optimizer, lambda step: lr_factor(o, step, total_steps))

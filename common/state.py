@@ -1,0 +1,109 @@
+"""TrainState: everything a run needs to continue exactly where it stopped.
+
+Models, optimizers, LR schedulers, EMA copies, the GradScaler, counters, and each
+rank's RNG state. `state_dict()` holds tensors and plain Python values only, so a
+checkpoint loads with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from common import dist
+from common.config import UserError
+from common.runtime import unwrap
+
+FORMAT_VERSION = 1
+
+
+class StateMismatch(UserError):
+    """A checkpoint that cannot belong to this run; the message says why."""
+
+
+@dataclass
+class TrainState:
+    models: dict[str, nn.Module]
+    optims: dict[str, torch.optim.Optimizer]
+    scheds: dict[str, torch.optim.lr_scheduler.LRScheduler] = field(default_factory=dict)
+    ema: dict[str, AveragedModel] = field(default_factory=dict)
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    batch_in_epoch: int = 0  # global batches of the current epoch already consumed
+    best: float | None = None  # best value of cfg.ckpt.best_metric so far
+
+    def add_ema(self, name: str, decay: float) -> None:
+        """EMA of model `name` (weights and buffers), updated after every optimizer step."""
+        if decay > 0:
+            self.ema[name] = AveragedModel(unwrap(self.models[name]),
+                                           multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    def update_ema(self) -> None:
+        for name, ema in self.ema.items():
+            ema.update_parameters(unwrap(self.models[name]))
+
+    def eval_model(self, name: str) -> nn.Module:
+        """The weights to evaluate: the EMA copy if there is one, else the plain model."""
+        return self.ema[name].module if name in self.ema else unwrap(self.models[name])
+
+    # -- serialization ---------------------------------------------------------------------
+    def state_dict(self, scaler, config: dict, recipe: str) -> dict:
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        return {
+            "format_version": FORMAT_VERSION,
+            "recipe": recipe,
+            "config": config,
+            "world_size": dist.world_size(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
+            "models": {k: unwrap(m).state_dict() for k, m in self.models.items()},
+            "optims": {k: o.state_dict() for k, o in self.optims.items()},
+            "scheds": {k: s.state_dict() for k, s in self.scheds.items()},
+            "ema": {k: e.state_dict() for k, e in self.ema.items()},
+            "scaler": scaler.state_dict(),
+            # Every rank's RNG (dropout, etc.) so each continues its own stream.
+            "rng": dist.all_gather_object(rng),
+        }
+
+    def load_state_dict(self, sd: dict, scaler, recipe: str) -> list[str]:
+        """Restore in place; returns warnings (e.g. RNG not restorable on a new world size)."""
+        if sd.get("format_version", 0) > FORMAT_VERSION:
+            raise StateMismatch(f"checkpoint format version {sd['format_version']} is newer than this code "
+                                f"understands ({FORMAT_VERSION}): update dtrain, or resume=none to start fresh")
+        if sd.get("recipe") != recipe:
+            raise StateMismatch(f"checkpoint was written by recipe '{sd.get('recipe')}', not '{recipe}': "
+                                "point out_dir or resume at a run of this recipe, or resume=none")
+        for kind, mine in (("models", self.models), ("optims", self.optims)):
+            if set(sd[kind]) != set(mine):
+                raise StateMismatch(f"checkpoint has {kind} {sorted(sd[kind])}, this recipe has {sorted(mine)}")
+        for k, m in self.models.items():
+            try:
+                unwrap(m).load_state_dict(sd["models"][k])
+            except RuntimeError as e:
+                raise StateMismatch(f"checkpoint weights for '{k}' do not fit this model (another config or "
+                                    f"architecture?): {str(e).splitlines()[0]} ... use resume=none or the "
+                                    "matching model config") from None
+        for k, o in self.optims.items():
+            o.load_state_dict(sd["optims"][k])
+        for k, s in self.scheds.items():
+            s.load_state_dict(sd["scheds"][k])
+        for k, e in self.ema.items():
+            if k in sd["ema"]:
+                e.load_state_dict(sd["ema"][k])
+        scaler.load_state_dict(sd["scaler"])
+        self.step, self.epoch, self.batch_in_epoch, self.best = sd["step"], sd["epoch"], sd["batch_in_epoch"], sd["best"]
+        warnings = []
+        if len(sd["rng"]) == dist.world_size():
+            rng = sd["rng"][dist.rank()]
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+        else:
+            warnings.append(f"checkpoint was written with {len(sd['rng'])} processes, this run has "
+                            f"{dist.world_size()}: data order and position continue exactly, but per-rank "
+                            "random streams (dropout) restart from the seed")
+            torch.manual_seed(sd["config"]["seed"] + 1_000 * sd["step"] + dist.rank())
+        return warnings
