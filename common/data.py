@@ -109,7 +109,11 @@ def synthetic(n: int, shape: list[int], classes: int, split: str):
     The prototypes depend on nothing but the shape, so train and test agree.
     """
     g = torch.Generator().manual_seed(1234)
-    protos = torch.rand((classes, *shape), generator=g) * 255
+    # Smooth (4x4 upsampled) prototypes: the class survives crops and flips, so conv nets
+    # with global pooling learn it in a few steps, like an MLP does.
+    c, h, w = shape
+    coarse = torch.rand((classes, c, 4, 4), generator=g)
+    protos = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) * 255
     g.manual_seed({"train": 1, "test": 2}[split])
     labels = torch.randint(0, classes, (n,), generator=g)
     noise = torch.randn((n, *shape), generator=g) * 64

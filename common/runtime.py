@@ -93,6 +93,9 @@ class Runtime:
         """Move to the device, then optional SyncBatchNorm, channels_last, compile; DDP when world > 1."""
         t = self.cfg.train
         if t.sync_bn and self.world_size > 1:
+            if self.device.type != "cuda":
+                raise UserError("train.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                                "kernel); set train.sync_bn=false on CPU")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device, memory_format=self.memory_format)
         if t.compile:

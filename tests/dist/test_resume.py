@@ -1,0 +1,57 @@
+"""N steps == N/2 steps + resume + N/2 steps, bitwise on CPU, including mid-epoch."""
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from helpers import ROOT, final_weights, metrics, recipe_command, run_recipe
+
+
+def assert_bitwise(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+# 512 synthetic samples / batch 32 = 16 steps per epoch: step 6 is mid-epoch, step 20 is in epoch 2.
+@pytest.mark.parametrize("recipe,nproc", [("mnist_cnn", 1), ("mnist_cnn", 2), ("resnet_cifar", 2)])
+def test_resume_mid_epoch_is_bitwise_identical(recipe, nproc, tmp_path):
+    steps = ["train.max_steps=20", "train.ckpt_every_steps=6", "ckpt.keep_last=10",
+             "data.synthetic_train=512"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_recipe(recipe, f"out_dir={full}", *steps, nproc=nproc)
+    # The resumed run starts from the full run's mid-epoch checkpoint and nothing else.
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step_00000006", resumed / "checkpoints" / "step_00000006")
+    proc = run_recipe(recipe, f"out_dir={resumed}", *steps, nproc=nproc)
+    assert "resumed from" in proc.stdout and "step 6, epoch 0, batch 6" in proc.stdout
+    assert_bitwise(final_weights(full), final_weights(resumed))
+    # Logged curves continue: the resumed run logs only steps after 6, with the same values.
+    after = [m for m in metrics(full) if m["step"] > 6 and m["split"] == "val"]
+    again = [m for m in metrics(resumed) if m["split"] == "val"]
+    assert [m["step"] for m in again] == [m["step"] for m in after]
+    assert [m["loss"] for m in again] == [m["loss"] for m in after]
+
+
+def test_killed_run_rerun_with_the_same_command_finishes_identically(tmp_path):
+    """SIGKILL mid-run, then the same command: resumes from the newest checkpoint."""
+    steps = ["train.max_steps=120", "train.ckpt_every_steps=10", "train.log_every_steps=10",
+             "data.synthetic_train=2048", "train.eval_every_steps=60"]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    run_recipe("mnist_cnn", f"out_dir={ref}", *steps)
+    cmd, env = recipe_command("mnist_cnn", f"out_dir={killed}", *steps)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step_00000020").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    newest = max(int(p.name[5:]) for p in (killed / "checkpoints").glob("step_*"))
+    assert newest < 120, "the run finished before the kill; the test proves nothing"
+    again = run_recipe("mnist_cnn", f"out_dir={killed}", *steps)
+    assert f"step {newest}," in again.stdout
+    assert_bitwise(final_weights(ref), final_weights(killed))
