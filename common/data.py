@@ -219,7 +219,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def eval_shard(n: int, world: int, rank: int) -> torch.Tensor:
     """Unpadded strided shard: shards differ in length by at most one, their union is range(n)."""
-    return torch.arange(rank, n, world)
+    return torch.arange(n)[rank::world]
 
 
 # ----------------------------------------------------------------------------- in-memory loaders

@@ -1,0 +1,147 @@
+import pickle
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from common.checkpoint import CheckpointError, Checkpointer, load_file, verify
+from common.optim import build_scheduler
+from common.config import OptimConfig
+from common.state import StateMismatch, TrainState
+
+
+def make_state(seed=0, schedule="cosine"):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = build_scheduler(OptimConfig(schedule=schedule, warmup_steps=2), opt, 10)
+    state = TrainState(models={"net": model}, optims={"net": opt}, scheds={"net": sched})
+    state.add_ema("net", 0.9)
+    return state
+
+
+def train_some(state, steps=3):
+    for _ in range(steps):
+        loss = state.models["net"](torch.randn(5, 4)).pow(2).mean()
+        loss.backward()
+        state.optims["net"].step()
+        state.optims["net"].zero_grad()
+        state.scheds["net"].step()
+        state.update_ema()
+        state.step += 1
+
+
+def payload(state):
+    return state.state_dict(torch.amp.GradScaler("cpu", enabled=False), {"seed": 0}, "test")
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "onecycle", "constant"])
+def test_round_trip_restores_everything(tmp_path, schedule):
+    a = make_state(schedule=schedule)
+    train_some(a)
+    ck = Checkpointer(tmp_path)
+    ck.save(payload(a), a.step)
+    saved_rng = torch.get_rng_state()
+    torch.manual_seed(123)
+    b = make_state(seed=1, schedule=schedule)
+    b.load_state_dict(load_file(ck.latest_valid()), torch.amp.GradScaler("cpu", enabled=False), "test")
+    assert torch.equal(torch.get_rng_state(), saved_rng)
+    assert b.step == 3
+    for k, v in a.models["net"].state_dict().items():
+        assert torch.equal(v, b.models["net"].state_dict()[k])
+    assert b.scheds["net"].get_last_lr() == a.scheds["net"].get_last_lr()
+    assert torch.equal(a.optims["net"].state_dict()["state"][0]["momentum_buffer"],
+                       b.optims["net"].state_dict()["state"][0]["momentum_buffer"])
+    for (_, pa), (_, pb) in zip(a.ema["net"].state_dict().items(), b.ema["net"].state_dict().items()):
+        assert torch.equal(pa, pb)
+    # Both continue identically from the same random stream.
+    train_some(a)
+    torch.set_rng_state(saved_rng)
+    train_some(b)
+    assert all(torch.equal(x, y) for x, y in zip(a.models["net"].parameters(), b.models["net"].parameters()))
+
+
+def test_keep_last_n_plus_best(tmp_path):
+    s = make_state()
+    ck = Checkpointer(tmp_path, keep_last=2)
+    for step in range(1, 6):
+        ck.save(payload(s), step, is_best=step == 2, metric=float(step))
+    assert [p.name for p in ck.all()] == ["step_00000005", "step_00000004", "step_00000002"]
+    assert ck.best_name() == "step_00000002"
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "manifest"])
+def test_corrupt_newest_falls_back_to_previous_with_a_warning(tmp_path, damage):
+    s = make_state()
+    ck = Checkpointer(tmp_path, keep_last=5)
+    ck.save(payload(s), 1)
+    ck.save(payload(s), 2)
+    f = tmp_path / "step_00000002" / "state.pt"
+    data = bytearray(f.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    elif damage == "truncate":
+        f.write_bytes(bytes(data[: len(data) // 3]))
+    else:
+        (tmp_path / "step_00000002" / "MANIFEST.json").unlink()
+    assert verify(tmp_path / "step_00000002") is not None
+    with pytest.warns(UserWarning, match="skipping checkpoint .*step_00000002"):
+        assert ck.latest_valid().name == "step_00000001"
+    with pytest.raises(CheckpointError, match="not usable"):
+        load_file(tmp_path / "step_00000002")
+
+
+def test_pickled_object_is_rejected(tmp_path):
+    """weights_only=True: a checkpoint that carries arbitrary objects does not load."""
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    s = make_state()
+    p = payload(s)
+    p["extra"] = Evil()
+    ck = Checkpointer(tmp_path)
+    ck.save(p, 1)  # checksums match: only the content is bad
+    with pytest.raises(CheckpointError, match="could not be loaded safely"):
+        load_file(tmp_path / "step_00000001")
+
+
+def test_checkpoint_from_another_recipe_or_model_is_refused(tmp_path):
+    s = make_state()
+    Checkpointer(tmp_path).save(payload(s), 1)
+    sd = load_file(tmp_path / "step_00000001")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with pytest.raises(StateMismatch, match="written by recipe 'test', not 'other'"):
+        make_state().load_state_dict(sd, scaler, "other")
+    wide = make_state()
+    wide.models["net"][0] = nn.Linear(4, 16)
+    with pytest.raises(StateMismatch, match="do not fit this model"):
+        wide.load_state_dict(sd, scaler, "test")
+    sd["format_version"] = 99
+    with pytest.raises(StateMismatch, match="newer than this code"):
+        make_state().load_state_dict(sd, scaler, "test")
+
+
+def test_interrupted_write_leaves_previous_intact(tmp_path, monkeypatch):
+    s = make_state()
+    ck = Checkpointer(tmp_path)
+    ck.save(payload(s), 1)
+    before = (tmp_path / "step_00000001" / "state.pt").read_bytes()
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="No space left.*step_00000001\\) is untouched"):
+        ck.save(payload(s), 2)
+    assert [p.name for p in ck.all()] == ["step_00000001"]
+    assert (tmp_path / "step_00000001" / "state.pt").read_bytes() == before
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_no_wrapper_prefixes_in_saved_weights(tmp_path):
+    s = make_state()
+    s.models["net"] = torch.compile(s.models["net"])  # wraps as _orig_mod
+    sd = payload(s)
+    assert all(not k.startswith("_orig_mod.") for k in sd["models"]["net"])
