@@ -63,8 +63,9 @@ def verify(ckpt_dir: Path) -> str | None:
     return None
 
 
-def write_checkpoint(final: Path, payload: dict, meta: dict) -> None:
-    """Atomically create `final` (a directory) holding payload as state.pt."""
+def write_checkpoint(final: Path, payload: dict, meta: dict, shards: Path | None = None) -> None:
+    """Atomically create `final` (a directory) holding payload as state.pt, plus the files
+    under `shards` (engine files every rank wrote, e.g. DeepSpeed's), moved in and checksummed."""
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -73,7 +74,11 @@ def write_checkpoint(final: Path, payload: dict, meta: dict) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        files = {"state.pt": {"size": (tmp / "state.pt").stat().st_size, "sha256": _sha256(tmp / "state.pt")}}
+        if shards is not None:
+            for entry in shards.iterdir():
+                entry.rename(tmp / entry.name)
+        names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        files = {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in names}
         with open(tmp / MANIFEST, "w") as f:
             json.dump({**meta, "files": files}, f, indent=1)
             f.flush()
@@ -115,13 +120,29 @@ class Checkpointer:
     def is_better(self, value: float, best: float | None) -> bool:
         return best is None or (value > best if self.best_mode == "max" else value < best)
 
-    def save(self, payload: dict, step: int, is_best: bool = False, metric: float | None = None) -> Path:
-        """Rank 0 writes; all ranks return together or raise the same CheckpointError."""
+    def save(self, payload: dict, step: int, is_best: bool = False, metric: float | None = None,
+             shards=None) -> Path:
+        """Rank 0 writes; all ranks return together or raise the same CheckpointError.
+
+        `shards(dir)`, if given, is called on every rank first to write engine files (each
+        rank its own) into a staging directory that becomes part of the checkpoint.
+        """
         final, error = self.path_for(step), None
+        staging = self.dir / f".shards-{final.name}" if shards is not None else None
+        if staging is not None:
+            if dist.rank() == 0:
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+            dist.broadcast_object(None)  # the staging directory exists before any rank writes
+            shards(staging)
+            dist.broadcast_object(None)  # every rank's files are written
         if dist.rank() == 0:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                write_checkpoint(final, payload, {"step": step, "format_version": payload.get("format_version")})
+                write_checkpoint(final, payload, {"step": step, "format_version": payload.get("format_version")},
+                                 shards=staging)
+                if staging is not None:
+                    shutil.rmtree(staging, ignore_errors=True)
                 if is_best:
                     tmp = self.dir / ".best.json.tmp"
                     tmp.write_text(json.dumps({"name": final.name, "step": step, "metric": metric}))
@@ -142,7 +163,7 @@ class Checkpointer:
         for p in self.all()[self.keep_last:]:
             if p.name != best:
                 shutil.rmtree(p, ignore_errors=True)
-        for p in self.dir.glob(".tmp-*"):  # left by a crash mid-write
+        for p in [*self.dir.glob(".tmp-*"), *self.dir.glob(".shards-*")]:  # left by a crash mid-write
             shutil.rmtree(p, ignore_errors=True)
 
     def latest_valid(self) -> Path | None:

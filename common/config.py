@@ -37,6 +37,8 @@ class DataConfig:
     pad_to: int = 0  # zero-pad images to this square size (e.g. 32 for 28x28 data on CIFAR nets); 0 = off
     augment: bool = False  # random crop (padding 4) + horizontal flip, done on the device
     drop_last: bool = True  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
+    mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha) on training batches (soft targets); 0 = off
+    cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); with MixUp too, each batch picks one at random; 0 = off
     in_memory: bool = True  # keep the whole dataset as one tensor on the device and index whole batches
     synthetic_train: int = 4096  # synthetic dataset: number of training samples
     synthetic_test: int = 1024  # synthetic dataset: number of test samples
@@ -60,6 +62,8 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory format for conv nets (faster on GPUs)
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     progress: bool = True  # tqdm progress bar on rank 0 when stderr is a terminal
+    max_nonfinite_steps: int = 5  # stop when train_step returns NaN/inf this many optimizer steps in a row
+    tta_flip: bool = False  # evaluate classifiers on the mean logits of each image and its mirror image
 
 
 @dataclass
@@ -90,7 +94,8 @@ class BaseConfig:
     seed: int = 0  # seeds weights, data order and augmentation
     out_dir: str = "runs/default"  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/
     resume: str = "auto"  # auto (newest valid checkpoint in out_dir) | none | path to a checkpoint
-    engine: Literal["ddp", "accelerate", "deepspeed"] = "ddp"  # training engine
+    engine: Literal["auto", "ddp", "accelerate", "deepspeed"] = "auto"  # ddp | accelerate | deepspeed; auto = from the launcher (accelerate launch, deepspeed), else ddp
+    deepspeed_config: str = "launch/deepspeed/zero2.json"  # engine=deepspeed: DeepSpeed JSON (ZeRO stage, bf16/fp16); relative to the working directory or the repo
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto = cuda if present, else mps, else cpu
     dist_timeout_s: int = 600  # collective timeout: a hung rank fails the job instead of blocking forever
@@ -286,6 +291,10 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
                 raise SystemExit(0)
             if arg == "--dry-run":
                 dry_run = True
+            elif arg.startswith(("--local_rank", "--local-rank")):
+                # The `deepspeed` launcher appends --local_rank=N; the same value is in $LOCAL_RANK.
+                if "=" not in arg:
+                    next(it, None)
             elif arg == "--config" or arg.startswith("--config="):
                 value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
                 if not value:

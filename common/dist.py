@@ -2,8 +2,11 @@
 
 Where the ranks come from, in order:
   torchrun / accelerate / deepspeed launchers: RANK, WORLD_SIZE, LOCAL_RANK (env://)
+  mpirun (accelerate's CPU launcher):          OMPI_COMM_WORLD_* or PMI_* (MPICH, Intel MPI)
   srun one task per GPU, no torchrun:          SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID
   anything else (plain `python`):              a single process, no process group
+Ranks found any other way than RANK/WORLD_SIZE are exported as RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT, so Accelerate and DeepSpeed see the same layout.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     local_world_size: int = 1
-    launcher: str = "none"  # none | torchrun | slurm
+    launcher: str = "none"  # none | torchrun | accelerate | deepspeed | mpi | slurm | env
     device: torch.device = torch.device("cpu")
     backend: str = ""  # "" when no process group
 
@@ -62,13 +65,39 @@ def _first_slurm_host(nodelist: str) -> str:
     return expand_nodelist(nodelist)[0]
 
 
+def launcher_of(env=os.environ) -> str:
+    """Which launcher started this process, from the variables each one sets."""
+    if "ACCELERATE_MIXED_PRECISION" in env and "ACCELERATE_DYNAMO_BACKEND" in env:
+        return "accelerate"  # `accelerate launch` sets both, whatever it runs underneath
+    if "CROSS_RANK" in env and "CROSS_SIZE" in env and "LOCAL_SIZE" in env:
+        return "deepspeed"  # deepspeed.launcher.launch (the `deepspeed` command)
+    if "TORCHELASTIC_RUN_ID" in env:
+        return "torchrun"
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return "env"  # some other env:// launcher
+    if "OMPI_COMM_WORLD_RANK" in env or "PMI_RANK" in env:
+        return "mpi"
+    if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        return "slurm"
+    return "none"
+
+
+_MPI = (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+        ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"))
+
+
 def detect(env=os.environ) -> DistInfo:
     """Rank layout from the environment, without touching any process group."""
+    launcher = launcher_of(env)
     if "RANK" in env and "WORLD_SIZE" in env:
         return DistInfo(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
                         local_rank=int(env.get("LOCAL_RANK", 0)),
-                        local_world_size=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
-                        launcher="torchrun")
+                        local_world_size=int(env.get("LOCAL_WORLD_SIZE", env.get("LOCAL_SIZE", env["WORLD_SIZE"]))),
+                        launcher=launcher)
+    for rank, size, local, local_size in _MPI:
+        if rank in env and int(env.get(size, "1")) > 1:
+            return DistInfo(rank=int(env[rank]), world_size=int(env[size]), local_rank=int(env.get(local, 0)),
+                            local_world_size=int(env.get(local_size, env[size])), launcher="mpi")
     # SLURM_STEP_NUM_TASKS exists only inside an `srun` step: a batch script that runs
     # `python` directly is one process even when the job asked for many tasks.
     if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
@@ -102,12 +131,79 @@ def init(device: str = "auto", timeout_s: int = 600) -> DistInfo:
         os.environ.setdefault("MASTER_ADDR", _first_slurm_host(os.environ["SLURM_STEP_NODELIST"]))
         # A port derived from the job id: two jobs sharing a node do not collide.
         os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
+    if info.launcher == "mpi":  # single-node mpirun (accelerate's CPU launcher sets these for multi-node)
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+    export_env(info)
     info.backend = "nccl" if info.device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(info.backend, init_method="env://", rank=info.rank,
-                                world_size=info.world_size, timeout=datetime.timedelta(seconds=timeout_s),
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store, _, _ = next(dist.rendezvous("env://", rank=info.rank, world_size=info.world_size, timeout=timeout))
+        # torchrun --max-restarts reuses its store across restarts: without a per-attempt prefix a
+        # restarted group can read the dead workers' addresses and fail to connect.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(info.backend, store=dist.PrefixStore(f"dtrain/attempt_{attempt}", store),
+                                rank=info.rank, world_size=info.world_size, timeout=timeout,
                                 device_id=info.device if info.device.type == "cuda" else None)
     return info
+
+
+def export_env(info: DistInfo) -> None:
+    """Publish the layout as torchrun's variables, for libraries that read only those."""
+    for key, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank),
+                       ("LOCAL_WORLD_SIZE", info.local_world_size)):
+        os.environ.setdefault(key, str(value))
+
+
+def layout_facts(info: DistInfo, env=os.environ) -> dict:
+    """What one rank knows about where it runs; gathered from every rank by check_layout."""
+    return {"rank": info.rank, "world_size": info.world_size, "local_rank": info.local_rank,
+            "local_world_size": info.local_world_size, "host": os.uname().nodename, "device": str(info.device),
+            "gpus": torch.cuda.device_count() if info.device.type == "cuda" else 0, "launcher": info.launcher,
+            # The physical GPU: with per-task GPU binding every rank's device is cuda:0.
+            "gpu_uuid": str(torch.cuda.get_device_properties(info.device).uuid) if info.device.type == "cuda" else "",
+            "slurm_tasks_per_node": env.get("SLURM_STEP_TASKS_PER_NODE", "") if "SLURM_STEP_ID" in env else "",
+            "slurm_nodes": int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "0"))),
+            "slurm_job_tasks": int(env.get("SLURM_NTASKS", "0"))}
+
+
+def check_layout(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """(errors, notes) about the whole job's layout, from every rank's layout_facts.
+
+    Errors are layouts that would train wrongly or hang (ranks missing or doubled, two
+    processes on one GPU, torchrun started by several srun tasks on one node); notes are
+    layouts that work but waste hardware.
+    """
+    errors, notes = [], []
+    world = rows[0]["world_size"]
+    ranks = sorted(r["rank"] for r in rows)
+    if ranks != list(range(world)) or any(r["world_size"] != world for r in rows):
+        errors.append(f"ranks {ranks} do not form 0..{world - 1}: two launchers nested, or WORLD_SIZE is stale")
+    hosts: dict[str, list[dict]] = {}
+    for r in rows:
+        hosts.setdefault(r["host"], []).append(r)
+    for host, rs in sorted(hosts.items()):
+        local = sorted(r["local_rank"] for r in rs)
+        expected = rs[0]["local_world_size"]
+        if local != list(range(len(rs))) or len(rs) != expected:
+            errors.append(f"host {host} runs {len(rs)} processes with local ranks {local}, but LOCAL_WORLD_SIZE is "
+                          f"{expected}: each node must run local ranks 0..n-1 exactly once")
+        devices = [r["gpu_uuid"] for r in rs if r["gpu_uuid"]]
+        if len(set(devices)) < len(devices):
+            errors.append(f"host {host}: {len(devices)} processes share {len(set(devices))} GPU(s); run one process "
+                          "per GPU (--nproc_per_node / --ntasks-per-node = GPUs per node)")
+        gpus = max(r["gpus"] for r in rs)
+        if devices and len(rs) < gpus:
+            notes.append(f"host {host}: {gpus} GPUs visible, {len(rs)} used; --nproc_per_node={gpus} would use all")
+        tasks = rs[0]["slurm_tasks_per_node"].split("(")[0]
+        if rs[0]["launcher"] != "slurm" and tasks and int(tasks) > 1 and len(rs) > 1:
+            errors.append(f"host {host}: srun started {tasks} tasks on this node and each started its own launcher "
+                          f"({rs[0]['launcher']}); with torchrun/accelerate/deepspeed use srun --ntasks-per-node=1, "
+                          "or drop the launcher and let srun start one task per GPU")
+    nodes = rows[0]["slurm_nodes"]
+    if nodes and len(hosts) < nodes:
+        notes.append(f"the SLURM job has {nodes} nodes but processes run on {len(hosts)}: {sorted(hosts)}")
+    return errors, notes
 
 
 def teardown() -> None:

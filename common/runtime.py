@@ -22,10 +22,15 @@ from common.data import check_batch
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _is_engine_wrapper(model) -> bool:
+    """DDP, or a DeepSpeed engine (checked by class name: importing deepspeed here costs seconds)."""
+    return isinstance(model, DDP) or any(c.__name__ == "DeepSpeedEngine" for c in type(model).__mro__)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP and torch.compile wrappers (its state_dict has no prefixes)."""
+    """The plain module under DDP, DeepSpeed and torch.compile wrappers (its state_dict has no prefixes)."""
     while True:
-        if isinstance(model, DDP):
+        if _is_engine_wrapper(model):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod
@@ -34,9 +39,15 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class Runtime:
+    """engine=ddp. Accelerate and DeepSpeed runtimes (common/engine_*.py) subclass it; recipes
+    get one from common.engines.make_runtime and call only the methods below."""
+
+    engine = "ddp"
+
     def __init__(self, cfg, recipe: str = "recipe"):
         self.cfg, self.recipe = cfg, recipe
         self.info = dist.init(cfg.device, cfg.dist_timeout_s)
+        self.layout_notes: list[str] = []
         self.device = self.info.device
         self.rank, self.world_size, self.is_main = self.info.rank, self.info.world_size, self.info.is_main
         self.dtype = DTYPES[cfg.precision]
@@ -47,14 +58,23 @@ class Runtime:
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.micro, self.n_micro = 0, 1
         self._ddp: list[DDP] = []
+        self.logger = None  # set by fit(): lets evaluate() write image grids (rt.logger.images)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         try:
             check_batch(cfg.train.batch_size, self.world_size, cfg.train.grad_accum)
+            self._check_layout()
         except UserError as e:
             self.__exit__(type(e), e, None)
+
+    def _check_layout(self) -> None:
+        """Every rank's placement, gathered once before anything trains; a bad layout stops all ranks."""
+        self.layout_rows = rows = dist.all_gather_object(dist.layout_facts(self.info))
+        errors, self.layout_notes = dist.check_layout(rows)
+        if errors:
+            raise UserError("process layout is wrong:\n  " + "\n  ".join(errors))
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self):
@@ -83,7 +103,14 @@ class Runtime:
             t = self.cfg.train
             print(f"global batch {t.batch_size} = world {self.world_size} x grad_accum {t.grad_accum} "
                   f"x micro-batch {t.batch_size // (self.world_size * t.grad_accum)}", flush=True)
+            for note in self.layout_notes:
+                print(f"layout note: {note}", flush=True)
+            print(f"engine {self.engine}: {self.describe_engine()}", flush=True)
+            print(f"layout ok: {self.world_size} process(es) on {len({r['host'] for r in self.layout_rows})} "
+                  "host(s)", flush=True)
 
+    def describe_engine(self) -> str:
+        return "torch DDP" + (f", {self.cfg.precision} autocast" if self.dtype else ", fp32")
     def seed(self, offset: int = 0) -> None:
         """Same seed on every rank: identical initial weights (DDP also broadcasts them)."""
         torch.manual_seed(self.cfg.seed + offset)
@@ -148,7 +175,7 @@ class Runtime:
     def frozen(self, model: nn.Module):
         """Yield the plain module with requires_grad off: a G step through D computes no D
         gradients and, since DDP's wrapper is bypassed, triggers no D all-reduce."""
-        inner = model.module if isinstance(model, DDP) else model
+        inner = model.module if _is_engine_wrapper(model) else model
         flags = [(p, p.requires_grad) for p in inner.parameters()]
         for p, _ in flags:
             p.requires_grad_(False)
@@ -157,6 +184,15 @@ class Runtime:
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
+
+    # -- engine hooks, called by the loop (no-ops for DDP) ------------------------------------
+    def prepare(self, state) -> None:
+        """Called by fit() once the recipe has built models and optimizers, before resuming."""
+
+    save_shards = None  # or a callable(dir) that every rank calls to write engine files into a checkpoint
+
+    def load_shards(self, state, ckpt_dir) -> None:
+        """Restore what save_shards wrote (after state.load_state_dict)."""
 
     # -- collectives -----------------------------------------------------------------------
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:

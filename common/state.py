@@ -23,6 +23,11 @@ class StateMismatch(UserError):
     """A checkpoint that cannot belong to this run; the message says why."""
 
 
+def make_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """ema = decay * ema + (1 - decay) * weights, buffers (BatchNorm statistics) included."""
+    return AveragedModel(unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 @dataclass
 class TrainState:
     models: dict[str, nn.Module]
@@ -33,12 +38,14 @@ class TrainState:
     epoch: int = 0  # current epoch
     batch_in_epoch: int = 0  # global batches of the current epoch already consumed
     best: float | None = None  # best value of cfg.ckpt.best_metric so far
+    # Names of models (and their optimizers) whose weights and optimizer state an engine saves in
+    # its own format next to state.pt (DeepSpeed ZeRO: partitioned per rank); set by the runtime.
+    engine_owned: set[str] = field(default_factory=set)
 
     def add_ema(self, name: str, decay: float) -> None:
-        """EMA of model `name` (weights and buffers), updated after every optimizer step."""
+        """EMA of model `name` (weights and buffers), updated after every optimizer step; 0 = off."""
         if decay > 0:
-            self.ema[name] = AveragedModel(unwrap(self.models[name]),
-                                           multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            self.ema[name] = make_ema(self.models[name], decay)
 
     def update_ema(self) -> None:
         for name, ema in self.ema.items():
@@ -59,8 +66,9 @@ class TrainState:
             "config": config,
             "world_size": dist.world_size(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
-            "models": {k: unwrap(m).state_dict() for k, m in self.models.items()},
-            "optims": {k: o.state_dict() for k, o in self.optims.items()},
+            "models": {k: unwrap(m).state_dict() for k, m in self.models.items() if k not in self.engine_owned},
+            "optims": {k: o.state_dict() for k, o in self.optims.items() if k not in self.engine_owned},
+            "engine_owned": sorted(self.engine_owned),
             "scheds": {k: s.state_dict() for k, s in self.scheds.items()},
             "ema": {k: e.state_dict() for k, e in self.ema.items()},
             "scaler": scaler.state_dict(),
@@ -76,10 +84,20 @@ class TrainState:
         if sd.get("recipe") != recipe:
             raise StateMismatch(f"checkpoint was written by recipe '{sd.get('recipe')}', not '{recipe}': "
                                 "point out_dir or resume at a run of this recipe, or resume=none")
+        owned = set(sd.get("engine_owned", []))
+        if owned != self.engine_owned:
+            engines = ("engine=deepspeed" if owned else "engine=ddp/accelerate",
+                       "engine=deepspeed" if self.engine_owned else "engine=ddp/accelerate")
+            raise StateMismatch(
+                f"checkpoint was written with {engines[0]}, this run uses {engines[1]}; DeepSpeed keeps weights and "
+                "optimizer state in its own per-rank format: resume with the checkpoint's engine, or export plain "
+                "weights with the checkpoint's deepspeed/<name>/zero_to_fp32.py and start over (resume=none)")
         for kind, mine in (("models", self.models), ("optims", self.optims)):
-            if set(sd[kind]) != set(mine):
+            if set(sd[kind]) != set(mine) - owned:
                 raise StateMismatch(f"checkpoint has {kind} {sorted(sd[kind])}, this recipe has {sorted(mine)}")
         for k, m in self.models.items():
+            if k in owned:
+                continue
             try:
                 unwrap(m).load_state_dict(sd["models"][k])
             except RuntimeError as e:
@@ -87,7 +105,8 @@ class TrainState:
                                     f"architecture?): {str(e).splitlines()[0]} ... use resume=none or the "
                                     "matching model config") from None
         for k, o in self.optims.items():
-            o.load_state_dict(sd["optims"][k])
+            if k not in owned:
+                o.load_state_dict(sd["optims"][k])
         for k, s in self.scheds.items():
             s.load_state_dict(sd["scheds"][k])
         for k, e in self.ema.items():

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from common.config import BaseConfig, parse_cli
 from common.data import classification_data
 from common.loop import fit, total_steps
-from common.metrics import evaluate_classifier
+from common.metrics import accuracy, evaluate_classifier
 from common.optim import build_optimizer, build_scheduler
-from common.runtime import Runtime
+from common.engines import make_runtime
 from common.state import TrainState
 
 
@@ -65,7 +65,7 @@ def train_step(batch, state: TrainState, rt) -> dict:
         loss = F.cross_entropy(logits, y, label_smoothing=rt.cfg.label_smoothing)
     rt.backward(loss)
     rt.step(state.optims["net"])
-    return {"loss": loss.detach(), "acc1": (logits.argmax(1) == y).float().mean() * 100}
+    return {"loss": loss.detach(), "acc1": accuracy(logits.detach(), y)}
 
 
 def evaluate(state: TrainState, rt, loader) -> dict:
@@ -74,7 +74,7 @@ def evaluate(state: TrainState, rt, loader) -> dict:
 
 def main(argv=None):
     cli = parse_cli(Config, __file__, argv)
-    with Runtime(cli.cfg, cli.recipe) as rt:
+    with make_runtime(cli.cfg, cli.recipe) as rt:
         if cli.dry_run:
             return rt.dry_run()
         loaders = classification_data(cli.cfg, rt)

@@ -1,0 +1,240 @@
+"""engine=deepspeed: deepspeed.initialize per (model, optimizer) pair, ZeRO stage 1/2/3, bf16/fp16.
+
+The config is a JSON file from launch/deepspeed/ (`deepspeed_config=`), JSON with `//` comments.
+Values written "auto" come from the recipe config, so one YAML drives every engine:
+
+    train_batch_size                 train.batch_size (global)
+    train_micro_batch_size_per_gpu   train.batch_size / (world size x train.grad_accum)
+    gradient_accumulation_steps      train.grad_accum
+    gradient_clipping                train.clip_grad_norm
+    bf16.enabled / fp16.enabled      precision=bf16 / precision=fp16
+
+A number that contradicts the recipe config is an error. The optimizer and LR schedule stay the
+recipe's (`optim.*`): DeepSpeed wraps the recipe's torch optimizer, so "optimizer"/"scheduler"
+sections in the JSON are refused.
+
+How the recipe's calls map, unchanged train_step:
+  rt.wrap(model)      moves the model to the device; deepspeed.initialize runs in prepare()
+                      (fit() calls it once the optimizers exist) and replaces state.models[k]
+  rt.backward(loss)   remembered; rt.step(opt) runs engine.backward(loss) and engine.step() on the
+                      engine that owns `opt`. Deferring is what lets a GAN's two engines share
+                      one rt.backward call signature: the optimizer names the engine.
+  micro_step          engine.set_gradient_accumulation_boundary(last micro-batch)
+  checkpoints         every rank writes engine.save_checkpoint into the checkpoint directory
+                      (checkpoints/step_N/deepspeed/<name>/), checksummed in MANIFEST.json with
+                      state.pt (counters, schedulers, RNG); resume=auto restores both.
+A DeepSpeed checkpoint resumes with the same world size (ZeRO partitions are per rank);
+deepspeed/<name>/zero_to_fp32.py in the checkpoint exports plain fp32 weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from common import dist
+from common.config import UserError
+from common.runtime import Runtime, unwrap
+
+REPO = Path(__file__).resolve().parents[1]
+TAG = "state"  # DeepSpeed's tag (sub-folder) inside checkpoints/step_N/deepspeed/<name>/
+
+
+def _strip_comments(text: str) -> str:
+    """Remove // comments outside JSON strings."""
+    return re.sub(r'("(?:\\.|[^"\\])*")|//[^\n]*', lambda m: m.group(1) or "", text)
+
+
+def find_config(path: str) -> Path:
+    p = Path(path)
+    for candidate in (p, REPO / p):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"deepspeed_config={path!r} not found (looked in the working directory and {REPO}); "
+                    f"the configs shipped are {', '.join(sorted(q.name for q in (REPO / 'launch/deepspeed').glob('*.json')))}")
+
+
+def resolve_config(path: Path, cfg, world_size: int) -> dict:
+    """The JSON with "auto" filled from the recipe config; contradictions are errors."""
+    try:
+        ds = json.loads(_strip_comments(path.read_text()))
+    except ValueError as e:
+        raise UserError(f"deepspeed_config {path} is not valid JSON (after removing // comments): {e}") from None
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise UserError(f"deepspeed_config {path} has an '{key}' section; dtrain builds the optimizer and LR "
+                            "schedule from optim.* in the recipe config: remove the section")
+    t = cfg.train
+    wanted = {"train_batch_size": t.batch_size, "train_micro_batch_size_per_gpu": t.batch_size // (world_size * t.grad_accum),
+              "gradient_accumulation_steps": t.grad_accum, "gradient_clipping": t.clip_grad_norm}
+    sources = {"train_batch_size": "train.batch_size", "train_micro_batch_size_per_gpu": "train.batch_size / (world x grad_accum)",
+               "gradient_accumulation_steps": "train.grad_accum", "gradient_clipping": "train.clip_grad_norm"}
+    for key, value in wanted.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+        elif ds[key] != value:
+            raise UserError(f"deepspeed_config {path} sets {key}={ds[key]} but the recipe config gives {value} "
+                            f"({sources[key]}): write \"auto\" in the JSON, or change the recipe config")
+    for dtype in ("bf16", "fp16"):
+        section = ds.setdefault(dtype, {})
+        enabled = section.get("enabled", "auto")
+        if enabled == "auto":
+            section["enabled"] = cfg.precision == dtype
+        elif bool(enabled) != (cfg.precision == dtype):
+            raise UserError(f"deepspeed_config {path} sets {dtype}.enabled={enabled} but precision={cfg.precision}: "
+                            f"write \"auto\" in the JSON, or set precision={dtype if enabled else 'fp32'}")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage == 3 and t.ema_decay > 0:
+        raise UserError("train.ema_decay needs the full weights on every rank after each step; ZeRO stage 3 "
+                        "partitions them: use ZeRO-1/2 (launch/deepspeed/zero2.json) or train.ema_decay=0")
+    if t.compile:
+        raise UserError("train.compile=true is not wired for engine=deepspeed (DeepSpeed has its own "
+                        "compile: engine.compile()); use train.compile=false")
+    return ds
+
+
+def _cast_inputs(dtype):
+    def cast(x):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            return x.to(dtype)
+        if isinstance(x, (list, tuple)):
+            return type(x)(cast(v) for v in x)
+        if isinstance(x, dict):
+            return {k: cast(v) for k, v in x.items()}
+        return x
+
+    def hook(module, args, kwargs):
+        return cast(args), cast(kwargs)
+    return hook
+
+
+class DeepSpeedRuntime(Runtime):
+    engine = "deepspeed"
+
+    def __init__(self, cfg, recipe: str = "recipe"):
+        # DeepSpeed picks its accelerator at import time; device=cpu must win on a GPU machine too.
+        if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        super().__init__(cfg, recipe)
+        try:
+            self.config_path = find_config(cfg.deepspeed_config)
+            self.ds_config = resolve_config(self.config_path, cfg, self.world_size)
+        except UserError as e:
+            self.__exit__(type(e), e, None)
+        if not torch.distributed.is_initialized():
+            # DeepSpeed always talks through a process group, even a group of one (plain `python`).
+            self.info.backend = "nccl" if self.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(self.info.backend, store=torch.distributed.HashStore(), rank=0,
+                                                 world_size=1)
+            dist.export_env(self.info)  # DeepSpeed insists on $LOCAL_RANK
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        if get_accelerator().device_name() != self.device.type:
+            self.__exit__(UserError, UserError(
+                f"DeepSpeed runs on '{get_accelerator().device_name()}' but dtrain picked {self.device}; set "
+                f"DS_ACCELERATOR={self.device.type} or device={get_accelerator().device_name()}"), None)
+        self._deepspeed = deepspeed
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)  # DeepSpeed scales fp16 losses itself
+        self.engines: dict[str, nn.Module] = {}  # optimizer name -> DeepSpeedEngine
+        self._by_opt: dict[int, nn.Module] = {}
+        self._pending: list[torch.Tensor] = []
+
+    def describe_engine(self) -> str:
+        c = self.ds_config
+        precision = "bf16" if c["bf16"]["enabled"] else "fp16" if c["fp16"]["enabled"] else "fp32"
+        return (f"deepspeed {self._deepspeed.__version__} {self.config_path.name}: ZeRO stage "
+                f"{c.get('zero_optimization', {}).get('stage', 0)}, {precision}, train_batch_size {c['train_batch_size']} = "
+                f"micro {c['train_micro_batch_size_per_gpu']} x accum {c['gradient_accumulation_steps']} x world {self.world_size}")
+
+    # -- models ------------------------------------------------------------------------------
+    def wrap(self, model: nn.Module) -> nn.Module:
+        t = self.cfg.train
+        if t.sync_bn and self.world_size > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model.to(self.device, memory_format=self.memory_format)
+
+    def prepare(self, state) -> None:
+        """deepspeed.initialize for each optimizer and the one model whose parameters it holds."""
+        owners = {id(p): name for name, m in state.models.items() for p in unwrap(m).parameters()}
+        for opt_name, opt in state.optims.items():
+            models = {owners.get(id(p)) for g in opt.param_groups for p in g["params"]}
+            if len(models) != 1 or None in models:
+                raise UserError(f"engine=deepspeed needs each optimizer to update exactly one model in state.models "
+                                f"(deepspeed.initialize takes one model and its optimizer); optimizer '{opt_name}' "
+                                f"updates {sorted(map(str, models))}")
+            (model_name,) = models
+            if model_name in state.engine_owned:
+                raise UserError(f"engine=deepspeed: model '{model_name}' has two optimizers; DeepSpeed supports one")
+            engine, *_ = self._deepspeed.initialize(model=unwrap(state.models[model_name]), optimizer=opt,
+                                                    config=json.loads(json.dumps(self.ds_config)),
+                                                    dist_init_required=False)
+            if engine.bfloat16_enabled() or engine.fp16_enabled():
+                # DeepSpeed keeps bf16/fp16 weights and turns autocast off inside its forward, so the
+                # fp32 batches our loaders yield are cast at the module's door (as fp16.auto_cast does).
+                unwrap(engine).register_forward_pre_hook(_cast_inputs(torch.bfloat16 if engine.bfloat16_enabled()
+                                                                      else torch.float16), with_kwargs=True)
+            state.models[model_name] = engine
+            state.engine_owned |= {model_name, opt_name}
+            self.engines[opt_name] = engine
+            self._by_opt[id(opt)] = engine
+
+    # -- optimisation ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def micro_step(self, i: int, n: int):
+        self.micro, self.n_micro = i, n
+        for engine in self.engines.values():
+            engine.set_gradient_accumulation_boundary(self.last_micro)
+        yield
+        if self._pending:
+            self._pending.clear()
+            raise RuntimeError("rt.backward(loss) was not followed by rt.step(optimizer) in this train_step; "
+                               "engine=deepspeed runs the backward in step(), on the optimizer's engine")
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self._pending.append(loss)
+
+    def step(self, optimizer) -> None:
+        """engine.backward + engine.step on every micro-batch: DeepSpeed counts micro-steps and
+        updates weights (and clips, unscales, zeroes) only at the accumulation boundary."""
+        engine = self._by_opt.get(id(optimizer))
+        if engine is None:
+            raise RuntimeError("rt.step got an optimizer that is not in state.optims; build TrainState with it")
+        if not self._pending:
+            raise RuntimeError("rt.step(optimizer) without a preceding rt.backward(loss)")
+        loss = self._pending[0] if len(self._pending) == 1 else torch.stack(self._pending).sum()
+        self._pending.clear()
+        engine.backward(loss)
+        engine.step()
+
+    def end_step(self) -> None:
+        """Nothing: DeepSpeed updates its loss scale inside engine.step()."""
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_shards(self, directory: Path) -> None:
+        """Collective: every rank writes its ZeRO partition under directory/deepspeed/<name>/."""
+        for name, engine in self.engines.items():
+            engine.save_checkpoint(str(directory / "deepspeed" / name), tag=TAG, save_latest=False)
+
+    def load_shards(self, state, ckpt_dir: Path) -> None:
+        ckpt_dir = Path(ckpt_dir)
+        if ckpt_dir.is_file():
+            ckpt_dir = ckpt_dir.parent
+        for name, engine in self.engines.items():
+            where = ckpt_dir / "deepspeed" / name
+            parts = list((where / TAG).glob("*zero_pp_rank_*optim_states.pt"))
+            if parts and len(parts) != self.world_size:
+                raise UserError(f"{where} holds ZeRO partitions for {len(parts)} ranks, this run has {self.world_size}: "
+                                "resume with the same world size, or export weights with its zero_to_fp32.py and "
+                                "start a new run from them")
+            path, _ = engine.load_checkpoint(str(where), tag=TAG, load_optimizer_states=True,
+                                             load_lr_scheduler_states=False)
+            if path is None:
+                raise UserError(f"DeepSpeed could not load its checkpoint from {where}")
