@@ -243,7 +243,8 @@ class TensorTrainLoader:
     """
 
     def __init__(self, images, labels, mean, std, *, global_batch, world, rank, accum, seed,
-                 drop_last=True, augment=False, device="cpu", memory_format=torch.contiguous_format):
+                 drop_last=True, augment=False, device="cpu", memory_format=torch.contiguous_format,
+                 mix=None):
         check_batch(global_batch, world, accum)
         self.images, self.labels = images.to(device), labels.to(device)
         self.plan = TrainPlan(len(labels), global_batch, world, drop_last)
@@ -255,6 +256,7 @@ class TensorTrainLoader:
         self.rank, self.accum, self.seed, self.augment = rank, accum, seed, augment
         self.device, self.memory_format = torch.device(device), memory_format
         self.epoch, self.start_step = 0, 0
+        self.mix = mix  # batch transform returning (x, soft targets), e.g. MixUp/CutMix
 
     def __len__(self) -> int:
         return self.plan.steps - self.start_step
@@ -282,6 +284,11 @@ class TensorTrainLoader:
                 x = _augment(x, shifts[pos], flips[pos], pad=4)
             x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
             y = self.labels[idx]
+            if self.mix is not None:
+                # Seeded per (seed, epoch, step, rank): the same mix after a resume, global RNG untouched.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + step) * 4096 + self.rank)
+                    x, y = self.mix(x, y)
             yield list(zip(x.tensor_split(self.accum), y.tensor_split(self.accum)))
 
 
@@ -305,6 +312,16 @@ class TensorEvalLoader:
         for idx in self.idx.split(self.batch):
             x = (self.images[idx].float().div_(255) - self.mean) / self.std
             yield x.contiguous(memory_format=self.memory_format), self.labels[idx]
+
+
+def batch_mix(d, num_classes: int):
+    """MixUp and/or CutMix from torchvision.transforms.v2 (None when both alphas are 0)."""
+    if d.mixup_alpha <= 0 and d.cutmix_alpha <= 0:
+        return None
+    from torchvision.transforms import v2
+    mixes = [v2.MixUp(alpha=d.mixup_alpha, num_classes=num_classes)] if d.mixup_alpha > 0 else []
+    mixes += [v2.CutMix(alpha=d.cutmix_alpha, num_classes=num_classes)] if d.cutmix_alpha > 0 else []
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
 @dataclass
@@ -332,9 +349,9 @@ def classification_data(cfg, rt) -> Loaders:
     mean, std = STATS[d.name]
     mean, std = mean * (train_x.shape[1] // len(mean)), std * (train_x.shape[1] // len(std))
     common = dict(world=rt.world_size, rank=rt.rank, device=rt.device, memory_format=rt.memory_format)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
     train = TensorTrainLoader(train_x, train_y, mean, std, global_batch=cfg.train.batch_size,
                               accum=cfg.train.grad_accum, seed=cfg.seed, drop_last=d.drop_last,
-                              augment=d.augment, **common)
+                              augment=d.augment, mix=batch_mix(d, num_classes), **common)
     evaluate = TensorEvalLoader(test_x, test_y, mean, std, batch_size=cfg.train.eval_batch_size, **common)
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
     return Loaders(train, evaluate, num_classes, tuple(train_x.shape[1:]))

@@ -5,6 +5,12 @@ import torch
 import torch.nn.functional as F
 
 
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy in percent; soft targets (MixUp/CutMix) count their largest class."""
+    target = y.argmax(1) if y.ndim == 2 else y
+    return (logits.argmax(1) == target).float().mean() * 100
+
+
 @torch.no_grad()
 def evaluate_classifier(model, rt, loader) -> dict[str, float]:
     """Loss and top-1 accuracy over the whole eval split, each sample counted once.
@@ -17,8 +23,9 @@ def evaluate_classifier(model, rt, loader) -> dict[str, float]:
     sums = torch.zeros(3, device=rt.device, dtype=torch.float64)  # loss sum, correct, count
     for x, y in loader:
         with rt.autocast():
-            logits = model(x)
-        logits = logits.float()
+            logits = model(x).float()
+            if rt.cfg.train.tta_flip:
+                logits = (logits + model(x.flip(3)).float()) / 2
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)

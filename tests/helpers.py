@@ -13,6 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 GLOO_EXIT_ABORT = "terminate called without an active exception"
 
 
+def load_recipe(name: str):
+    """Import recipes/<name>.py as a module (recipes are scripts, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def recipe_command(recipe: str, *overrides: str, nproc: int = 1, config: str | None = "debug",
                    env: dict | None = None) -> tuple[list[str], dict]:
     """Command and environment for `python recipes/<recipe>.py` (nproc=1) or torchrun, CPU only."""

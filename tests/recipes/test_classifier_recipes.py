@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from helpers import final_weights, metrics, run_recipe
+from helpers import final_weights, load_recipe, metrics, run_recipe
 
-RECIPES = ["mnist_mlp", "mnist_cnn", "resnet_cifar"]
+RECIPES = ["mnist_mlp", "mnist_cnn", "resnet_cifar", "senet_cifar", "vgg_cifar", "lenet_cifar"]
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
@@ -31,12 +31,7 @@ def test_debug_config_trains(recipe, nproc, tmp_path):
 
 
 def test_resnet_archs_have_the_published_depths():
-    import importlib.util
-    from helpers import ROOT
-
-    spec = importlib.util.spec_from_file_location("resnet_cifar", ROOT / "recipes" / "resnet_cifar.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_recipe("resnet_cifar")
     # ResNet-20/32/56 have about 0.27M/0.46M/0.85M parameters (He et al. 2016, Table 6); ResNet-18 11.2M.
     expect = {"resnet20": 0.27e6, "resnet32": 0.46e6, "resnet56": 0.85e6, "resnet18": 11.2e6}
     for arch, n in expect.items():
@@ -46,3 +41,30 @@ def test_resnet_archs_have_the_published_depths():
         convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
         assert len(convs) + 1 == {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet18": 18}[arch]
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_se_block_gates_channels_in_zero_one():
+    se = load_recipe("senet_cifar").SqueezeExcite(32, reduction=16)
+    assert se.fc1.out_features == 2  # C / r
+    x = torch.randn(4, 32, 8, 8).abs() + 0.1
+    y = se(x)
+    assert y.shape == x.shape
+    gate = y / x  # per-channel factor, constant over space
+    assert torch.allclose(gate, gate[:, :, :1, :1].expand_as(gate), atol=1e-6)
+    assert (gate > 0).all() and (gate < 1).all()
+
+
+@pytest.mark.parametrize("depth,convs", [(11, 8), (13, 10), (16, 13), (19, 16)])
+def test_vgg_depths(depth, convs):
+    mod = load_recipe("vgg_cifar")
+    model = mod.build_model(mod.ModelConfig(depth=depth), (1, 32, 32), 10)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) == convs
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == convs
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_lenet_shapes():
+    mod = load_recipe("lenet_cifar")
+    model = mod.build_model(mod.ModelConfig(), (3, 32, 32), 10)
+    assert [m.in_features for m in model if isinstance(m, torch.nn.Linear)] == [400, 120, 84]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

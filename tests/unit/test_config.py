@@ -1,4 +1,3 @@
-import importlib.util
 import subprocess
 import sys
 
@@ -6,14 +5,7 @@ import pytest
 import yaml
 
 from common.config import BaseConfig, ConfigError, apply, parse_cli, schema
-from helpers import ROOT
-
-
-def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from helpers import ROOT, load_recipe
 
 
 def test_unknown_key_names_the_closest_valid_key():
