@@ -70,6 +70,45 @@ class Meter:
         return dict(zip(keys, values))
 
 
+class NonFiniteGuard:
+    """Counts consecutive steps whose train_step outputs are not all finite, on the device.
+
+    No host sync per step: the verdict is read at log and checkpoint boundaries. Under fp16
+    the GradScaler already skips steps with inf/NaN gradients; this guard stops runs whose
+    loss stays non-finite (a diverged run), naming the step, before a checkpoint is written.
+    """
+
+    def __init__(self, limit: int, device):
+        self.limit = max(1, limit)
+        self.streak = torch.zeros((), dtype=torch.long, device=device)
+        self.tripped_at = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, out: dict[str, torch.Tensor], step: int) -> None:
+        finite = torch.stack([torch.isfinite(v.detach()).all() for v in out.values()]).all()
+        self.streak = torch.where(finite, torch.zeros_like(self.streak), self.streak + 1)
+        newly = (self.streak >= self.limit) & (self.tripped_at < 0)
+        self.tripped_at = torch.where(newly, torch.full_like(self.tripped_at, step), self.tripped_at)
+
+    def check(self, rt, saved_step: int) -> None:
+        """Collective: every rank raises together if any rank tripped."""
+        t = self.tripped_at.clone()
+        if rt.world_size > 1:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        step = int(t.item())
+        if step >= 0:
+            raise UserError(
+                f"train_step returned non-finite values (NaN/inf) for {self.limit} steps in a row, up to step {step}; "
+                f"stopping without checkpointing them (newest checkpoint: step {saved_step if saved_step >= 0 else 'none'}). "
+                "Try a lower optim.lr, train.clip_grad_norm=1.0, or precision=bf16 instead of fp16 "
+                "(train.max_nonfinite_steps sets the count)")
+
+
+def weights_finite(state) -> bool:
+    from common.runtime import unwrap
+    flags = [torch.isfinite(p).all() for m in state.models.values() for p in unwrap(m).parameters() if p.numel()]
+    return bool(torch.stack(flags).all().item()) if flags else True
+
+
 def total_steps(cfg, train_loader) -> int:
     return cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * train_loader.plan.steps
 
@@ -99,20 +138,31 @@ def resume(cfg, state, rt, ckpt: Checkpointer) -> None:
             return
     else:
         path = cfg.resume
-    for warning in state.load_state_dict(load_file(Path(path)), rt.scaler, rt.recipe):
+    sd = load_file(Path(path))
+    saved_batch = sd.get("config", {}).get("train", {}).get("batch_size")
+    if saved_batch not in (None, cfg.train.batch_size):
+        # The data position is counted in global batches: another batch size cannot continue it.
+        raise UserError(f"checkpoint {path} was trained with train.batch_size={saved_batch} (global); this run asks "
+                        f"for {cfg.train.batch_size}. Resume with train.batch_size={saved_batch} (the number of "
+                        "processes may change), or start a new out_dir / resume=none")
+    for warning in state.load_state_dict(sd, rt.scaler, rt.recipe):
         rt.log(f"warning: {warning}")
+    rt.load_shards(state, Path(path))
     rt.log(f"resumed from {path}: step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch} of the epoch")
 
 
 def fit(cfg, state, rt, loaders, train_step, evaluate) -> dict[str, float]:
     out = prepare_run_dir(cfg, rt)
     ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
+    rt.prepare(state)  # engines bind models to optimizers here (DeepSpeed, Accelerate); no-op for DDP
     resume(cfg, state, rt, ckpt)
     logger = Logger(out, rt.is_main, state.step)
+    rt.logger = logger
     train, t = loaders.train, cfg.train
     total = total_steps(cfg, train)
     preempt = Preemption()
     meter = Meter()
+    guard = NonFiniteGuard(t.max_nonfinite_steps, rt.device)
     bar = _progress(cfg, rt, total, state.step)
     last_eval: dict[str, float] = {}
     eval_step = -1
@@ -126,13 +176,17 @@ def fit(cfg, state, rt, loaders, train_step, evaluate) -> dict[str, float]:
 
     def save():
         nonlocal saved_step
+        guard.check(rt, saved_step)
+        if not weights_finite(state):
+            raise UserError(f"weights are not finite at step {state.step}; not writing a checkpoint "
+                            f"(newest: step {saved_step}). Try a lower optim.lr or train.clip_grad_norm=1.0")
         split, _, key = cfg.ckpt.best_metric.partition("/")
         value = last_eval.get(key) if split == "val" and eval_step == state.step else None
         is_best = value is not None and ckpt.is_better(value, state.best)
         if is_best:
             state.best = value
         payload = state.state_dict(rt.scaler, to_dict(cfg), rt.recipe)
-        ckpt.save(payload, state.step, is_best=is_best, metric=value)
+        ckpt.save(payload, state.step, is_best=is_best, metric=value, shards=rt.save_shards)
         saved_step = state.step
 
     try:
@@ -147,7 +201,9 @@ def fit(cfg, state, rt, loaders, train_step, evaluate) -> dict[str, float]:
                     break
                 for i, batch in enumerate(micro_batches):
                     with rt.micro_step(i, len(micro_batches)):
-                        meter.add(train_step(batch, state, rt))
+                        out = train_step(batch, state, rt)
+                    meter.add(out)
+                    guard.update(out, state.step + 1)
                     samples += len(batch[0]) * rt.world_size
                 rt.end_step()
                 for sched in state.scheds.values():
@@ -163,6 +219,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate) -> dict[str, float]:
                     bar.update(1)
 
                 if state.step % t.log_every_steps == 0 or epoch_end or last:
+                    guard.check(rt, saved_step)
                     metrics = meter.reduce(rt)
                     elapsed = time.perf_counter() - t_log
                     metrics["lr"] = next(iter(state.optims.values())).param_groups[0]["lr"]
