@@ -154,7 +154,8 @@ class Runtime:
             yield
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss / self.n_micro).backward()
+        # Mean over micro-batches; skip the divide (one op forward and backward) when there is one.
+        self.scaler.scale(loss / self.n_micro if self.n_micro > 1 else loss).backward()
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         """Unscale, clip, step and zero the grads; only on the final micro-step."""

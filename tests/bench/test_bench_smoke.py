@@ -1,0 +1,57 @@
+"""The benchmarks run and report well-formed results (bench/run_all.py --smoke).
+
+Smoke sizes are tiny and the machine is shared: nothing here looks at how fast anything
+was or whether a target was met. The real numbers come from `python -m bench` (README).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+
+from helpers import ROOT
+
+EXPECTED = {
+    "loop_overhead": ["loop_overhead/mnist_mlp_b128", "loop_overhead/resnet18_b32"],
+    "loader_headroom": [f"loader_headroom/{r}" for r in ("mnist_mlp", "mnist_cnn", "lenet_cifar", "resnet_cifar",
+                                                           "senet_cifar", "vgg_cifar", "gan_mnist", "cgan_mnist",
+                                                           "dcgan", "pix2pix", "imagenet")],
+    "ddp_efficiency": ["ddp_efficiency/resnet18_2proc", "ddp_efficiency/mnist_cnn_2proc",
+                       "ddp_efficiency/resnet18_ddp_world1_cost", "ddp_efficiency/mnist_cnn_ddp_world1_cost"],
+    "grad_comm": ["grad_comm/ddp_comm_vs_flat_allreduce"],
+    "gpu": ["gpu/ours_vs_bare_images_per_s", "gpu/compile_vs_eager", "gpu/bf16_vs_fp32", "gpu/data_wait_pct"],
+}
+
+
+def test_smoke_run_is_well_formed(tmp_path):
+    out = tmp_path / "smoke.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--json", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    result = json.loads(out.read_text())
+    assert result["smoke"] is True and result["failed"] == [] and result["problems"] == []
+    reports = {r["benchmark"]: r for r in result["reports"]}
+    assert set(reports) == set(EXPECTED)
+    for bench, names in EXPECTED.items():
+        rows = {r["name"]: r for r in reports[bench]["rows"]}
+        assert set(names) <= set(rows), (bench, sorted(rows))
+        for row in rows.values():
+            assert set(row) == {"name", "ratio", "target", "met", "status", "details"}
+            assert row["target"] == "(info)" or row["target"].split()[0] in ("<=", ">=")
+            if row["status"] == "measured":
+                count = row["details"].get("unit") == "count"  # syncs per step may be 0; ratios may not
+                assert isinstance(row["ratio"], float) and math.isfinite(row["ratio"]), row
+                assert row["ratio"] >= 0 if count else row["ratio"] > 0, row
+                assert row["met"] in (True, False, None)
+            else:
+                assert row["ratio"] is None and row["met"] is None
+    # the loss curves of our loop and the bare loop are compared, and the comparison is reported
+    for name in EXPECTED["loop_overhead"]:
+        details = {r["name"]: r for r in reports["loop_overhead"]["rows"]}[name]["details"]
+        assert math.isfinite(details["loss_max_abs_diff_ours_vs_bare"])
+    # the printed table has a line per row
+    for names in EXPECTED.values():
+        for name in names:
+            assert f"| {name} |" in proc.stdout
