@@ -131,16 +131,20 @@ class Judge(nn.Module):
     def stats(self) -> FeatureStats:
         return FeatureStats(self)
 
-    def reference(self, rt, batches) -> Gaussian:
+    def reference(self, rt, batches, expected: int) -> Gaussian:
         """Statistics of the real images, computed once per run on the first evaluation.
 
-        `batches` yields (images in [-1, 1], labels or None) of this rank's eval shard.
+        `batches` yields (images in [-1, 1], labels or None) of this rank's eval shard; together
+        the ranks must see `expected` images, each once.
         """
         if self._reference is None:
             acc = self.stats()
             for images, labels in batches:
                 acc.add(images, labels)
             self._reference = acc.reduce(rt)
+            if self._reference.count != expected:
+                raise RuntimeError(f"the reference set has {self._reference.count} images, expected {expected}: "
+                                   "sharding bug")
         return self._reference
 
 
@@ -171,13 +175,13 @@ def find_checkpoint(path: Path) -> Path:
     if found is None:
         raise UserError(f"eval.classifier={str(path)!r} holds no classifier checkpoint. Make one (minutes on a CPU, "
                         f"offline): `{HOW_TO_MAKE}`, then point eval.classifier at that out_dir; or set "
-                        "eval.classifier='' to train without Fréchet distance and label accuracy")
+                        "eval.classifier=none to train without Fréchet distance and label accuracy")
     return found
 
 
 def load_judge(path: str, device) -> Judge | None:
-    """The judge from an mnist_cnn run directory or checkpoint; None when path is ''."""
-    if not path:
+    """The judge from an mnist_cnn run directory or checkpoint; None when path is 'none' (or empty)."""
+    if path in ("", "none"):
         return None
     ckpt = find_checkpoint(Path(path))
     sd = load_file(ckpt)

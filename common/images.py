@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from common import dist
-from common.data import (DataConfig, DataError, Loaders, TensorEvalLoader, TensorTrainLoader, TrainPlan,
+from common.config import DataConfig
+from common.data import (DataError, Loaders, TensorEvalLoader, TensorTrainLoader, TrainPlan,
                          check_batch, epoch_order, eval_shard, load_split)
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -176,6 +177,36 @@ def _folder_labels(files: list[str]) -> list[int]:
     return [index.get(Path(f).parts[0], 0) if len(Path(f).parts) > 1 else 0 for f in files]
 
 
+class _Batches:
+    """A batch sampler that asks its loader for the current epoch's batches each time it is iterated."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __iter__(self):
+        return iter(self.make())
+
+    def __len__(self) -> int:
+        return len(self.make())
+
+
+def _persistent_loader(ds, batches: _Batches, workers: int, rt):
+    """One DataLoader for the whole run: worker processes start once (not every epoch or
+    evaluation), and each pass re-reads the batch list, so set_epoch/resume still apply.
+
+    Workers are spawned, not forked: by now the process has threads (process group, TensorBoard
+    writer), and a fork can leave a child waiting forever on a lock one of them held (seen here:
+    CPython's after-fork thread cleanup hung a worker under load).
+    Its own generator: a DataLoader iterator otherwise draws its workers' base seed from the
+    global RNG, shifting the training stream (dropout, noise) depending on when iterators are
+    made, which breaks bitwise resume. The workers need no randomness of their own.
+    """
+    return torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers,
+                                       persistent_workers=workers > 0, pin_memory=rt.device.type == "cuda",
+                                       multiprocessing_context="spawn" if workers > 0 else None,
+                                       generator=torch.Generator().manual_seed(0))
+
+
 def _to_device(x: torch.Tensor, rt) -> torch.Tensor:
     x = x.to(rt.device, non_blocking=True).float().div_(127.5).sub_(1)
     return x.contiguous(memory_format=rt.memory_format)
@@ -195,6 +226,7 @@ class FolderTrainLoader:
         if self.plan.steps == 0:
             raise DataError(f"train.batch_size={global_batch} is larger than the {len(dataset)} training images")
         self.epoch, self.start_step = 0, 0
+        self._loader = None
 
     def __len__(self) -> int:
         return self.plan.steps - self.start_step
@@ -216,39 +248,37 @@ class FolderTrainLoader:
         return batches
 
     def __iter__(self):
-        loader = torch.utils.data.DataLoader(self.ds, batch_sampler=self._items(), num_workers=self.workers,
-                                             pin_memory=self.rt.device.type == "cuda")
-        for x, y in loader:
+        if self._loader is None:
+            self._loader = _persistent_loader(self.ds, _Batches(self._items), self.workers, self.rt)
+        for x, y in self._loader:
             x, y = _to_device(x, self.rt), y.to(self.rt.device)
             yield list(zip(x.tensor_split(self.accum), y.tensor_split(self.accum)))
 
 
 class FolderEvalLoader:
-    """Unpadded eval shard of the held-out files (each counted once), no jitter."""
+    """Unpadded eval shard of the held-out files (each counted once), no jitter (dataset load_size == size)."""
 
     def __init__(self, dataset: ImageFiles, rt, *, batch_size: int, workers: int):
         self.ds, self.rt, self.workers = dataset, rt, workers
         self.total = len(dataset)
         self.idx = eval_shard(self.total, rt.world_size, rt.rank).tolist()
         self.batch = max(1, batch_size // rt.world_size)
-        self._centre = (dataset.load_size - dataset.size) // 2
+        self._loader = None
 
     def __len__(self) -> int:
         return math.ceil(len(self.idx) / self.batch)
 
     def _items(self, idx: list[int]) -> list[list[tuple]]:
-        c = self._centre
-        return [[(i, c, c, False) for i in idx[s:s + self.batch]] for s in range(0, len(idx), self.batch)]
+        return [[(i, 0, 0, False) for i in idx[s:s + self.batch]] for s in range(0, len(idx), self.batch)]
 
     def __iter__(self):
-        loader = torch.utils.data.DataLoader(self.ds, batch_sampler=self._items(self.idx), num_workers=self.workers)
-        for x, y in loader:
+        if self._loader is None:
+            self._loader = _persistent_loader(self.ds, _Batches(lambda: self._items(self.idx)), self.workers, self.rt)
+        for x, y in self._loader:
             yield _to_device(x, self.rt), y.to(self.rt.device)
 
     def head(self, n: int) -> torch.Tensor:
-        x = torch.stack([self.ds[item][0] for (item,) in zip(*self._items(list(range(min(n, self.total)))))]) \
-            if False else torch.stack([self.ds[(i, self._centre, self._centre, False)][0] for i in range(min(n, self.total))])
-        return _to_device(x, self.rt)
+        return _to_device(torch.stack([self.ds[(i, 0, 0, False)][0] for i in range(min(n, self.total))]), self.rt)
 
 
 def folder_data(cfg, rt, size: int, pairs: bool, eval_limit: int = 0) -> Loaders:
@@ -266,7 +296,7 @@ def folder_data(cfg, rt, size: int, pairs: bool, eval_limit: int = 0) -> Loaders
     load = round(size * 286 / 256) if pairs and cfg.data.augment else size
     b_to_a = cfg.data.direction == "BtoA"
     train_ds = ImageFiles(train_dir, train_files, size, pairs, b_to_a, load)
-    eval_ds = ImageFiles(eval_dir, eval_files, size, pairs, b_to_a, load)
+    eval_ds = ImageFiles(eval_dir, eval_files, size, pairs, b_to_a, load_size=size)
     workers = cfg.data.workers
     train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
                               seed=cfg.seed, drop_last=cfg.data.drop_last, augment=cfg.data.augment, workers=workers)

@@ -1,4 +1,4 @@
-"""Rank-0 logging: TensorBoard scalars and hparams, metrics.jsonl, console lines.
+"""Rank-0 logging: TensorBoard scalars and hparams, metrics.jsonl, console lines, image grids.
 
 Other ranks get a logger whose methods do nothing, so callers never branch on rank.
 Only already-reduced numbers arrive here. On resume, events after the resumed step
@@ -27,6 +27,7 @@ class Logger:
         self.enabled = enabled
         if not enabled:
             return
+        self.out_dir = Path(out_dir)
         from torch.utils.tensorboard import SummaryWriter
 
         self.jsonl = Path(out_dir) / "metrics.jsonl"
@@ -55,6 +56,18 @@ class Logger:
             self.tb.add_scalar(f"{split}/{k}", v, step)
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         print(f"[{split}] step {step} epoch {epoch} {shown}", flush=True)
+
+    def images(self, tag: str, step: int, images, nrow: int = 8) -> None:
+        """A grid of [N, C, H, W] images in [0, 1] to TensorBoard (samples/<tag>) and to
+        out_dir/samples/<tag>_<step>.png. Call it on every rank; only rank 0 writes."""
+        if not self.enabled:
+            return
+        from torchvision.utils import make_grid, save_image
+
+        grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+        self.tb.add_image(f"samples/{tag}", grid, step)
+        (self.out_dir / "samples").mkdir(exist_ok=True)
+        save_image(grid, self.out_dir / "samples" / f"{tag}_{step:08d}.png")
 
     def hparams(self, config: dict, final: dict[str, float]) -> None:
         if not self.enabled:

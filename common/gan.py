@@ -1,0 +1,153 @@
+"""Pieces every GAN recipe shares: losses, evaluation settings, fixed noise, quality scores, grids.
+
+The training step itself stays in each recipe, visible top to bottom:
+
+    fake = G(z)                                        # one G forward (through DDP) per iteration
+    D step:  loss_d = d_loss(D(cat[real, fake.detach()]), n)  -> rt.backward, rt.step(opt D)
+    G step:  with rt.frozen(D) as D_: loss_g = g_loss(D_(...)) -> rt.backward, rt.step(opt G)
+
+BatchNorm in D under DDP: D sees one concatenated real+fake batch in *both* steps, so its batch
+statistics mean the same thing when D learns and when G is scored, and D's BatchNorm keeps
+no running statistics (track_running_stats=False: D is never evaluated), so there are no D
+buffers to broadcast or to drift apart between ranks. G's running statistics are broadcast
+from rank 0 before every evaluation (sync_buffers), which is what DDP does at G's next forward
+anyway: evaluation, checkpoints and every rank agree without changing the training trajectory.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.distributed
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.data import eval_shard
+from common.fid import frechet_distance
+
+
+@dataclass
+class GanEvalConfig:
+    classifier: str = "runs/fid_classifier"  # mnist_cnn run dir (or checkpoint) whose features give val/fd; none = off
+    samples: int = 10000  # generated samples per evaluation (and cap on the real reference set) for val/fd
+    grid: int = 64  # images in the sample grid written to TensorBoard and out_dir/samples/ at each evaluation
+
+
+# ----------------------------------------------------------------------------- losses
+
+def d_loss(logits: torch.Tensor, n_real: int) -> tuple[torch.Tensor, dict]:
+    """BCE-with-logits (autocast-safe) for one D forward on cat([real, fake]): the first n_real
+    rows are real (target 1), the rest fake (0). Also D's mean belief on each half."""
+    target = torch.zeros_like(logits)
+    target[:n_real] = 1
+    loss = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits.detach().float())
+    return loss, {"d_real": p[:n_real].mean(), "d_fake": p[n_real:].mean()}
+
+
+def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss, -log D(G(z)) (Goodfellow et al. 2014, section 3)."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+# ----------------------------------------------------------------------------- models
+
+def init_dcgan(module: nn.Module) -> None:
+    """Weights ~ N(0, 0.02), BatchNorm scales ~ N(1, 0.02), biases 0 (Radford et al. 2016, section 4)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+@contextlib.contextmanager
+def evaluating(*models: nn.Module):
+    """eval() mode (dropout off, BatchNorm on running statistics: samples do not depend on how
+    the eval batch is split across ranks), restored afterwards."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+def sync_buffers(rt, *models: nn.Module) -> None:
+    """Broadcast buffers (BatchNorm running statistics) from rank 0; a collective, call on every rank."""
+    if rt.world_size == 1:
+        return
+    unique = {id(b): b for m in models for b in m.buffers()}
+    for b in unique.values():
+        torch.distributed.broadcast(b, src=0)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def noise(shape: tuple[int, ...], kind: str, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ U(-1, 1) ("uniform"), U(0, 1) ("uniform01") or N(0, 1) ("normal"). Without a generator
+    it draws from the device's global RNG (saved in checkpoints); with one, on the CPU."""
+    where = "cpu" if generator is not None else device
+    if kind == "normal":
+        z = torch.randn(shape, generator=generator, device=where)
+    else:
+        z = torch.rand(shape, generator=generator, device=where)
+        z = z * 2 - 1 if kind == "uniform" else z
+    return z.to(device)
+
+
+def batch_noise(rt, n: int, shape: tuple[int, ...], kind: str) -> torch.Tensor:
+    """Training noise for this rank's n samples, cut from one draw for the whole global batch.
+
+    Every rank seeds and draws alike, so each draws the same [world * n, ...] tensor and keeps
+    its own rows, as the data sampler does: ranks get different fakes (drawing n each would give
+    every rank the same ones), and N ranks of n see the samples of one process of N * n.
+    """
+    z = noise((rt.world_size * n, *shape), kind, rt.device)
+    return z[rt.rank * n:(rt.rank + 1) * n]
+
+
+def noise_bank(n: int, shape: tuple[int, ...], kind: str, seed: int, device) -> torch.Tensor:
+    """n fixed noise vectors from a private generator: the same samples at every evaluation, on
+    every rank and world size, and the training RNG stream is untouched (exact resume)."""
+    return noise((n, *shape), kind, device, torch.Generator().manual_seed(seed + 20_240_601))
+
+
+@torch.no_grad()
+def quality(rt, judge, loader, generate, n: int, real_labels: bool = False) -> dict[str, float]:
+    """Fréchet distance of n generated samples to the real images of the eval loader, in the judge's features.
+
+    generate(indices) -> (images in [-1, 1], requested labels or None) for global sample indices;
+    each rank generates its unpadded shard of range(n). With requested labels, also `label_acc`:
+    percent of samples the judge classifies as the class they were asked to show (and with
+    real_labels, `real_label_acc`: the judge on the real eval images, the ceiling).
+    """
+    if judge is None:
+        return {}
+    reference = judge.reference(rt, ((x, y if real_labels else None) for x, y in loader), loader.total)
+    fake = judge.stats()
+    batch = max(1, rt.cfg.train.eval_batch_size // rt.world_size)
+    for idx in eval_shard(n, rt.world_size, rt.rank).split(batch):
+        images, labels = generate(idx.to(rt.device))
+        fake.add(images, labels)
+    scored = fake.reduce(rt)
+    if scored.count != n:
+        raise RuntimeError(f"scored {scored.count} generated samples, expected {n}: sharding bug")
+    out = {"fd": frechet_distance(reference, scored)}
+    if scored.acc is not None:
+        out["label_acc"] = scored.acc
+    if scored.acc is not None and reference.acc is not None:
+        out["real_label_acc"] = reference.acc  # the judge on real images: the ceiling for label_acc
+    return out
+
+
+def log_grid(rt, tag: str, step: int, images: torch.Tensor, nrow: int = 8) -> None:
+    """[-1, 1] images as one PNG grid in TensorBoard and out_dir/samples/ (rank 0 writes)."""
+    if rt.logger is not None:
+        rt.logger.images(tag, step, (images.float() + 1) / 2, nrow)
