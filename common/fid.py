@@ -5,7 +5,7 @@ generated images. Inception weights are a download; here the features come from 
 classifier this project trains itself, offline, with `recipes/mnist_cnn.py` on real
 Fashion-MNIST (README, "Generative recipes"):
 
-    python recipes/mnist_cnn.py out_dir=runs/fid_classifier     # stored in runs/fid_classifier/checkpoints/
+    python recipes/mnist_cnn.py out_dir=runs/fid_classifier train.epochs=5   # -> runs/fid_classifier/checkpoints/
 
 The features are the input of its last Linear layer (the 256 ReLU units of the default
 model). Numbers are therefore comparable between runs of this project, not with
@@ -29,7 +29,7 @@ from common.config import UserError
 from common.data import STATS
 
 CLASSIFIER_RECIPE = "mnist_cnn"
-HOW_TO_MAKE = "python recipes/mnist_cnn.py out_dir=runs/fid_classifier"
+HOW_TO_MAKE = "python recipes/mnist_cnn.py out_dir=runs/fid_classifier train.epochs=5"
 
 
 @dataclass

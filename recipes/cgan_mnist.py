@@ -12,8 +12,9 @@ drawn with G's dropout active (eval mode with it off gives one near-identical im
 Quality at each evaluation: val/fd (Fréchet distance to the real test images in the judge
 classifier's features) and val/label_acc: percent of generated samples the judge classifies as
 the class they were asked to show (val/real_label_acc: the judge on real test images, the ceiling).
-The judge: `python recipes/mnist_cnn.py out_dir=runs/fid_classifier` (README, "Generative recipes").
-Result: see the README's "Generative recipes" section.
+The judge: `python recipes/mnist_cnn.py out_dir=runs/fid_classifier train.epochs=5` (README, "Generative recipes").
+Result: val/fd 34.0 and val/label_acc 86.4% (real images: 91.35%) on real Fashion-MNIST after the
+default 5 epochs, 7 min on a 2-core CPU shared with other jobs (README, "Generative recipes").
 
     python recipes/cgan_mnist.py                                  # Fashion-MNIST, one process
     torchrun --nproc_per_node=2 recipes/cgan_mnist.py             # DDP, same global batch
@@ -123,7 +124,7 @@ def train_step(batch, state: TrainState, rt) -> dict:
     z = gan.batch_noise(rt, n, (rt.cfg.model.z_dim,), "uniform01")  # this rank's rows of the global batch's noise
     with rt.autocast():
         fake = G(z, y)  # one G forward; the D step sees it detached
-        loss_d, probs = gan.d_loss(D(torch.cat([real, fake.detach()]), torch.cat([y, y])), n)
+        loss_d, probs = gan.d_loss(*D(torch.cat([real, fake.detach()]), torch.cat([y, y])).split(n))
     rt.backward(loss_d)
     rt.step(state.optims["D"])
     # G step: D frozen and unwrapped (no D gradients, no D all-reduce); no BatchNorm in D.

@@ -7,15 +7,16 @@ D: stride-2 5x5 (or 4x4) convs with LeakyReLU(0.2) and BN (none on the input lay
 The number of layers follows the image size: 3 up/down stages for 32 px, 4 for 64 px (the paper's
 LSUN/CelebA model: 1024-512-256-128 channels for ngf=128). Adam(2e-4, beta1 0.5), N(0, 0.02) init.
 
-DDP and BatchNorm: D runs on one concatenated real+fake batch in both the D and the G step and its
-BatchNorm keeps no running statistics (it is never evaluated); G's running statistics are
-broadcast from rank 0 before each evaluation (common/gan.py explains both).
+DDP and BatchNorm: D sees pure batches (all real or all fake) in both steps and its BatchNorm keeps
+no running statistics (it is never evaluated); G's running statistics are broadcast from rank 0
+before each evaluation (common/gan.py explains both).
 
 Data: data.name=fashion_mnist (28 px zero-padded to 32, then resized), cifar10, or folder with
 data.root=DIR (ImageFolder/CelebA/an exported LSUN: every image under DIR, or DIR/train and
 DIR/val; shorter side resized, center crop). val/fd is measured by a Fashion-MNIST classifier
 (greyscale, 28x28): an absolute score on Fashion-MNIST, a relative progress signal elsewhere.
-Result: see the README's "Generative recipes" section.
+Result: val/fd 17.2 on real Fashion-MNIST after the default 3 epochs (32 px, 5x5, half-width nets),
+11 min on a 2-core CPU shared with other jobs (README, "Generative recipes").
 
     python recipes/dcgan.py                                       # Fashion-MNIST, 32 px
     torchrun --nproc_per_node=4 recipes/dcgan.py data.name=cifar10 data.download=true
@@ -125,13 +126,13 @@ def train_step(batch, state: TrainState, rt) -> dict:
     z = gan.batch_noise(rt, n, (rt.cfg.model.z_dim,), "uniform")  # this rank's rows of the global batch's noise
     with rt.autocast():
         fake = G(z)  # one G forward; the D step sees it detached
-        loss_d, probs = gan.d_loss(D(torch.cat([real, fake.detach()])), n)
+        # Pure real and pure fake batches for D's BatchNorm; one backward, one D all-reduce.
+        loss_d, probs = gan.d_loss(D(real), D(fake.detach()))
     rt.backward(loss_d)
     rt.step(state.optims["D"])
-    # G step through the frozen, unwrapped D (no D gradients, no D all-reduce), on the same
-    # real+fake batch as the D step so that D's BatchNorm normalizes the fakes the same way.
+    # G step through the frozen, unwrapped D: no D gradients, no D all-reduce.
     with rt.frozen(D) as D_, rt.autocast():
-        loss_g = gan.g_loss(D_(torch.cat([real, fake]))[n:])
+        loss_g = gan.g_loss(D_(fake))
     rt.backward(loss_g)
     rt.step(state.optims["G"])
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), **probs}

@@ -7,8 +7,8 @@ G (U-Net): 4x4 stride-2 convs down to 1x1 (LeakyReLU 0.2, BatchNorm except on th
 D (PatchGAN): on cat(A, B): C64 (no BN) - C128 - C256 stride 2, C512 stride 1, a 1-channel conv;
    each output judges a 70x70 patch (model.d_layers=3; 1 -> 16x16, 2 -> 34x34).
 Loss: G minimizes GAN + lambda * L1(G(A), B), lambda = 100; D's loss is halved (the mean over
-the real and fake halves). Adam(2e-4, beta1 0.5). D sees real and fake pairs in one batch in both
-steps and its BatchNorm keeps no running statistics; G's are broadcast from rank 0 before each
+the real and fake halves). Adam(2e-4, beta1 0.5). D sees pure batches (all real or all fake pairs)
+and its BatchNorm keeps no running statistics; G's are broadcast from rank 0 before each
 evaluation (common/gan.py). Evaluation runs G in eval mode (the paper keeps dropout and batch
 statistics at test time): deterministic outputs, independent of how ranks split the batch.
 
@@ -130,15 +130,16 @@ def build_state(cfg: Config, rt, loaders) -> TrainState:
 def train_step(batch, state: TrainState, rt) -> dict:
     pairs, _ = batch
     a, b = pairs.chunk(2, dim=1)
-    G, D, n = state.models["G"], state.models["D"], len(pairs)
+    G, D = state.models["G"], state.models["D"]
     with rt.autocast():
         fake = G(a)  # one G forward; the D step sees it detached
-        loss_d, probs = gan.d_loss(D(torch.cat([pairs, torch.cat([a, fake.detach()], 1)])), n)
+        # Pure real and pure fake batches for D's BatchNorm; one backward, one D all-reduce.
+        loss_d, probs = gan.d_loss(D(pairs), D(torch.cat([a, fake.detach()], 1)))
     rt.backward(loss_d)
     rt.step(state.optims["D"])
-    # G step through the frozen, unwrapped D, on the same real+fake batch (BatchNorm in D).
+    # G step through the frozen, unwrapped D: no D gradients, no D all-reduce.
     with rt.frozen(D) as D_, rt.autocast():
-        loss_gan = gan.g_loss(D_(torch.cat([pairs, torch.cat([a, fake], 1)]))[n:])
+        loss_gan = gan.g_loss(D_(torch.cat([a, fake], 1)))
         loss_l1 = F.l1_loss(fake.float(), b.float())
         loss_g = loss_gan + rt.cfg.model.l1_weight * loss_l1
     rt.backward(loss_g)
