@@ -146,7 +146,7 @@ def evaluate(state: TrainState, rt, loader, judge=None) -> dict:
     grid_z = z[:cols].repeat(classes, 1)
     # G's dropout is part of its noise (as in pix2pix): D only ever saw samples drawn with it, so
     # they are drawn with it here too, from a fixed seed that leaves the training RNG untouched.
-    with gan.evaluating(G), torch.random.fork_rng(devices=[rt.device] if rt.device.type == "cuda" else []):
+    with gan.evaluating(G), torch.random.fork_rng(devices=[rt.device.index or 0] if rt.device.type == "cuda" else []):
         torch.manual_seed(cfg.seed + 1 + rt.rank)
         G.joint.train()
         gan.log_grid(rt, "class_rows", state.step, G(grid_z, grid_y), nrow=cols)

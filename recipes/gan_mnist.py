@@ -91,7 +91,8 @@ def build_data(cfg: Config, rt):
 
 def build_state(cfg: Config, rt, loaders) -> TrainState:
     rt.seed()
-    models = {"G": rt.wrap(Generator(cfg.model, loaders.shape)), "D": rt.wrap(build_discriminator(cfg.model, loaders.shape))}
+    models = {"G": rt.wrap(Generator(cfg.model, loaders.shape)),
+              "D": rt.wrap(build_discriminator(cfg.model, loaders.shape))}
     optims = {k: build_optimizer(cfg.optim, m) for k, m in models.items()}
     scheds = {k: build_scheduler(cfg.optim, o, total_steps(cfg, loaders.train)) for k, o in optims.items()}
     state = TrainState(models=models, optims=optims, scheds=scheds)

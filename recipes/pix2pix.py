@@ -19,7 +19,8 @@ A = binary Sobel edges of the 32 px item, B = the item). data.augment: pix2pix's
 (folders: resize to 286/256, random crop, flip; in memory: pad-4 crop + flip), same for A and B.
 Quality at each evaluation on held-out pairs: val/l1 (mean |G(A) - B| in [0, 1] pixel units),
 val/psnr (dB, per image, averaged), and val/fd on G(A) vs B when a judge classifier is set.
-Result: see the README's "Generative recipes" section.
+Result: edges -> clothes from real Fashion-MNIST, default YAML (32 px, half-width nets, 1 epoch, 8 min on
+a 2-core CPU shared with other jobs): val/l1 0.058, val/psnr 19.2 dB, val/fd 2.39 (README, "Generative recipes").
 
     python recipes/pix2pix.py                                     # Fashion-MNIST edges -> clothes, 32 px
     python recipes/pix2pix.py data.name=folder data.root=data/facades data.direction=BtoA \
