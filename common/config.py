@@ -39,7 +39,7 @@ class DataConfig:
     drop_last: bool = True  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
     mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha) on training batches (soft targets); 0 = off
     cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); with MixUp too, each batch picks one at random; 0 = off
-    in_memory: bool = True  # keep the whole dataset as one tensor on the device and index whole batches
+    in_memory: bool = True  # keep the whole dataset as one uint8 tensor on the GPU when it fits in a quarter of its free memory (else pinned host memory, batches copied without blocking); false = always host
     synthetic_train: int = 4096  # synthetic dataset: number of training samples
     synthetic_test: int = 1024  # synthetic dataset: number of test samples
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # synthetic dataset: C, H, W
@@ -59,7 +59,7 @@ class TrainConfig:
     eval_every_steps: int = 0  # evaluate every N steps; 0 = at the end of each epoch
     ckpt_every_steps: int = 0  # checkpoint every N steps; 0 = at the end of each epoch
     compile: bool = False  # torch.compile the model(s)
-    channels_last: bool = False  # NHWC memory format for conv nets (faster on GPUs)
+    channels_last: bool | Literal["auto"] = "auto"  # NHWC memory format for models and image batches; auto = on for CUDA (faster convolutions), off elsewhere
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     progress: bool = True  # tqdm progress bar on rank 0 when stderr is a terminal
     max_nonfinite_steps: int = 5  # stop when train_step returns NaN/inf this many optimizer steps in a row
@@ -148,6 +148,8 @@ def _type_name(tp) -> str:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp))
 
 

@@ -234,6 +234,48 @@ def _augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: in
     return torch.where(flips[:, None, None, None], out.flip(3), out)
 
 
+def _store(t: torch.Tensor, device, storage) -> torch.Tensor:
+    """The dataset tensor where it lives: on the compute device, or pinned in host memory."""
+    storage = torch.device(device if storage is None else storage)
+    if storage.type == "cpu" and torch.device(device).type == "cuda":
+        return t.to(storage).pin_memory()
+    return t.to(storage)
+
+
+def _fetch(t: torch.Tensor, idx, device) -> torch.Tensor:
+    """t[idx] on `device`: a host-stored batch is gathered into pinned memory and copied without
+    blocking, so the copy overlaps the previous step's kernels."""
+    if t.device == torch.device(device):
+        return t[idx]
+    batch = t[idx]
+    return (batch.pin_memory() if batch.device.type == "cpu" and torch.device(device).type == "cuda"
+            else batch).to(device, non_blocking=True)
+
+
+def storage_device(in_memory: bool, device: torch.device, nbytes: int, free_bytes: int | None = None,
+                   share: float = 0.25) -> torch.device:
+    """Where a dataset of `nbytes` lives: on the compute device when data.in_memory and it takes at
+    most `share` of the device's free memory (the rest is for the model and activations), else in
+    host memory. CPU runs keep it in host memory either way."""
+    if not in_memory or device.type == "cpu":
+        return torch.device("cpu")
+    if free_bytes is None and device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    if free_bytes is not None and nbytes > share * free_bytes:
+        return torch.device("cpu")
+    return device
+
+
+def tensor_loader_args(cfg, rt, *tensors: torch.Tensor) -> dict:
+    """Keyword arguments shared by TensorTrainLoader/TensorEvalLoader for this rank and dataset."""
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    storage = storage_device(cfg.data.in_memory, rt.device, nbytes)
+    if cfg.data.in_memory and storage != rt.device:
+        rt.log(f"data: {nbytes / 2**30:.1f} GiB does not fit in a quarter of {rt.device}'s free memory; keeping it "
+               "in pinned host memory and copying each batch (data.in_memory=false says so explicitly)")
+    return dict(world=rt.world_size, rank=rt.rank, device=rt.device, memory_format=rt.memory_format, storage=storage)
+
+
 class TensorTrainLoader:
     """Whole dataset as one uint8 tensor on the device; each step slices a batch of positions.
 
@@ -244,9 +286,9 @@ class TensorTrainLoader:
 
     def __init__(self, images, labels, mean, std, *, global_batch, world, rank, accum, seed,
                  drop_last=True, augment=False, device="cpu", memory_format=torch.contiguous_format,
-                 mix=None):
+                 mix=None, storage=None):
         check_batch(global_batch, world, accum)
-        self.images, self.labels = images.to(device), labels.to(device)
+        self.images, self.labels = _store(images, device, storage), _store(labels, device, storage)
         self.plan = TrainPlan(len(labels), global_batch, world, drop_last)
         if self.plan.steps == 0:
             raise ConfigError(f"train.batch_size={global_batch} is larger than the training set ({len(labels)} "
@@ -270,20 +312,20 @@ class TensorTrainLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_777_777)
         shifts = torch.randint(0, 9, (n, 2), generator=g)
         flips = torch.rand(n, generator=g) < 0.5
-        return [t.to(self.device, non_blocking=True) for t in (order, shifts, flips)]
+        return order.to(self.images.device), shifts.to(self.device), flips.to(self.device)
 
     def __iter__(self):
         order, shifts, flips = self._epoch_tensors()
         n = self.plan.n
         for step in range(self.start_step, self.plan.steps):
             lo, hi = self.plan.shard(step, self.rank)
-            pos = torch.arange(lo, hi, device=self.device) % n if hi > n else slice(lo, hi)
+            pos = torch.arange(lo, hi) % n if hi > n else slice(lo, hi)  # wraps only with drop_last=false
             idx = order[pos]
-            x = self.images[idx].float().div_(255)
+            x, y = _fetch(self.images, idx, self.device), _fetch(self.labels, idx, self.device)
+            x = x.float().div_(255)
             if self.augment:
                 x = _augment(x, shifts[pos], flips[pos], pad=4)
             x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-            y = self.labels[idx]
             if self.mix is not None:
                 # Seeded per (seed, epoch, step, rank): the same mix after a resume, global RNG untouched.
                 with torch.random.fork_rng(devices=[]):
@@ -296,9 +338,10 @@ class TensorEvalLoader:
     """Unpadded eval shard of this rank; every sample of the split appears on exactly one rank."""
 
     def __init__(self, images, labels, mean, std, *, batch_size, world, rank, device="cpu",
-                 memory_format=torch.contiguous_format):
-        self.idx = eval_shard(len(labels), world, rank).to(device)
-        self.images, self.labels = images.to(device), labels.to(device)
+                 memory_format=torch.contiguous_format, storage=None):
+        self.images, self.labels = _store(images, device, storage), _store(labels, device, storage)
+        self.idx = eval_shard(len(labels), world, rank).to(self.images.device)
+        self.device = torch.device(device)
         self.total = len(labels)
         self.batch = max(1, batch_size // world)
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
@@ -310,8 +353,8 @@ class TensorEvalLoader:
 
     def __iter__(self):
         for idx in self.idx.split(self.batch):
-            x = (self.images[idx].float().div_(255) - self.mean) / self.std
-            yield x.contiguous(memory_format=self.memory_format), self.labels[idx]
+            x = (_fetch(self.images, idx, self.device).float().div_(255) - self.mean) / self.std
+            yield x.contiguous(memory_format=self.memory_format), _fetch(self.labels, idx, self.device)
 
 
 def batch_mix(d, num_classes: int):
@@ -348,7 +391,7 @@ def classification_data(cfg, rt) -> Loaders:
     train_x, test_x = _pad(train_x, d.pad_to), _pad(test_x, d.pad_to)
     mean, std = STATS[d.name]
     mean, std = mean * (train_x.shape[1] // len(mean)), std * (train_x.shape[1] // len(std))
-    common = dict(world=rt.world_size, rank=rt.rank, device=rt.device, memory_format=rt.memory_format)
+    common = tensor_loader_args(cfg, rt, train_x, train_y, test_x, test_y)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     train = TensorTrainLoader(train_x, train_y, mean, std, global_batch=cfg.train.batch_size,
                               accum=cfg.train.grad_accum, seed=cfg.seed, drop_last=d.drop_last,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from common import dist
 from common.config import DataConfig
 from common.data import (DataError, Loaders, TensorEvalLoader, TensorTrainLoader, TrainPlan,
-                         check_batch, epoch_order, eval_shard, load_split)
+                         check_batch, epoch_order, eval_shard, load_split, tensor_loader_args)
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -67,9 +67,9 @@ def _tanh_stats(channels: int):
 def _memory_loaders(cfg, rt, train, test, eval_limit: int) -> Loaders:
     (train_x, train_y), (test_x, test_y) = train, test
     mean, std = _tanh_stats(train_x.shape[1])
-    common = dict(world=rt.world_size, rank=rt.rank, device=rt.device, memory_format=rt.memory_format)
     if eval_limit and len(test_y) > eval_limit:
         test_x, test_y = test_x[:eval_limit], test_y[:eval_limit]
+    common = tensor_loader_args(cfg, rt, train_x, train_y, test_x, test_y)
     loader = TensorTrainLoader(train_x, train_y, mean, std, global_batch=cfg.train.batch_size,
                                accum=cfg.train.grad_accum, seed=cfg.seed, drop_last=cfg.data.drop_last,
                                augment=cfg.data.augment, **common)
@@ -106,7 +106,7 @@ def head(loader, n: int) -> torch.Tensor:
     """The first n images of the eval split (global order, so the same on every rank and world size)."""
     if isinstance(loader, FolderEvalLoader):
         return loader.head(n)
-    x = loader.images[:n].float().div(255)
+    x = loader.images[:n].to(loader.device).float().div(255)
     return ((x - loader.mean) / loader.std).contiguous(memory_format=loader.memory_format)
 
 

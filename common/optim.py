@@ -22,13 +22,23 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def kernel_options(groups: list[dict]) -> dict:
+    """fused=True when every parameter is a floating CUDA tensor: one kernel for the whole update,
+    and under fp16 GradScaler hands the inf check to that kernel instead of reading it on the host
+    (a sync per step with foreach). foreach elsewhere: CPU and MPS, where it is the tested path."""
+    params = [p for g in groups for p in g["params"]]
+    if params and all(p.is_cuda and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {"foreach": True}
+
+
 def build_optimizer(o, model: nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(model, o.weight_decay, o.decay_norm_and_bias)
-    # foreach kernels batch the per-parameter updates; fused is not on every device/dtype.
+    kernel = kernel_options(groups)
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, foreach=True)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, **kernel)
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=o.lr, betas=tuple(o.betas), foreach=True)
+    return cls(groups, lr=o.lr, betas=tuple(o.betas), **kernel)
 
 
 def lr_factor(o, step: int, total: int) -> float:

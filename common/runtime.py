@@ -55,7 +55,10 @@ class Runtime:
             raise RuntimeError("precision=bf16 needs an Ampere or newer GPU; use precision=fp16")
         # fp16 needs loss scaling to keep small gradients representable; bf16 does not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        channels_last = cfg.train.channels_last
+        if channels_last == "auto":  # NHWC lets cuDNN use tensor-core kernels without layout transposes
+            channels_last = self.device.type == "cuda"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.micro, self.n_micro = 0, 1
         self._ddp: list[DDP] = []
         self.logger = None  # set by fit(): lets evaluate() write image grids (rt.logger.images)

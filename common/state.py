@@ -7,10 +7,11 @@ checkpoint loads with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from common import dist
 from common.config import UserError
@@ -23,9 +24,47 @@ class StateMismatch(UserError):
     """A checkpoint that cannot belong to this run; the message says why."""
 
 
-def make_ema(model: nn.Module, decay: float) -> AveragedModel:
-    """ema = decay * ema + (1 - decay) * weights, buffers (BatchNorm statistics) included."""
-    return AveragedModel(unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+class EMA(AveragedModel):
+    """ema = decay * ema + (1 - decay) * weights, buffers (BatchNorm statistics) included.
+
+    torch's AveragedModel with the same state_dict (module.* and n_averaged), but its update
+    reads no device tensor on the host: AveragedModel tests `n_averaged == 0` and `> 0` on
+    every update, two host-device syncs per step on a GPU. Here whether the copy has started
+    is mirrored on the host, read from n_averaged once after construction or a load.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, use_buffers=True)
+        self.decay = decay
+        self._started: bool | None = False
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        if self._started is None:
+            self._started = bool(self.n_averaged > 0)  # once per load, not per step
+        mine = list(chain(self.module.parameters(), self.module.buffers()))
+        theirs = [t.detach() for t in chain(model.parameters(), model.buffers())]
+        if not self._started:  # the first update copies, as AveragedModel does
+            for a, b in zip(mine, theirs, strict=True):
+                a.copy_(b)
+        else:
+            floats = [(a, b) for a, b in zip(mine, theirs, strict=True) if a.is_floating_point()]
+            if floats:
+                torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - self.decay)
+            for a, b in zip(mine, theirs, strict=True):
+                if not a.is_floating_point():  # BatchNorm's num_batches_tracked: a count, not averaged
+                    a.copy_(b)
+        self.n_averaged += 1
+        self._started = True
+
+    def load_state_dict(self, *args, **kwargs):
+        out = super().load_state_dict(*args, **kwargs)
+        self._started = None
+        return out
+
+
+def make_ema(model: nn.Module, decay: float) -> EMA:
+    return EMA(unwrap(model), decay)
 
 
 @dataclass
@@ -33,7 +72,7 @@ class TrainState:
     models: dict[str, nn.Module]
     optims: dict[str, torch.optim.Optimizer]
     scheds: dict[str, torch.optim.lr_scheduler.LRScheduler] = field(default_factory=dict)
-    ema: dict[str, AveragedModel] = field(default_factory=dict)
+    ema: dict[str, EMA] = field(default_factory=dict)
     step: int = 0  # optimizer steps done
     epoch: int = 0  # current epoch
     batch_in_epoch: int = 0  # global batches of the current epoch already consumed
