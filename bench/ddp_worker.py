@@ -11,6 +11,7 @@ rank needs), so load from other processes on a shared machine hits every arm ali
   ddp        every rank steps its DDP model with the recipe's train_step (gradients all-reduced,
              overlapped with backward)
   local      every rank steps its plain model at the same time, no communication
+  ours       every rank steps the recipe's own state from Runtime.wrap (at world size 1: no DDP)
   flat       dist.all_reduce of one fp32 tensor holding as many elements as the model's gradients
   buckets    all-reduces of DDP's own (rebuilt) bucket sizes, issued back to back, then waited
   per_param  one all-reduce per parameter tensor, issued back to back, then waited (no bucketing)
@@ -71,6 +72,10 @@ def worker(rank, world, port, cases, arms, alone_blocks, threads, out_dir, barri
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
+    # Arms train the same model on their own trajectories (dropout draws differ), and subnormal
+    # floats, which x86 CPUs compute many times slower, appear on some trajectories and not others
+    # (synthetic data): identical arms then differ by ~3%. Flushing them to zero measures the code.
+    torch.set_flush_denormal(True)
     out = {"rank": rank, "cases": {}}
     try:
         import torch.distributed as tdist
@@ -104,14 +109,19 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
     from common.optim import build_optimizer
 
     ddp_state = mod.build_state(cfg, rt, loaders)  # Runtime.wrap: DDP when world > 1
+    # "ours": the recipe's own state at this world size (at world size 1 Runtime.wrap adds no DDP)
+    ours_state = mod.build_state(cfg, rt, loaders) if "ours" in arms else None
     if rt.world_size == 1:
         ddp_state.models["net"] = DDP(ddp_state.models["net"], gradient_as_bucket_view=True)  # as Runtime.wrap would
     rt.seed()
     plain = mod.build_model(cfg.model, loaders.shape, loaders.num_classes).to(rt.device, memory_format=rt.memory_format)
-    plain_state = TrainState(models={"net": plain}, optims={"net": build_optimizer(cfg.optim, plain)})
+    plain_opt = build_optimizer(cfg.optim, plain)
+    for mine, ref in zip(plain_opt.param_groups, ddp_state.optims["net"].param_groups, strict=True):
+        mine["lr"] = ref["lr"]  # build_state's scheduler starts at the warmup LR: every arm on one trajectory
+    plain_state = TrainState(models={"net": plain}, optims={"net": plain_opt})
     loaders.train.set_epoch(0, 0)
     batches = [micro[0] for _, micro in zip(range(4), loaders.train)]
-    feed = {"ddp": cycle(batches), "local": cycle(batches), "ddp_builtin": cycle(batches)}
+    feed = {"ddp": cycle(batches), "local": cycle(batches), "ddp_builtin": cycle(batches), "ours": cycle(batches)}
     builtin_state = mod.build_state(cfg, rt, loaders) if "ddp_builtin" in arms else None
     intervals: list[tuple[float, float]] = []
     if case.get("comm_hook"):
@@ -140,6 +150,8 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
             mod.train_step(next(feed["ddp_builtin"]), builtin_state, rt)
         elif name == "local":
             mod.train_step(next(feed["local"]), plain_state, rt)
+        elif name == "ours":
+            mod.train_step(next(feed["ours"]), ours_state, rt)
         else:
             collectives(name)
 
