@@ -48,7 +48,8 @@ class EMA(AveragedModel):
             for a, b in zip(mine, theirs, strict=True):
                 a.copy_(b)
         else:
-            floats = [(a, b) for a, b in zip(mine, theirs, strict=True) if a.is_floating_point()]
+            # An engine may hold the model in bf16/fp16 (DeepSpeed); the EMA stays in its own dtype.
+            floats = [(a, b.to(a.dtype)) for a, b in zip(mine, theirs, strict=True) if a.is_floating_point()]
             if floats:
                 torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - self.decay)
             for a, b in zip(mine, theirs, strict=True):

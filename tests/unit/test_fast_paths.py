@@ -182,3 +182,15 @@ def test_cpu_loader_batches_unchanged_by_an_explicit_storage():
     ref = _batches(*_loaders("cpu", None, drop_last=False))
     assert all(torch.equal(a, b) for a, b in zip(ref, _batches(*_loaders("cpu", "cpu", drop_last=False))))
     assert len(ref) == 2 * 2 * 7 + 2 * 7  # train: 7 steps (the last wrapped) x 2 micro-batches; eval: 7 of 25 images
+
+
+def test_ema_keeps_its_dtype_when_an_engine_holds_the_model_in_bf16():
+    model = _net()
+    ema = make_ema(model, 0.5)  # built before the engine converts the model, as in build_state
+    ema.update_parameters(model)  # first update: a copy
+    start = ema.module[0].weight.clone()
+    model.to(torch.bfloat16)
+    ema.update_parameters(model)
+    assert ema.module[0].weight.dtype == torch.float32
+    expected = 0.5 * start + 0.5 * model[0].weight.float()
+    torch.testing.assert_close(ema.module[0].weight, expected)
