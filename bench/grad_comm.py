@@ -23,7 +23,6 @@ same all-reduce on idle cores; the exposed row shows how much of that the step p
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -85,13 +84,7 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    H.common_args(p)
-    args = p.parse_args(argv)
-    rep = run(args)
-    H.print_report(rep)
-    H.write_json(args.json, rep)
-    return rep
+    return H.cli_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ when the row could not be measured (then `status` says why and `met` is None).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import io
@@ -165,3 +166,16 @@ def common_args(parser, default_threads: int = 1) -> None:
     parser.add_argument("--threads", type=int, default=default_threads,
                         help="torch intra-op threads per process (default %(default)s: stable on a shared 2-core machine)")
     parser.add_argument("--json", default=None, help="also write the report as JSON to this path")
+
+
+def cli_main(doc: str, run: Callable[[argparse.Namespace], dict], argv=None, add_args=None) -> dict:
+    """A CPU benchmark's command line: parse the common flags (and add_args'), run, print the table, write --json."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    common_args(p)
+    if add_args:
+        add_args(p)
+    args = p.parse_args(argv)
+    rep = run(args)
+    print_report(rep)
+    write_json(args.json, rep)
+    return rep

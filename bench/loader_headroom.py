@@ -20,7 +20,6 @@ is printed per recipe as the loader's samples/s (compare with the GPU's images/s
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import gc
 import tempfile
@@ -238,14 +237,7 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    H.common_args(p)
-    p.add_argument("--only", default="", help="comma-separated recipe names")
-    args = p.parse_args(argv)
-    rep = run(args)
-    H.print_report(rep)
-    H.write_json(args.json, rep)
-    return rep
+    return H.cli_main(__doc__, run, argv, lambda p: p.add_argument("--only", default="", help="comma-separated recipe names"))
 
 
 if __name__ == "__main__":

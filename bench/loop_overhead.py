@@ -22,7 +22,6 @@ identical: the max abs difference is printed.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import shutil
 import tempfile
@@ -211,13 +210,7 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    H.common_args(p)
-    args = p.parse_args(argv)
-    rep = run(args)
-    H.print_report(rep)
-    H.write_json(args.json, rep)
-    return rep
+    return H.cli_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

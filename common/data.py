@@ -242,14 +242,13 @@ def _store(t: torch.Tensor, device, storage) -> torch.Tensor:
     return t.to(storage)
 
 
-def _fetch(t: torch.Tensor, idx, device) -> torch.Tensor:
+def _fetch(t: torch.Tensor, idx, device: torch.device) -> torch.Tensor:
     """t[idx] on `device`: a host-stored batch is gathered into pinned memory and copied without
     blocking, so the copy overlaps the previous step's kernels."""
-    if t.device == torch.device(device):
-        return t[idx]
     batch = t[idx]
-    return (batch.pin_memory() if batch.device.type == "cpu" and torch.device(device).type == "cuda"
-            else batch).to(device, non_blocking=True)
+    if batch.device == device:
+        return batch
+    return (batch.pin_memory() if device.type == "cuda" else batch).to(device, non_blocking=True)
 
 
 def storage_device(in_memory: bool, device: torch.device, nbytes: int, free_bytes: int | None = None,

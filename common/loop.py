@@ -49,8 +49,7 @@ class Preemption:
         call it on all ranks at the same steps)."""
         if rt.world_size == 1:
             return self.flag
-        stop = self._read()
-        if stop:
+        if self._read():
             return True
         t = torch.tensor([float(self.flag)], device=rt.device)
         work = torch.distributed.all_reduce(t, async_op=True)
@@ -62,7 +61,7 @@ class Preemption:
             event = torch.cuda.Event()
             event.record()
         self._pending = (work, t, host, event)
-        return stop
+        return False
 
     def _read(self) -> bool:
         if self._pending is None:
@@ -77,8 +76,7 @@ class Preemption:
 
     def finish(self) -> None:
         """At the normal end of training: collect the last all-reduce, which every rank started."""
-        if self._pending is not None:
-            self._read()
+        self._read()
 
     def restore(self) -> None:
         for s, old in self._old.items():
