@@ -80,7 +80,7 @@ def worker(rank, world, port, cases, arms, alone_blocks, threads, out_dir, barri
     try:
         import torch.distributed as tdist
         from bench import harness as H
-        from common.data import classification_data
+        from common.data.memory import classification_data
         from common.engines import make_runtime
         if world == 1:
             # Our Runtime never wraps DDP at world size 1; an explicit DDP needs a process group.
@@ -105,8 +105,8 @@ def worker(rank, world, port, cases, arms, alone_blocks, threads, out_dir, barri
 def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
     import torch.distributed as tdist
     from torch.nn.parallel import DistributedDataParallel as DDP
-    from common.state import TrainState
-    from common.optim import build_optimizer
+    from common.train.state import TrainState
+    from common.train.optim import build_optimizer
 
     ddp_state = mod.build_state(cfg, rt, loaders)  # Runtime.wrap: DDP when world > 1
     # "ours": the recipe's own state at this world size (at world size 1 Runtime.wrap adds no DDP)

@@ -2,7 +2,7 @@
 
 Prints "not measured" (and writes that to --out) when no CUDA device is visible. Otherwise,
 with the recipe's own pieces (resnet_cifar Config/build_state/train_step, classification_data
-on 50,000 synthetic 3x32x32 images held on the GPU with on-device crop+flip, common.loop.fit):
+on 50,000 synthetic 3x32x32 images held on the GPU with on-device crop+flip, common.train.loop.fit):
   1. ours vs bare: our fit() vs a hand-written loop on the same model/batches/seed, bf16 +
      channels_last, eager; blocks alternate A B / B A; images/s ratio (target >= 0.95), loss curves.
   2. absolute images/s and MFU: 3.33 GFLOP per training image (forward + backward of the 32x32
@@ -14,7 +14,7 @@ on 50,000 synthetic 3x32x32 images held on the GPU with on-device crop+flip, com
      from metrics.jsonl, steps after the first log interval): target < 1%; also the loader's
      GPU time per batch (loader alone, synchronized) as a share of the step time.
   6. host-device synchronizations per step inside fit() (torch.cuda.set_sync_debug_mode), for
-     bf16, fp16 (GradScaler with the fused optimizer) and bf16 + EMA (common/state.py's EMA):
+     bf16, fp16 (GradScaler with the fused optimizer) and bf16 + EMA (common/train/state.py's EMA):
      target 0 for each.
 Timing: each block is one fit() (or bare-loop) run of `warmup + timed + 1` steps; the clock
 reads at the start of step `warmup` and of the last step, each after torch.cuda.synchronize().
@@ -46,9 +46,9 @@ except ImportError:
     from loader_headroom import _memoize_synthetic
     from loop_overhead import bare_setup, epochs
 
-from common.data import classification_data
+from common.data.memory import classification_data
 from common.engines import make_runtime
-from common.loop import fit
+from common.train.loop import fit
 
 GFLOP_PER_IMAGE = 3.33  # training (fwd + bwd = 3 x fwd) FLOPs of the CIFAR ResNet-18 per 32x32 image
 PEAKS = [("H200", 989.0), ("GH200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),

@@ -7,7 +7,7 @@ For each recipe, its default config (recipes/configs/<name>.yaml) with its own d
   * CIFAR-sized recipes (default cifar10, which needs a download): synthetic 50,000 x 3x32x32
     with the default on-device crop+flip augmentation, in the in-memory TensorTrainLoader.
   * imagenet: a generated tree of real JPEG files (ImageNet-like 500x375 px) streamed by
-    common/folder.py's StreamTrainLoader with the default 8 workers, global batch 256, 224 px
+    common/data/folder.py's StreamTrainLoader with the default 8 workers, global batch 256, 224 px
     RandomResizedCrop + flip.
 Loader-only: batches drawn from the training loader and dropped (after one warm-up batch).
 Model step: the recipe's train_step (forward, backward, optimizer step) on one fixed batch.
@@ -34,7 +34,7 @@ try:
 except ImportError:
     import harness as H
 
-import common.data
+import common.data.memory
 from common.engines import make_runtime
 
 CIFAR = ["data.name=synthetic", "data.synthetic_shape=[3,32,32]", "data.synthetic_train=50000",
@@ -97,9 +97,9 @@ def make_jpeg_tree(root: Path, n_train: int, n_val: int, classes: int = 8, size=
 
 def _memoize_synthetic() -> None:
     """Four CIFAR-sized recipes share one synthetic dataset instead of generating it four times."""
-    if getattr(common.data.synthetic, "memoized", False):
+    if getattr(common.data.memory.synthetic, "memoized", False):
         return
-    original = common.data.synthetic
+    original = common.data.memory.synthetic
 
     @functools.lru_cache(maxsize=4)
     def cached(n, shape, classes, split):
@@ -109,16 +109,16 @@ def _memoize_synthetic() -> None:
         return cached(n, tuple(shape), classes, split)
 
     synthetic.memoized = True
-    common.data.synthetic = synthetic
+    common.data.memory.synthetic = synthetic
 
 
 def build_loaders(mod, cfg, rt):
     if hasattr(mod, "build_data"):
         return mod.build_data(cfg, rt)
     if mod.__name__.endswith("imagenet"):
-        from common.folder import imagefolder_data
+        from common.data.folder import imagefolder_data
         return imagefolder_data(cfg, rt)
-    return common.data.classification_data(cfg, rt)
+    return common.data.memory.classification_data(cfg, rt)
 
 
 def loader_block(train, steps: int) -> float:
@@ -191,7 +191,7 @@ def measure(name: str, data, model_extra: list[str], tmp: Path, smoke: bool, jpe
             mod.train_step(batch, state, rt)  # warm-up (allocations, kernel selection)
             first = time.perf_counter() - t0
         per_step = batch[0].shape[0]
-        streaming = not isinstance(train, common.data.TensorTrainLoader)
+        streaming = not isinstance(train, common.data.memory.TensorTrainLoader)
         # Blocks of roughly a second or two each; at least 2 model steps.
         model_steps = max(2, min(50, int(1.5 / max(first, 1e-4))))
         loader_steps = 1 if smoke else 30

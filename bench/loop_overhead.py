@@ -1,11 +1,11 @@
 """Loop overhead: our fit() + Runtime vs a bare hand-written PyTorch loop.
 
 Both arms train the recipe's own model (recipe build_model, same seed, same initial weights),
-with the same optimizer and LR schedule (common/optim.py: SGD foreach + LambdaLR), on the same
+with the same optimizer and LR schedule (common/train/optim.py: SGD foreach + LambdaLR), on the same
 batches (the recipe's in-memory TensorTrainLoader, synthetic data of the dataset's shape),
 in the same precision, in the same process:
 
-  ours: recipe Config -> build_state -> common.loop.fit(cfg, state, rt, loaders, train_step, evaluate)
+  ours: recipe Config -> build_state -> common.train.loop.fit(cfg, state, rt, loaders, train_step, evaluate)
         with train.max_steps=N: everything the loop does per step (micro_step, Meter, NonFiniteGuard,
         schedulers, logging every train.log_every_steps, preemption check) is inside the timing.
   bare: for x, y in batches: loss = F.cross_entropy(model(x), y); loss.backward(); opt.step();
@@ -36,10 +36,10 @@ try:
 except ImportError:  # run as a script: bench/ is not on sys.path as a package
     import harness as H
 
-from common.data import classification_data
+from common.data.memory import classification_data
 from common.engines import make_runtime
-from common.loop import fit
-from common.optim import build_optimizer, build_scheduler
+from common.train.loop import fit
+from common.train.optim import build_optimizer, build_scheduler
 
 # name: (recipe, overrides, target ratio, (warmup, timed steps per block), blocks)
 CASES = {

@@ -9,7 +9,7 @@ LSUN/CelebA model: 1024-512-256-128 channels for ngf=128). Adam(2e-4, beta1 0.5)
 
 DDP and BatchNorm: D sees pure batches (all real or all fake) in both steps and its BatchNorm keeps
 no running statistics (it is never evaluated); G's running statistics are broadcast from rank 0
-before each evaluation (common/gan.py explains both).
+before each evaluation (common/tasks/gan.py explains both).
 
 Data: data.name=fashion_mnist (28 px zero-padded to 32, then resized), cifar10, or folder with
 data.root=DIR (ImageFolder/CelebA/an exported LSUN: every image under DIR, or DIR/train and
@@ -31,14 +31,14 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from common import gan
+from common.tasks import gan
 from common.config import BaseConfig, CkptConfig, OptimConfig, parse_cli
-from common.fid import load_judge
-from common.images import ImageDataConfig, gan_data
-from common.loop import fit, total_steps
-from common.optim import build_optimizer, build_scheduler
+from common.tasks.fid import load_judge
+from common.data.images import ImageDataConfig, gan_data
+from common.train.loop import fit, total_steps
+from common.train.optim import build_optimizer, build_scheduler
 from common.engines import make_runtime
-from common.state import TrainState
+from common.train.state import TrainState
 
 
 @dataclass

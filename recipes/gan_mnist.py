@@ -21,14 +21,14 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from common import gan
+from common.tasks import gan
 from common.config import BaseConfig, CkptConfig, OptimConfig, parse_cli
-from common.fid import load_judge
-from common.images import gan_data
-from common.loop import fit, total_steps
-from common.optim import build_optimizer, build_scheduler
+from common.tasks.fid import load_judge
+from common.data.images import gan_data
+from common.train.loop import fit, total_steps
+from common.train.optim import build_optimizer, build_scheduler
 from common.engines import make_runtime
-from common.state import TrainState
+from common.train.state import TrainState
 
 
 @dataclass

@@ -20,11 +20,11 @@ import torchvision
 
 from common.config import BaseConfig, ConfigError, DataConfig, parse_cli
 from common.engines import make_runtime
-from common.folder import imagefolder_data
-from common.loop import fit, total_steps
-from common.metrics import accuracy, evaluate_classifier
-from common.optim import build_optimizer, build_scheduler
-from common.state import TrainState
+from common.data.folder import imagefolder_data
+from common.train.loop import fit, total_steps
+from common.tasks.metrics import accuracy, evaluate_classifier
+from common.train.optim import build_optimizer, build_scheduler
+from common.train.state import TrainState
 
 # Nets whose auxiliary heads return tuples in training mode; one loss head is enough here.
 NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v3": {"aux_logits": False, "init_weights": True}}

@@ -16,12 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.config import BaseConfig, parse_cli
-from common.data import classification_data
-from common.loop import fit, total_steps
-from common.metrics import accuracy, evaluate_classifier
-from common.optim import build_optimizer, build_scheduler
+from common.data.memory import classification_data
+from common.train.loop import fit, total_steps
+from common.tasks.metrics import accuracy, evaluate_classifier
+from common.train.optim import build_optimizer, build_scheduler
 from common.engines import make_runtime
-from common.state import TrainState
+from common.train.state import TrainState
 
 
 @dataclass

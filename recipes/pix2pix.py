@@ -9,7 +9,7 @@ D (PatchGAN): on cat(A, B): C64 (no BN) - C128 - C256 stride 2, C512 stride 1, a
 Loss: G minimizes GAN + lambda * L1(G(A), B), lambda = 100; D's loss is halved (the mean over
 the real and fake halves). Adam(2e-4, beta1 0.5). D sees pure batches (all real or all fake pairs)
 and its BatchNorm keeps no running statistics; G's are broadcast from rank 0 before each
-evaluation (common/gan.py). Evaluation runs G in eval mode (the paper keeps dropout and batch
+evaluation (common/tasks/gan.py). Evaluation runs G in eval mode (the paper keeps dropout and batch
 statistics at test time): deterministic outputs, independent of how ranks split the batch.
 
 Data: data.name=folder with data.root=DIR of side-by-side "AB" images (facades, maps,
@@ -35,14 +35,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import gan
+from common.tasks import gan
 from common.config import BaseConfig, CkptConfig, OptimConfig, parse_cli
-from common.fid import frechet_distance, load_judge
-from common.images import ImageDataConfig, head, paired_data
-from common.loop import fit, total_steps
-from common.optim import build_optimizer, build_scheduler
+from common.tasks.fid import frechet_distance, load_judge
+from common.data.images import ImageDataConfig, head, paired_data
+from common.train.loop import fit, total_steps
+from common.train.optim import build_optimizer, build_scheduler
 from common.engines import make_runtime
-from common.state import TrainState
+from common.train.state import TrainState
 
 
 @dataclass

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from common.config import parse_cli
-from common.fid import load_judge
-from common.loop import fit
-from common.runtime import Runtime, unwrap
+from common.tasks.fid import load_judge
+from common.train.loop import fit
+from common.engines.base import Runtime, unwrap
 
 
 def tensors(state) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ DRIVER = Path(__file__).with_name("rank_check.py")
 
 
 def load_checkpoint(out: Path) -> dict:
-    from common.checkpoint import load_file
+    from common.train.checkpoint import load_file
     return load_file(out / "checkpoints" / f"step_{last_checkpoint_step(out):08d}")
 
 
@@ -28,7 +28,7 @@ def write_images(root: Path, count: int, size: tuple[int, int], pairs: bool = Fa
     """A small dataset on disk: class sub-folders of PNGs (pairs: side-by-side A|B with A = edges(B))."""
     from PIL import Image
 
-    from common.images import edges
+    from common.data.images import edges
     g = torch.Generator().manual_seed(0)
     for i in range(count):
         w, h = size

@@ -8,10 +8,10 @@ import torch
 from helpers import ROOT
 
 from common.config import BaseConfig, parse_cli
-from common.data import TrainPlan, epoch_order, synthetic
-from common.fid import FeatureStats, Gaussian, Judge, _classifier, frechet_distance
-from common.images import FolderEvalLoader, FolderTrainLoader, ImageFiles, edges, fit_size, list_images
-from common.runtime import Runtime, unwrap
+from common.data.memory import TrainPlan, epoch_order, synthetic
+from common.tasks.fid import FeatureStats, Gaussian, Judge, _classifier, frechet_distance
+from common.data.images import FolderEvalLoader, FolderTrainLoader, ImageFiles, edges, fit_size, list_images
+from common.engines.base import Runtime, unwrap
 
 RECIPES = ["gan_mnist", "cgan_mnist", "dcgan", "pix2pix"]
 

@@ -65,7 +65,7 @@ def test_onecycle_schedule_is_used(baseline, tmp_path):
 
 
 def test_ema_decay_zero_equals_the_weights():
-    from common.state import make_ema
+    from common.train.state import make_ema
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
     ema = make_ema(model, 0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -79,7 +79,7 @@ def test_ema_decay_zero_equals_the_weights():
 
 def test_mix_targets_are_soft_and_sum_to_one():
     from common.config import DataConfig
-    from common.data import batch_mix
+    from common.data.memory import batch_mix
     torch.manual_seed(1)  # MixUp/CutMix draw from the global RNG; a zero-area CutMix box is possible
     for cfg in (DataConfig(mixup_alpha=0.4), DataConfig(cutmix_alpha=1.0), DataConfig(mixup_alpha=0.2, cutmix_alpha=1.0)):
         x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
@@ -91,7 +91,7 @@ def test_mix_targets_are_soft_and_sum_to_one():
 
 def _runtime(**train):
     from common.config import BaseConfig, apply
-    from common.runtime import Runtime
+    from common.engines.base import Runtime
     cfg = apply(BaseConfig(), {"device": "cpu", **{f"train.{k}": v for k, v in train.items()}}, "test")
     return Runtime(cfg, "test")
 
@@ -100,7 +100,7 @@ def test_channels_last_reaches_model_and_batches():
     rt = _runtime(channels_last=True)
     model = rt.wrap(torch.nn.Conv2d(3, 8, 3))
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
-    from common.data import TensorEvalLoader
+    from common.data.memory import TensorEvalLoader
     ld = TensorEvalLoader(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
                           [0.5] * 3, [0.2] * 3, batch_size=4, world=1, rank=0, memory_format=rt.memory_format)
     x, _ = next(iter(ld))

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.checkpoint import CheckpointError, Checkpointer, load_file, verify
-from common.optim import build_scheduler
+from common.train.checkpoint import CheckpointError, Checkpointer, load_file, verify
+from common.train.optim import build_scheduler
 from common.config import OptimConfig
-from common.state import StateMismatch, TrainState
+from common.train.state import StateMismatch, TrainState
 
 
 def make_state(seed=0, schedule="cosine"):

@@ -13,8 +13,8 @@ import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from common.config import BaseConfig, OptimConfig, apply
-from common.optim import build_optimizer, kernel_options
-from common.state import EMA, make_ema
+from common.train.optim import build_optimizer, kernel_options
+from common.train.state import EMA, make_ema
 from helpers import free_port
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -71,7 +71,7 @@ def test_optimizer_kernels_foreach_on_cpu():
 
 
 def test_channels_last_auto_is_off_on_cpu():
-    from common.runtime import Runtime
+    from common.engines.base import Runtime
     cfg = apply(BaseConfig(), {"device": "cpu"}, "test")
     assert cfg.train.channels_last == "auto"
     assert Runtime(cfg, "test").memory_format == torch.contiguous_format
@@ -79,7 +79,7 @@ def test_channels_last_auto_is_off_on_cpu():
 
 @cuda
 def test_cuda_defaults_fused_optimizer_and_channels_last():
-    from common.runtime import Runtime
+    from common.engines.base import Runtime
     model = _net().cuda()
     for name in ("sgd", "adamw"):
         assert build_optimizer(OptimConfig(name=name), model).defaults.get("fused"), name
@@ -118,7 +118,7 @@ def test_cuda_ema_update_and_fp16_step_do_not_sync():
 def _agree_worker(rank, port, signalled_rank, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch.distributed as dist
-    from common.loop import Preemption
+    from common.train.loop import Preemption
 
     class Rt:
         world_size, device = 2, torch.device("cpu")
@@ -146,7 +146,7 @@ def test_preemption_flag_of_one_rank_stops_every_rank_one_check_later():
 
 # -- where an in-memory dataset lives ----------------------------------------------------------
 def test_dataset_lives_on_the_gpu_only_when_it_fits():
-    from common.data import storage_device
+    from common.data.memory import storage_device
     gpu, gib = torch.device("cuda", 0), 2**30
     assert storage_device(True, gpu, 1 * gib, free_bytes=40 * gib) == gpu
     assert storage_device(True, gpu, 11 * gib, free_bytes=40 * gib) == torch.device("cpu")  # > a quarter
@@ -155,7 +155,7 @@ def test_dataset_lives_on_the_gpu_only_when_it_fits():
 
 
 def _loaders(device, storage, **kw):
-    from common.data import TensorEvalLoader, TensorTrainLoader
+    from common.data.memory import TensorEvalLoader, TensorTrainLoader
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(50) % 10
     train = TensorTrainLoader(x, y, [0.5] * 3, [0.25] * 3, global_batch=8, world=2, rank=1, accum=2, seed=3,

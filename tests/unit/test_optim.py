@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from common.config import OptimConfig
-from common.optim import build_optimizer, build_scheduler, lr_factor
+from common.train.optim import build_optimizer, build_scheduler, lr_factor
 
 
 def lrs(cfg, total):

@@ -26,8 +26,8 @@ import torch.distributed
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.data import eval_shard
-from common.fid import frechet_distance
+from common.data.memory import eval_shard
+from common.tasks.fid import frechet_distance
 
 
 @dataclass

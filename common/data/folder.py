@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common import dist
-from common.data import DataError, Loaders, TrainPlan, check_batch, epoch_order, eval_shard
+from common.data.memory import DataError, Loaders, TrainPlan, check_batch, epoch_order, eval_shard
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from common import dist
 from common.config import UserError
-from common.runtime import unwrap
+from common.engines.base import unwrap
 
 FORMAT_VERSION = 1
 

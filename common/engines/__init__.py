@@ -1,8 +1,8 @@
 """Pick the training engine: `engine=ddp|accelerate|deepspeed`, or `auto` from the launcher.
 
-    engine=ddp         common/runtime.py          torch DDP + autocast/GradScaler (python, torchrun, srun)
-    engine=accelerate  common/engine_accelerate.py  HF Accelerator: DDP, mixed precision, accumulation
-    engine=deepspeed   common/engine_deepspeed.py   deepspeed.initialize per model: ZeRO 1/2/3, bf16/fp16
+    engine=ddp         common/engines/base.py          torch DDP + autocast/GradScaler (python, torchrun, srun)
+    engine=accelerate  common/engines/accelerate.py  HF Accelerator: DDP, mixed precision, accumulation
+    engine=deepspeed   common/engines/deepspeed.py   deepspeed.initialize per model: ZeRO 1/2/3, bf16/fp16
 
 `accelerate launch` and the `deepspeed` command each leave their own variables in the
 environment, so `engine=auto` (the default) picks the matching engine. An explicit engine
@@ -17,7 +17,7 @@ import sys
 
 from common import dist
 from common.config import ConfigError
-from common.runtime import Runtime
+from common.engines.base import Runtime
 
 BY_LAUNCHER = {"accelerate": "accelerate", "deepspeed": "deepspeed"}
 COMMANDS = {"accelerate": "accelerate launch", "deepspeed": "the `deepspeed` launcher"}
@@ -47,9 +47,9 @@ def make_runtime(cfg, recipe: str) -> Runtime:
         print(f"config error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     if cfg.engine == "accelerate":
-        from common.engine_accelerate import AccelerateRuntime
+        from common.engines.accelerate import AccelerateRuntime
         return AccelerateRuntime(cfg, recipe)
     if cfg.engine == "deepspeed":
-        from common.engine_deepspeed import DeepSpeedRuntime
+        from common.engines.deepspeed import DeepSpeedRuntime
         return DeepSpeedRuntime(cfg, recipe)
     return Runtime(cfg, recipe)

@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from common import dist
 from common.config import UserError
-from common.runtime import Runtime, unwrap
+from common.engines.base import Runtime, unwrap
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = "state"  # DeepSpeed's tag (sub-folder) inside checkpoints/step_N/deepspeed/<name>/

@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoint import Checkpointer, load_file
+from common.train.checkpoint import Checkpointer, load_file
 from common.config import UserError
-from common.data import STATS
+from common.data.memory import STATS
 
 CLASSIFIER_RECIPE = "mnist_cnn"
 HOW_TO_MAKE = "python recipes/mnist_cnn.py out_dir=runs/fid_classifier train.epochs=5"

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from common import dist
-from common.checkpoint import Checkpointer, load_file
+from common.train.checkpoint import Checkpointer, load_file
 from common.config import UserError, dump_yaml, to_dict
-from common.log import Logger
+from common.train.log import Logger
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after a preemption signal; re-run (or requeue) to continue
 PREEMPT_CHECK_STEPS = 10  # multi-process runs share their preemption flags every N steps (one tiny all-reduce)
@@ -167,7 +167,7 @@ class NonFiniteGuard:
 
 
 def weights_finite(state) -> bool:
-    from common.runtime import unwrap
+    from common.engines.base import unwrap
     flags = [torch.isfinite(p).all() for m in state.models.values() for p in unwrap(m).parameters() if p.numel()]
     return bool(torch.stack(flags).all().item()) if flags else True
 

@@ -1,6 +1,6 @@
 """Image data for the generative recipes, all scaled to [-1, 1] (the range of a tanh generator).
 
-* In-memory datasets (MNIST, Fashion-MNIST, CIFAR, synthetic) reuse common/data.py's device
+* In-memory datasets (MNIST, Fashion-MNIST, CIFAR, synthetic) reuse common/data/memory.py's device
   loaders; 28x28 images are zero-padded to 32 and then resized when a model wants 32/64 px.
 * `data.name=folder`: image files under `data.root` (ImageFolder, CelebA, an exported LSUN,
   or pix2pix's side-by-side "AB" pairs), decoded by DataLoader workers. The sharding is the
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from common import dist
 from common.config import DataConfig
-from common.data import (DataError, Loaders, TensorEvalLoader, TensorTrainLoader, TrainPlan,
+from common.data.memory import (DataError, Loaders, TensorEvalLoader, TensorTrainLoader, TrainPlan,
                          check_batch, epoch_order, eval_shard, load_split, tensor_loader_args)
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from common import dist
 from common.config import UserError, dump_yaml
-from common.data import check_batch
+from common.data.memory import check_batch
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
-from common.runtime import unwrap
+from common.engines.base import unwrap
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:

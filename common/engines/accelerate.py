@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
 from common.config import UserError
-from common.runtime import Runtime
+from common.engines.base import Runtime
 
 MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
