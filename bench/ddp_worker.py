@@ -108,9 +108,9 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
     from common.train.state import TrainState
     from common.train.optim import build_optimizer
 
-    ddp_state = mod.build_state(cfg, rt, loaders)  # Runtime.wrap: DDP when world > 1
+    ddp_state = mod.task.build_state(cfg, rt, loaders)  # Runtime.wrap: DDP when world > 1
     # "ours": the recipe's own state at this world size (at world size 1 Runtime.wrap adds no DDP)
-    ours_state = mod.build_state(cfg, rt, loaders) if "ours" in arms else None
+    ours_state = mod.task.build_state(cfg, rt, loaders) if "ours" in arms else None
     if rt.world_size == 1:
         ddp_state.models["net"] = DDP(ddp_state.models["net"], gradient_as_bucket_view=True)  # as Runtime.wrap would
     rt.seed()
@@ -122,14 +122,14 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
     loaders.train.set_epoch(0, 0)
     batches = [micro[0] for _, micro in zip(range(4), loaders.train)]
     feed = {"ddp": cycle(batches), "local": cycle(batches), "ddp_builtin": cycle(batches), "ours": cycle(batches)}
-    builtin_state = mod.build_state(cfg, rt, loaders) if "ddp_builtin" in arms else None
+    builtin_state = mod.task.build_state(cfg, rt, loaders) if "ddp_builtin" in arms else None
     intervals: list[tuple[float, float]] = []
     if case.get("comm_hook"):
         register_timing_hook(ddp_state.models["net"], rt.world_size, intervals)
     # DDP rebuilds its buckets (in gradient-ready order) after the first backward and logs
     # the rebuilt sizes a step later: three DDP steps before reading them.
     for i in range(3):
-        mod.train_step(batches[i], ddp_state, rt)
+        mod.task.train_step(batches[i], ddp_state, rt)
     logged = ddp_state.models["net"]._get_ddp_logging_data()
     sizes = str(logged.get("rebuilt_bucket_sizes") or logged.get("bucket_sizes", ""))
     bucket_bytes = [int(b) for b in sizes.split(",") if b.strip()]
@@ -145,13 +145,13 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
     def element(name):
         if name == "ddp":
             intervals.clear()
-            mod.train_step(next(feed["ddp"]), ddp_state, rt)
+            mod.task.train_step(next(feed["ddp"]), ddp_state, rt)
         elif name == "ddp_builtin":  # DDP's own C++ all-reduce hook, no timing hook (grad_comm compares the two)
-            mod.train_step(next(feed["ddp_builtin"]), builtin_state, rt)
+            mod.task.train_step(next(feed["ddp_builtin"]), builtin_state, rt)
         elif name == "local":
-            mod.train_step(next(feed["local"]), plain_state, rt)
+            mod.task.train_step(next(feed["local"]), plain_state, rt)
         elif name == "ours":
-            mod.train_step(next(feed["ours"]), ours_state, rt)
+            mod.task.train_step(next(feed["ours"]), ours_state, rt)
         else:
             collectives(name)
 
@@ -160,7 +160,7 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
         t0 = time.perf_counter()
         if rt.rank == 0:
             for _ in range(steps):
-                mod.train_step(next(feed["local"]), plain_state, rt)
+                mod.task.train_step(next(feed["local"]), plain_state, rt)
         dt = (time.perf_counter() - t0) / steps
         barrier.wait()
         return dt

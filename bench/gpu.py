@@ -93,7 +93,7 @@ class Bench:
             state = self.state
             state.step, state.epoch, state.batch_in_epoch, state.best = 0, 0, 0, None
         else:
-            state = mod.build_state(cfg, rt, self.loaders)
+            state = mod.task.build_state(cfg, rt, self.loaders)
             if reuse_state:
                 self.state = state
         torch.manual_seed(cfg.seed + 1)
@@ -105,13 +105,13 @@ class Bench:
             self._stamp(stamps)
             if on_step and len(stamps) == self.warmup + 1:
                 on_step("start")
-            out = mod.train_step(batch, state, rt)
+            out = mod.task.train_step(batch, state, rt)
             losses.append(out["loss"])
             return out
 
         t0 = time.perf_counter()
         with H.quiet():
-            fit(cfg, state, rt, self.loaders, timed_step, mod.evaluate)
+            fit(cfg, state, rt, self.loaders, timed_step, mod.task.evaluate)
         if self.compile_s is None and cfg.train.compile:
             self.compile_s = stamps[1] - t0  # the first step compiles forward and backward
         rows = [json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]

@@ -114,7 +114,7 @@ def _memoize_synthetic() -> None:
 
 def build_loaders(mod, cfg, rt):
     if hasattr(mod, "build_data"):
-        return mod.build_data(cfg, rt)
+        return mod.task.build_data(cfg, rt)
     if mod.__name__.endswith("imagenet"):
         from common.data.folder import imagefolder_data
         return imagefolder_data(cfg, rt)
@@ -149,7 +149,7 @@ def epoch_block(train) -> float:
 def model_block(mod, state, rt, batch, steps: int) -> float:
     n, t0 = 0, time.perf_counter()
     for _ in range(steps):
-        mod.train_step(batch, state, rt)
+        mod.task.train_step(batch, state, rt)
         n += len(batch[0])
     H.sync(rt.device)
     return n / (time.perf_counter() - t0)
@@ -183,12 +183,12 @@ def measure(name: str, data, model_extra: list[str], tmp: Path, smoke: bool, jpe
         train = loaders.train
         # the model arm: its own loaders only when its config differs (imagenet's smaller batch)
         model_loaders = loaders if not model_extra else build_loaders(mod, model_cfg, rt)
-        state = mod.build_state(model_cfg, rt, model_loaders)
+        state = mod.task.build_state(model_cfg, rt, model_loaders)
         model_loaders.train.set_epoch(0, 0)
         batch = next(iter(model_loaders.train))[0]
         with H.quiet():
             t0 = time.perf_counter()
-            mod.train_step(batch, state, rt)  # warm-up (allocations, kernel selection)
+            mod.task.train_step(batch, state, rt)  # warm-up (allocations, kernel selection)
             first = time.perf_counter() - t0
         per_step = batch[0].shape[0]
         streaming = not isinstance(train, common.data.memory.TensorTrainLoader)

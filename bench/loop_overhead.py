@@ -112,7 +112,7 @@ def interleaved_block(mod, cfg, rt, loaders, warmup: int, steps: int, out_dir: P
     between consecutive train_step calls minus the bare step and the swaps inside it.
     """
     cfg.out_dir = str(out_dir)
-    state = mod.build_state(cfg, rt, loaders)
+    state = mod.task.build_state(cfg, rt, loaders)
     ours_losses, bare_losses = [], []
     gen = bare_loop(*bare_setup(mod, cfg, rt, loaders, steps), cfg, rt, loaders, steps, bare_losses)
     torch.manual_seed(cfg.seed + 1)  # the same dropout stream in both arms
@@ -135,14 +135,14 @@ def interleaved_block(mod, cfg, rt, loaders, warmup: int, steps: int, out_dir: P
         entries.append(time.perf_counter())
         if not bare_after:
             bare_step()
-        out = mod.train_step(batch, state, rt)
+        out = mod.task.train_step(batch, state, rt)
         ours_losses.append(out["loss"])
         if bare_after:
             bare_step()
         return out
 
     with H.quiet():
-        fit(cfg, state, rt, loaders, timed_step, mod.evaluate)
+        fit(cfg, state, rt, loaders, timed_step, mod.task.evaluate)
     shutil.rmtree(out_dir, ignore_errors=True)
     assert len(entries) == steps, (len(entries), steps)
     ours_t = [entries[k + 1] - entries[k] - inner[k] for k in range(steps - 1)]

@@ -34,11 +34,8 @@ class DataConfig:
     name: str = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | cifar100 | synthetic
     root: str = "data"  # dataset directory (relative to the working directory or absolute)
     download: bool = False  # fetch the dataset with torchvision if missing (needs internet)
-    pad_to: int = 0  # zero-pad images to this square size (e.g. 32 for 28x28 data on CIFAR nets); 0 = off
     augment: bool = False  # random crop (padding 4) + horizontal flip, done on the device
     drop_last: bool = True  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
-    mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha) on training batches (soft targets); 0 = off
-    cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); with MixUp too, each batch picks one at random; 0 = off
     in_memory: bool = True  # keep the whole dataset as one uint8 tensor on the GPU when it fits in a quarter of its free memory (else pinned host memory, batches copied without blocking); false = always host
     synthetic_train: int = 4096  # synthetic dataset: number of training samples
     synthetic_test: int = 1024  # synthetic dataset: number of test samples
@@ -63,7 +60,6 @@ class TrainConfig:
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     progress: bool = True  # tqdm progress bar on rank 0 when stderr is a terminal
     max_nonfinite_steps: int = 5  # stop when train_step returns NaN/inf this many optimizer steps in a row
-    tta_flip: bool = False  # evaluate classifiers on the mean logits of each image and its mirror image
 
 
 @dataclass
@@ -94,7 +90,7 @@ class BaseConfig:
     seed: int = 0  # seeds weights, data order and augmentation
     out_dir: str = "runs/default"  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/
     resume: str = "auto"  # auto (newest valid checkpoint in out_dir) | none | path to a checkpoint
-    engine: Literal["auto", "ddp", "accelerate", "deepspeed"] = "auto"  # ddp | accelerate | deepspeed; auto = from the launcher (accelerate launch, deepspeed), else ddp
+    engine: str = "auto"  # ddp | accelerate | deepspeed (common/engines/__init__.py lists them); auto = from the launcher (accelerate launch, deepspeed), else ddp
     deepspeed_config: str = "launch/deepspeed/zero2.json"  # engine=deepspeed: DeepSpeed JSON (ZeRO stage, bf16/fp16); relative to the working directory or the repo
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto = cuda if present, else mps, else cpu
@@ -278,43 +274,39 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
     """`python recipes/<name>.py [--config FILE] [--dry-run] [key=value ...]`.
 
     The default YAML is recipes/configs/<name>.yaml next to the script; `--config`
-    replaces it. Errors exit with status 2 and a one-line message.
+    replaces it. Errors raise ConfigError (common/entry.py turns them into exit code 2).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     script_path = Path(script).resolve()
     default_file = script_path.parent / "configs" / f"{script_path.stem}.yaml"
     config_file = default_file if default_file.is_file() else None
     dry_run, overrides = False, {}
-    try:
-        it = iter(argv)
-        for arg in it:
-            if arg in ("-h", "--help"):
-                print(help_text(cls, f"python {Path(script).name}", config_file))
-                raise SystemExit(0)
-            if arg == "--dry-run":
-                dry_run = True
-            elif arg.startswith(("--local_rank", "--local-rank")):
-                # The `deepspeed` launcher appends --local_rank=N; the same value is in $LOCAL_RANK.
-                if "=" not in arg:
-                    next(it, None)
-            elif arg == "--config" or arg.startswith("--config="):
-                value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
-                if not value:
-                    raise ConfigError("--config needs a file path")
-                config_file = Path(value)
-            elif "=" in arg and not arg.startswith("-"):
-                key, value = arg.split("=", 1)
-                overrides[key.strip()] = _parse_value(value)
-            else:
-                raise ConfigError(f"unexpected argument '{arg}': use key=value, --config FILE, --dry-run or --help")
-        cfg = cls()
-        if config_file is not None:
-            apply(cfg, load_yaml(config_file), str(config_file))
-        apply(cfg, overrides, "the command line")
-        validate(cfg)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    it = iter(argv)
+    for arg in it:
+        if arg in ("-h", "--help"):
+            print(help_text(cls, f"python {Path(script).name}", config_file))
+            raise SystemExit(0)
+        if arg == "--dry-run":
+            dry_run = True
+        elif arg.startswith(("--local_rank", "--local-rank")):
+            # The `deepspeed` launcher appends --local_rank=N; the same value is in $LOCAL_RANK.
+            if "=" not in arg:
+                next(it, None)
+        elif arg == "--config" or arg.startswith("--config="):
+            value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
+            if not value:
+                raise ConfigError("--config needs a file path")
+            config_file = Path(value)
+        elif "=" in arg and not arg.startswith("-"):
+            key, value = arg.split("=", 1)
+            overrides[key.strip()] = _parse_value(value)
+        else:
+            raise ConfigError(f"unexpected argument '{arg}': use key=value, --config FILE, --dry-run or --help")
+    cfg = cls()
+    if config_file is not None:
+        apply(cfg, load_yaml(config_file), str(config_file))
+    apply(cfg, overrides, "the command line")
+    validate(cfg)
     return Cli(cfg=cfg, recipe=script_path.stem, dry_run=dry_run, config_file=config_file)
 
 

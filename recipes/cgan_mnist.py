@@ -21,20 +21,15 @@ default 5 epochs, 7 min on a 2-core CPU shared with other jobs (README, "Generat
     python recipes/cgan_mnist.py --config recipes/configs/cgan_mnist_debug.yaml  # seconds, synthetic data
 """
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.tasks import gan
-from common.config import BaseConfig, CkptConfig, OptimConfig, parse_cli
-from common.tasks.fid import load_judge
 from common.data.images import gan_data
-from common.train.loop import fit, total_steps
-from common.train.optim import build_optimizer, build_scheduler
-from common.engines import make_runtime
-from common.train.state import TrainState
+from common.models.maxout import Maxout
+from common.tasks import gan
+from common.train.log import Grid
 
 
 @dataclass
@@ -53,23 +48,9 @@ class ModelConfig:
 
 
 @dataclass
-class Config(BaseConfig):
+class Config(gan.GanConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: gan.GanEvalConfig = field(default_factory=lambda: gan.GanEvalConfig(grid=100))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=2e-4, betas=[0.5, 0.999],
-                                                                   schedule="constant"))
-    ckpt: CkptConfig = field(default_factory=lambda: CkptConfig(best_metric="val/fd", best_mode="min"))
-
-
-class Maxout(nn.Module):
-    """max over `pieces` linear functions per unit (Goodfellow et al. 2013)."""
-
-    def __init__(self, d_in: int, units: int, pieces: int):
-        super().__init__()
-        self.linear, self.units, self.pieces = nn.Linear(d_in, units * pieces), units, pieces
-
-    def forward(self, x):
-        return self.linear(x).view(len(x), self.units, self.pieces).amax(-1)
 
 
 class Generator(nn.Module):
@@ -107,18 +88,13 @@ def build_data(cfg: Config, rt):
     return gan_data(cfg, rt, eval_limit=cfg.eval.samples)
 
 
-def build_state(cfg: Config, rt, loaders) -> TrainState:
-    rt.seed()
+def build_models(cfg: Config, loaders) -> dict:
     args = (cfg.model, loaders.shape, loaders.num_classes)
-    models = {"G": rt.wrap(Generator(*args)), "D": rt.wrap(Discriminator(*args))}
-    optims = {k: build_optimizer(cfg.optim, m) for k, m in models.items()}
-    scheds = {k: build_scheduler(cfg.optim, o, total_steps(cfg, loaders.train)) for k, o in optims.items()}
-    state = TrainState(models=models, optims=optims, scheds=scheds)
-    state.add_ema("G", cfg.train.ema_decay)
-    return state
+    models = {"G": Generator(*args), "D": Discriminator(*args)}
+    return models
 
 
-def train_step(batch, state: TrainState, rt) -> dict:
+def train_step(batch, state, rt) -> dict:
     real, y = batch
     G, D, n = state.models["G"], state.models["D"], len(real)
     z = gan.batch_noise(rt, n, (rt.cfg.model.z_dim,), "uniform01")  # this rank's rows of the global batch's noise
@@ -136,7 +112,7 @@ def train_step(batch, state: TrainState, rt) -> dict:
 
 
 @torch.no_grad()
-def evaluate(state: TrainState, rt, loader, judge=None) -> dict:
+def evaluate(state, rt, loader, judge) -> dict:
     cfg, G = rt.cfg, state.eval_model("G")
     classes = G.num_classes
     cols = max(1, cfg.eval.grid // classes)
@@ -149,22 +125,14 @@ def evaluate(state: TrainState, rt, loader, judge=None) -> dict:
     with gan.evaluating(G), torch.random.fork_rng(devices=[rt.device.index or 0] if rt.device.type == "cuda" else []):
         torch.manual_seed(cfg.seed + 1 + rt.rank)
         G.joint.train()
-        gan.log_grid(rt, "class_rows", state.step, G(grid_z, grid_y), nrow=cols)
+        grid = Grid(G(grid_z, grid_y), nrow=cols)
         # Sample i asks for class i % classes: balanced, and the same requests every evaluation.
-        return gan.quality(rt, judge, loader, lambda idx: (G(z[idx], idx % classes), idx % classes),
-                           cfg.eval.samples, real_labels=True)
+        return {**gan.quality(rt, judge, loader, lambda idx: (G(z[idx], idx % classes), idx % classes),
+                              cfg.eval.samples, real_labels=True), "class_rows": grid}
 
 
-def main(argv=None):
-    cli = parse_cli(Config, __file__, argv)
-    with make_runtime(cli.cfg, cli.recipe) as rt:
-        if cli.dry_run:
-            return rt.dry_run()
-        judge = load_judge(cli.cfg.eval.classifier, rt.device)
-        loaders = build_data(cli.cfg, rt)
-        state = build_state(cli.cfg, rt, loaders)
-        return fit(cli.cfg, state, rt, loaders, train_step, partial(evaluate, judge=judge))
+task = gan.GanTask(Config, build_models, train_step, evaluate, build_data, __file__)
 
 
 if __name__ == "__main__":
-    main()
+    task.main()

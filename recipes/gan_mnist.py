@@ -16,19 +16,14 @@ classifier first: `python recipes/mnist_cnn.py out_dir=runs/fid_classifier train
     python recipes/gan_mnist.py --config recipes/configs/gan_mnist_debug.yaml   # seconds, synthetic data
 """
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.nn as nn
 
-from common.tasks import gan
-from common.config import BaseConfig, CkptConfig, OptimConfig, parse_cli
-from common.tasks.fid import load_judge
 from common.data.images import gan_data
-from common.train.loop import fit, total_steps
-from common.train.optim import build_optimizer, build_scheduler
-from common.engines import make_runtime
-from common.train.state import TrainState
+from common.models.maxout import Maxout
+from common.tasks import gan
+from common.train.log import Grid
 
 
 @dataclass
@@ -43,23 +38,8 @@ class ModelConfig:
 
 
 @dataclass
-class Config(BaseConfig):
+class Config(gan.GanConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
-    eval: gan.GanEvalConfig = field(default_factory=gan.GanEvalConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=2e-4, betas=[0.5, 0.999],
-                                                                   schedule="constant"))
-    ckpt: CkptConfig = field(default_factory=lambda: CkptConfig(best_metric="val/fd", best_mode="min"))
-
-
-class Maxout(nn.Module):
-    """max over `pieces` linear functions per unit (Goodfellow et al. 2013)."""
-
-    def __init__(self, d_in: int, units: int, pieces: int):
-        super().__init__()
-        self.linear, self.units, self.pieces = nn.Linear(d_in, units * pieces), units, pieces
-
-    def forward(self, x):
-        return self.linear(x).view(len(x), self.units, self.pieces).amax(-1)
 
 
 class Generator(nn.Module):
@@ -89,18 +69,12 @@ def build_data(cfg: Config, rt):
     return gan_data(cfg, rt, eval_limit=cfg.eval.samples)
 
 
-def build_state(cfg: Config, rt, loaders) -> TrainState:
-    rt.seed()
-    models = {"G": rt.wrap(Generator(cfg.model, loaders.shape)),
-              "D": rt.wrap(build_discriminator(cfg.model, loaders.shape))}
-    optims = {k: build_optimizer(cfg.optim, m) for k, m in models.items()}
-    scheds = {k: build_scheduler(cfg.optim, o, total_steps(cfg, loaders.train)) for k, o in optims.items()}
-    state = TrainState(models=models, optims=optims, scheds=scheds)
-    state.add_ema("G", cfg.train.ema_decay)
-    return state
+def build_models(cfg: Config, loaders) -> dict:
+    models = {"G": Generator(cfg.model, loaders.shape), "D": build_discriminator(cfg.model, loaders.shape)}
+    return models
 
 
-def train_step(batch, state: TrainState, rt) -> dict:
+def train_step(batch, state, rt) -> dict:
     real, _ = batch
     G, D, n = state.models["G"], state.models["D"], len(real)
     z = gan.batch_noise(rt, n, (rt.cfg.model.z_dim,), "uniform")  # this rank's rows of the global batch's noise
@@ -119,24 +93,16 @@ def train_step(batch, state: TrainState, rt) -> dict:
 
 
 @torch.no_grad()
-def evaluate(state: TrainState, rt, loader, judge=None) -> dict:
+def evaluate(state, rt, loader, judge) -> dict:
     cfg, G = rt.cfg, state.eval_model("G")
     z = gan.noise_bank(max(cfg.eval.samples, cfg.eval.grid), (cfg.model.z_dim,), "uniform", cfg.seed, rt.device)
     with gan.evaluating(G):
-        gan.log_grid(rt, "fixed_noise", state.step, G(z[:cfg.eval.grid]))
-        return gan.quality(rt, judge, loader, lambda idx: (G(z[idx]), None), cfg.eval.samples)
+        grid = Grid(G(z[:cfg.eval.grid]))
+        return {**gan.quality(rt, judge, loader, lambda idx: (G(z[idx]), None), cfg.eval.samples), "fixed_noise": grid}
 
 
-def main(argv=None):
-    cli = parse_cli(Config, __file__, argv)
-    with make_runtime(cli.cfg, cli.recipe) as rt:
-        if cli.dry_run:
-            return rt.dry_run()
-        judge = load_judge(cli.cfg.eval.classifier, rt.device)
-        loaders = build_data(cli.cfg, rt)
-        state = build_state(cli.cfg, rt, loaders)
-        return fit(cli.cfg, state, rt, loaders, train_step, partial(evaluate, judge=judge))
+task = gan.GanTask(Config, build_models, train_step, evaluate, build_data, __file__)
 
 
 if __name__ == "__main__":
-    main()
+    task.main()

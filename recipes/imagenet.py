@@ -15,23 +15,18 @@ Not measured by this project (no ImageNet here); see the README's results table.
 """
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
 import torchvision
 
-from common.config import BaseConfig, ConfigError, DataConfig, parse_cli
-from common.engines import make_runtime
+from common.config import ConfigError
 from common.data.folder import imagefolder_data
-from common.train.loop import fit, total_steps
-from common.tasks.metrics import accuracy, evaluate_classifier
-from common.train.optim import build_optimizer, build_scheduler
-from common.train.state import TrainState
+from common.tasks.classifier import Classifier, ClassifierConfig
 
 # Nets whose auxiliary heads return tuples in training mode; one loss head is enough here.
 NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v3": {"aux_logits": False, "init_weights": True}}
 
 
 @dataclass
-class FolderDataConfig(DataConfig):
+class FolderDataConfig:
     name: str = "imagefolder"  # this recipe reads data.root/train and data.root/val
     root: str = "data/imagenet"  # dataset directory with train/ and val/ class sub-directories
     image_size: int = 224  # training crop and eval crop side, pixels
@@ -44,51 +39,19 @@ class ModelConfig:
 
 
 @dataclass
-class Config(BaseConfig):
+class Config(ClassifierConfig):
     data: FolderDataConfig = field(default_factory=FolderDataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
 
 
-def build_model(m: ModelConfig, num_classes: int):
+def build_model(m: ModelConfig, in_shape, num_classes: int):
     if m.name not in torchvision.models.list_models(module=torchvision.models):
         raise ConfigError(f"model.name={m.name!r} is not a torchvision classifier; see torchvision.models.list_models()")
     return torchvision.models.get_model(m.name, weights=None, num_classes=num_classes, **NO_AUX.get(m.name, {}))
 
 
-def build_state(cfg: Config, rt, loaders) -> TrainState:
-    rt.seed()
-    model = rt.wrap(build_model(cfg.model, loaders.num_classes))
-    opt = build_optimizer(cfg.optim, model)
-    sched = build_scheduler(cfg.optim, opt, total_steps(cfg, loaders.train))
-    state = TrainState(models={"net": model}, optims={"net": opt}, scheds={"net": sched})
-    state.add_ema("net", cfg.train.ema_decay)
-    return state
-
-
-def train_step(batch, state: TrainState, rt) -> dict:
-    x, y = batch
-    with rt.autocast():
-        logits = state.models["net"](x)
-        loss = F.cross_entropy(logits, y, label_smoothing=rt.cfg.label_smoothing)
-    rt.backward(loss)
-    rt.step(state.optims["net"])
-    return {"loss": loss.detach(), "acc1": accuracy(logits.detach(), y)}
-
-
-def evaluate(state: TrainState, rt, loader) -> dict:
-    return evaluate_classifier(state.eval_model("net"), rt, loader)
-
-
-def main(argv=None):
-    cli = parse_cli(Config, __file__, argv)
-    with make_runtime(cli.cfg, cli.recipe) as rt:
-        if cli.dry_run:
-            return rt.dry_run()
-        loaders = imagefolder_data(cli.cfg, rt)
-        state = build_state(cli.cfg, rt, loaders)
-        return fit(cli.cfg, state, rt, loaders, train_step, evaluate)
+task = Classifier(Config, build_model, __file__, build_data=imagefolder_data)
 
 
 if __name__ == "__main__":
-    main()
+    task.main()

@@ -12,15 +12,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch.nn as nn
-import torch.nn.functional as F
 
-from common.config import BaseConfig, parse_cli
-from common.data.memory import classification_data
-from common.train.loop import fit, total_steps
-from common.tasks.metrics import accuracy, evaluate_classifier
-from common.train.optim import build_optimizer, build_scheduler
-from common.engines import make_runtime
-from common.train.state import TrainState
+from common.tasks.classifier import Classifier, ClassifierConfig
 
 
 @dataclass
@@ -30,9 +23,8 @@ class ModelConfig:
 
 
 @dataclass
-class Config(BaseConfig):
+class Config(ClassifierConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
 
 
 def build_model(m: ModelConfig, in_shape, num_classes: int) -> nn.Module:
@@ -43,39 +35,8 @@ def build_model(m: ModelConfig, in_shape, num_classes: int) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
-def build_state(cfg: Config, rt, loaders) -> TrainState:
-    rt.seed()
-    model = rt.wrap(build_model(cfg.model, loaders.shape, loaders.num_classes))
-    opt = build_optimizer(cfg.optim, model)
-    sched = build_scheduler(cfg.optim, opt, total_steps(cfg, loaders.train))
-    state = TrainState(models={"net": model}, optims={"net": opt}, scheds={"net": sched})
-    state.add_ema("net", cfg.train.ema_decay)
-    return state
-
-
-def train_step(batch, state: TrainState, rt) -> dict:
-    x, y = batch
-    with rt.autocast():
-        logits = state.models["net"](x)
-        loss = F.cross_entropy(logits, y, label_smoothing=rt.cfg.label_smoothing)
-    rt.backward(loss)
-    rt.step(state.optims["net"])
-    return {"loss": loss.detach(), "acc1": accuracy(logits.detach(), y)}
-
-
-def evaluate(state: TrainState, rt, loader) -> dict:
-    return evaluate_classifier(state.eval_model("net"), rt, loader)
-
-
-def main(argv=None):
-    cli = parse_cli(Config, __file__, argv)
-    with make_runtime(cli.cfg, cli.recipe) as rt:
-        if cli.dry_run:
-            return rt.dry_run()
-        loaders = classification_data(cli.cfg, rt)
-        state = build_state(cli.cfg, rt, loaders)
-        return fit(cli.cfg, state, rt, loaders, train_step, evaluate)
+task = Classifier(Config, build_model, __file__)
 
 
 if __name__ == "__main__":
-    main()
+    task.main()

@@ -29,20 +29,16 @@ a 2-core CPU shared with other jobs): val/l1 0.058, val/psnr 19.2 dB, val/fd 2.3
 """
 import math
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.config import CkptConfig
+from common.data.images import head, paired_data
 from common.tasks import gan
-from common.config import BaseConfig, CkptConfig, OptimConfig, parse_cli
-from common.tasks.fid import frechet_distance, load_judge
-from common.data.images import ImageDataConfig, head, paired_data
-from common.train.loop import fit, total_steps
-from common.train.optim import build_optimizer, build_scheduler
-from common.engines import make_runtime
-from common.train.state import TrainState
+from common.tasks.fid import frechet_distance
+from common.train.log import Grid
 
 
 @dataclass
@@ -56,12 +52,9 @@ class ModelConfig:
 
 
 @dataclass
-class Config(BaseConfig):
-    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+class Config(gan.GanConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: gan.GanEvalConfig = field(default_factory=lambda: gan.GanEvalConfig(grid=12))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=2e-4, betas=[0.5, 0.999],
-                                                                   schedule="constant"))
     ckpt: CkptConfig = field(default_factory=lambda: CkptConfig(best_metric="val/l1", best_mode="min"))
 
 
@@ -117,18 +110,13 @@ def build_data(cfg: Config, rt):
     return paired_data(cfg, rt, cfg.model.image_size, eval_limit=cfg.eval.samples)
 
 
-def build_state(cfg: Config, rt, loaders) -> TrainState:
-    rt.seed()
+def build_models(cfg: Config, loaders) -> dict:
     c = loaders.shape[0] // 2  # channels of A (= of B): pairs are stacked as [A | B]
-    models = {"G": rt.wrap(UNet(cfg.model, c, c)), "D": rt.wrap(build_patchgan(cfg.model, 2 * c))}
-    optims = {k: build_optimizer(cfg.optim, m) for k, m in models.items()}
-    scheds = {k: build_scheduler(cfg.optim, o, total_steps(cfg, loaders.train)) for k, o in optims.items()}
-    state = TrainState(models=models, optims=optims, scheds=scheds)
-    state.add_ema("G", cfg.train.ema_decay)
-    return state
+    models = {"G": UNet(cfg.model, c, c), "D": build_patchgan(cfg.model, 2 * c)}
+    return models
 
 
-def train_step(batch, state: TrainState, rt) -> dict:
+def train_step(batch, state, rt) -> dict:
     pairs, _ = batch
     a, b = pairs.chunk(2, dim=1)
     G, D = state.models["G"], state.models["D"]
@@ -149,7 +137,7 @@ def train_step(batch, state: TrainState, rt) -> dict:
 
 
 @torch.no_grad()
-def evaluate(state: TrainState, rt, loader, judge=None) -> dict:
+def evaluate(state, rt, loader, judge) -> dict:
     cfg, G = rt.cfg, state.eval_model("G")
     gan.sync_buffers(rt, state.models["G"], G)  # rank 0's BatchNorm statistics, as DDP would use next
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # L1, PSNR, count
@@ -166,28 +154,19 @@ def evaluate(state: TrainState, rt, loader, judge=None) -> dict:
                 fakes.add(out)
         triplets = head(loader, cfg.eval.grid)
         a, b = triplets.chunk(2, dim=1)
-        grid = torch.stack([a, G(a), b], 1).flatten(0, 1)  # input | output | target
-        gan.log_grid(rt, "input_output_target", state.step, grid, nrow=12)
+        grid = Grid(torch.stack([a, G(a), b], 1).flatten(0, 1), nrow=12)  # input | output | target
     l1, psnr, count = rt.all_reduce_sum(sums).tolist()
     if int(count) != loader.total:
         raise RuntimeError(f"evaluation saw {int(count)} pairs, the split has {loader.total}: sharding bug")
-    out = {"l1": l1 / count, "psnr": psnr / count}
+    out = {"l1": l1 / count, "psnr": psnr / count, "input_output_target": grid}
     if fakes is not None:
         real = judge.reference(rt, ((p.chunk(2, dim=1)[1], None) for p, _ in loader), loader.total)
         out["fd"] = frechet_distance(real, fakes.reduce(rt))
     return out
 
 
-def main(argv=None):
-    cli = parse_cli(Config, __file__, argv)
-    with make_runtime(cli.cfg, cli.recipe) as rt:
-        if cli.dry_run:
-            return rt.dry_run()
-        judge = load_judge(cli.cfg.eval.classifier, rt.device)
-        loaders = build_data(cli.cfg, rt)
-        state = build_state(cli.cfg, rt, loaders)
-        return fit(cli.cfg, state, rt, loaders, train_step, partial(evaluate, judge=judge))
+task = gan.GanTask(Config, build_models, train_step, evaluate, build_data, __file__)
 
 
 if __name__ == "__main__":
-    main()
+    task.main()

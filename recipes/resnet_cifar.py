@@ -17,22 +17,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch.nn as nn
-import torch.nn.functional as F
 
-from common.config import BaseConfig, parse_cli
-from common.data.memory import classification_data
-from common.train.loop import fit, total_steps
-from common.tasks.metrics import accuracy, evaluate_classifier
-from common.train.optim import build_optimizer, build_scheduler
-from common.engines import make_runtime
-from common.train.state import TrainState
-
-ARCHS = {  # name: (blocks per stage, channels per stage)
-    "resnet20": ([3, 3, 3], [16, 32, 64]),
-    "resnet32": ([5, 5, 5], [16, 32, 64]),
-    "resnet56": ([9, 9, 9], [16, 32, 64]),
-    "resnet18": ([2, 2, 2, 2], [64, 128, 256, 512]),
-}
+from common.models.resnet import resnet
+from common.tasks.classifier import Classifier, ClassifierConfig
 
 
 @dataclass
@@ -42,86 +29,16 @@ class ModelConfig:
 
 
 @dataclass
-class Config(BaseConfig):
+class Config(ClassifierConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Identity()
-        if stride != 1 or c_in != c_out:  # projection where the shape changes
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class ResNet(nn.Module):
-    def __init__(self, blocks: list[int], channels: list[int], in_channels: int, num_classes: int):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(channels[0]), nn.ReLU())
-        layers, c_in = [], channels[0]
-        for i, (n, c) in enumerate(zip(blocks, channels)):
-            for j in range(n):
-                layers.append(BasicBlock(c_in, c, stride=2 if i > 0 and j == 0 else 1))
-                c_in = c
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x):
-        x = self.layers(self.stem(x))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 def build_model(m: ModelConfig, in_shape, num_classes: int) -> nn.Module:
-    blocks, channels = ARCHS[m.arch]
-    return ResNet(blocks, [max(1, round(c * m.width_mult)) for c in channels], in_shape[0], num_classes)
+    return resnet(m.arch, m.width_mult, in_shape[0], num_classes)
 
 
-def build_state(cfg: Config, rt, loaders) -> TrainState:
-    rt.seed()
-    model = rt.wrap(build_model(cfg.model, loaders.shape, loaders.num_classes))
-    opt = build_optimizer(cfg.optim, model)
-    sched = build_scheduler(cfg.optim, opt, total_steps(cfg, loaders.train))
-    state = TrainState(models={"net": model}, optims={"net": opt}, scheds={"net": sched})
-    state.add_ema("net", cfg.train.ema_decay)
-    return state
-
-
-def train_step(batch, state: TrainState, rt) -> dict:
-    x, y = batch
-    with rt.autocast():
-        logits = state.models["net"](x)
-        loss = F.cross_entropy(logits, y, label_smoothing=rt.cfg.label_smoothing)
-    rt.backward(loss)
-    rt.step(state.optims["net"])
-    return {"loss": loss.detach(), "acc1": accuracy(logits.detach(), y)}
-
-
-def evaluate(state: TrainState, rt, loader) -> dict:
-    return evaluate_classifier(state.eval_model("net"), rt, loader)
-
-
-def main(argv=None):
-    cli = parse_cli(Config, __file__, argv)
-    with make_runtime(cli.cfg, cli.recipe) as rt:
-        if cli.dry_run:
-            return rt.dry_run()
-        loaders = classification_data(cli.cfg, rt)
-        state = build_state(cli.cfg, rt, loaders)
-        return fit(cli.cfg, state, rt, loaders, train_step, evaluate)
+task = Classifier(Config, build_model, __file__)
 
 
 if __name__ == "__main__":
-    main()
+    task.main()

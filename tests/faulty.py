@@ -23,7 +23,7 @@ def main():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     kind, _, arg = fault.partition("=")
-    original = mod.train_step
+    original = mod.task.train_step
 
     def train_step(batch, state, rt):
         step = state.step + 1
@@ -36,8 +36,8 @@ def main():
             batch = (x * float("nan"), y)
         return original(batch, state, rt)
 
-    mod.train_step = train_step
-    mod.main(argv)
+    mod.task.train_step = train_step
+    mod.task.main(argv)
 
 
 if __name__ == "__main__":

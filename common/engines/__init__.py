@@ -1,29 +1,37 @@
-"""Pick the training engine: `engine=ddp|accelerate|deepspeed`, or `auto` from the launcher.
+"""The training engines, and which one a run gets: `engine=ddp|accelerate|deepspeed`, or `auto`.
 
-    engine=ddp         common/engines/base.py          torch DDP + autocast/GradScaler (python, torchrun, srun)
+    engine=ddp         common/engines/ddp.py         torch DDP + autocast/GradScaler (python, torchrun, srun)
     engine=accelerate  common/engines/accelerate.py  HF Accelerator: DDP, mixed precision, accumulation
     engine=deepspeed   common/engines/deepspeed.py   deepspeed.initialize per model: ZeRO 1/2/3, bf16/fp16
 
-`accelerate launch` and the `deepspeed` command each leave their own variables in the
-environment, so `engine=auto` (the default) picks the matching engine. An explicit engine
+Adding an engine: one module with an Engine subclass (common/engines/base.py) and one line in
+ENGINES. `accelerate launch` and the `deepspeed` command each leave their own variables in
+the environment, so `engine=auto` (the default) picks the matching engine. An explicit engine
 that contradicts the launcher is an error: `accelerate launch ... engine=ddp` would silently
 ignore the Accelerate config file (its mixed precision, its process count). torchrun, srun
 and plain python suit every engine.
 """
 from __future__ import annotations
 
+import importlib
 import os
-import sys
 
 from common import dist
 from common.config import ConfigError
-from common.engines.base import Runtime
 
+# name -> "module:class", imported only when chosen (DeepSpeed and Accelerate take seconds to import)
+ENGINES = {
+    "ddp": "common.engines.ddp:DDPEngine",
+    "accelerate": "common.engines.accelerate:AccelerateEngine",
+    "deepspeed": "common.engines.deepspeed:DeepSpeedEngine",
+}
 BY_LAUNCHER = {"accelerate": "accelerate", "deepspeed": "deepspeed"}
 COMMANDS = {"accelerate": "accelerate launch", "deepspeed": "the `deepspeed` launcher"}
 
 
 def resolve_engine(requested: str, env=os.environ) -> str:
+    if requested != "auto" and requested not in ENGINES:
+        raise ConfigError(f"engine={requested!r} is not one of auto, {', '.join(ENGINES)}")
     launcher = dist.launcher_of(env)
     if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         raise ConfigError("this `accelerate launch` config enables DeepSpeed (distributed_type: DEEPSPEED); dtrain "
@@ -39,17 +47,7 @@ def resolve_engine(requested: str, env=os.environ) -> str:
     return requested
 
 
-def make_runtime(cfg, recipe: str) -> Runtime:
-    """The runtime for cfg.engine; cfg.engine is replaced by the resolved name (it goes to config.yaml)."""
-    try:
-        cfg.engine = resolve_engine(cfg.engine)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    if cfg.engine == "accelerate":
-        from common.engines.accelerate import AccelerateRuntime
-        return AccelerateRuntime(cfg, recipe)
-    if cfg.engine == "deepspeed":
-        from common.engines.deepspeed import DeepSpeedRuntime
-        return DeepSpeedRuntime(cfg, recipe)
-    return Runtime(cfg, recipe)
+def make_engine(cfg, env):
+    """The engine for cfg.engine (already resolved by resolve_engine)."""
+    module, cls = ENGINES[cfg.engine].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg, env)

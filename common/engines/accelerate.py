@@ -1,8 +1,8 @@
 """engine=accelerate: Hugging Face Accelerate drives DDP, mixed precision and accumulation.
 
-The recipe is unchanged: `rt.wrap(model)` becomes `accelerator.prepare_model`, each optimizer
-is prepared when fit() starts (`prepare`), `rt.backward` is `accelerator.backward` (it divides
-by the accumulation steps and applies fp16 loss scaling), and every micro-step runs inside
+The recipe is unchanged: `rt.prepare(models, optims)` returns `accelerator.prepare_model` and
+`prepare_optimizer` of each, `rt.backward` is `accelerator.backward` (it divides by the
+accumulation steps and applies fp16 loss scaling), and every micro-step runs inside
 `accelerator.accumulate(*models)`, which skips the gradient all-reduce until the last one.
 
 What stays ours, on purpose: the process group (common.dist creates it, Accelerate adopts it),
@@ -26,20 +26,17 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
 from common.config import UserError
-from common.engines.base import Runtime
+from common.engines.base import Engine
 
 MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-class AccelerateRuntime(Runtime):
-    engine = "accelerate"
+class AccelerateEngine(Engine):
+    name = "accelerate"
 
-    def __init__(self, cfg, recipe: str = "recipe"):
-        super().__init__(cfg, recipe)  # process group, device, layout check
-        try:
-            self._check_launcher_config()
-        except UserError as e:
-            self.__exit__(type(e), e, None)
+    def __init__(self, cfg, env):
+        super().__init__(cfg, env)
+        self._check_launcher_config()
         self.accelerator = Accelerator(
             cpu=self.device.type == "cpu", mixed_precision=MIXED[cfg.precision],
             gradient_accumulation_steps=cfg.train.grad_accum,
@@ -50,13 +47,12 @@ class AccelerateRuntime(Runtime):
             torch.cuda.current_device() if acc.device.type == "cuda" else None)
         same_device = acc.device.type == self.device.type and (self.device.type != "cuda" or acc_index == self.device.index)
         if acc.num_processes != self.world_size or acc.process_index != self.rank or not same_device:
-            self.__exit__(UserError, UserError(
-                f"Accelerate sees process {acc.process_index} of {acc.num_processes} on {acc.device}, dtrain sees "
-                f"rank {self.rank} of {self.world_size} on {self.device}: check the launch command"), None)
+            raise UserError(f"Accelerate sees process {acc.process_index} of {acc.num_processes} on {acc.device}, "
+                            f"dtrain sees rank {self.rank} of {self.world_size} on {self.device}: check the launch command")
         # Accelerate owns loss scaling: one GradScaler, stepped and updated in each optimizer.step().
         self.scaler = acc.scaler or torch.amp.GradScaler(self.device.type, enabled=False)
         self._models: list[nn.Module] = []
-        self._prepared: dict[int, object] = {}  # id(raw optimizer) -> AcceleratedOptimizer
+        self._prepared: dict[int, object] = {}  # id(raw or prepared optimizer) -> AcceleratedOptimizer
 
     def _check_launcher_config(self) -> None:
         env_mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
@@ -73,30 +69,22 @@ class AccelerateRuntime(Runtime):
                      "one: with use_cpu/--cpu, Accelerate starts extra processes only through mpirun "
                      "(mpirun_hostfile); see launch/accelerate/cpu_multi_process.yaml")
 
-    def describe_engine(self) -> str:
+    def describe(self) -> str:
         s = self.accelerator.state
         return (f"accelerate {s.distributed_type.value}, {s.num_processes} process(es), mixed_precision "
                 f"{s.mixed_precision}, grad_accum {self.accelerator.gradient_accumulation_steps}")
 
     # -- models ------------------------------------------------------------------------------
-    def wrap(self, model: nn.Module) -> nn.Module:
-        t = self.cfg.train
-        if t.sync_bn and self.world_size > 1:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(self.device, memory_format=self.memory_format)
-        if t.compile:
-            model = torch.compile(model)
-        model = self.accelerator.prepare_model(model)
-        self._models.append(model)
-        return model
-
-    def prepare(self, state) -> None:
-        """Wrap each optimizer in Accelerate's (scaler, accumulation-aware step); schedulers keep
-        driving the same param_groups, and state_dict() is the plain optimizer's."""
-        for name, opt in state.optims.items():
-            prepared = self.accelerator.prepare_optimizer(opt)
-            self._prepared[id(opt)] = self._prepared[id(prepared)] = prepared
-            state.optims[name] = prepared
+    def prepare(self, models, optims):
+        """Accelerate's model wrapper (DDP) and optimizer wrapper (scaler, accumulation-aware
+        step); schedulers keep driving the same param_groups, and state_dict() is the plain optimizer's."""
+        models = {k: self.accelerator.prepare_model(m) for k, m in models.items()}
+        self._models = list(models.values())
+        prepared = {}
+        for name, opt in optims.items():
+            prepared[name] = self.accelerator.prepare_optimizer(opt)
+            self._prepared[id(opt)] = self._prepared[id(prepared[name])] = prepared[name]
+        return models, prepared
 
     def autocast(self):
         return self.accelerator.autocast()
@@ -120,7 +108,7 @@ class AccelerateRuntime(Runtime):
             return
         opt = self._prepared.get(id(optimizer))
         if opt is None:
-            raise RuntimeError("rt.step got an optimizer that is not in state.optims; build TrainState with it")
+            raise RuntimeError("rt.step got an optimizer that rt.prepare did not return")
         if self.cfg.train.clip_grad_norm > 0:
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
             self.accelerator.clip_grad_norm_(params, self.cfg.train.clip_grad_norm)

@@ -1,30 +1,34 @@
-"""Runtime: device, DDP wrapping, autocast, GradScaler, accumulation, clipping, frozen().
+"""What every engine shares, and the calls recipes and the loop make on one.
 
-The recipe owns backward and optimizer steps and calls `rt.backward(loss)` and
-`rt.step(optimizer)`; the loop tells the runtime which micro-step of an optimizer
-step is running, so non-final micro-steps skip the all-reduce (DDP no_sync) and
-`step` only acts on the final one. One GradScaler serves every optimizer and is
-updated once per optimizer step in `end_step()`.
+An engine decides how models and optimizers are wrapped and how backward, accumulation,
+clipping and optimizer steps run; it saves and loads its own state (loss scaler, shards).
+Where the process runs (rank, device, process group) is the Env's (common/env.py); an
+engine reads it through `rt.env` and the few properties below.
+
+Recipes call: `rt.autocast()`, `rt.backward(loss)`, `rt.step(optimizer)`, `rt.frozen(model)`.
+After `backward` the gradients of this micro-batch exist under every engine; `step` acts
+only on the final micro-step of an optimizer step. The task builds state with
+`rt.place(model)` (device, SyncBatchNorm, memory format, compile) and
+`models, optims = rt.prepare(models, optims)` (the engine's wrappers, returned, never
+written into the caller's objects). The loop calls `micro_step`, `end_step`,
+`state_dict`/`load_state_dict` and `save_shards`/`load_shards`.
 """
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import dist
-from common.config import UserError, dump_yaml
-from common.data.memory import check_batch
+from common.config import UserError
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _is_engine_wrapper(model) -> bool:
     """DDP, or a DeepSpeed engine (checked by class name: importing deepspeed here costs seconds)."""
-    return isinstance(model, DDP) or any(c.__name__ == "DeepSpeedEngine" for c in type(model).__mro__)
+    return isinstance(model, nn.parallel.DistributedDataParallel) or \
+        any(c.__name__ == "DeepSpeedEngine" for c in type(model).__mro__)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -38,108 +42,74 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-class Runtime:
-    """engine=ddp. Accelerate and DeepSpeed runtimes (common/engine_*.py) subclass it; recipes
-    get one from common.engines.make_runtime and call only the methods below."""
+class Engine:
+    name = "?"
 
-    engine = "ddp"
-
-    def __init__(self, cfg, recipe: str = "recipe"):
-        self.cfg, self.recipe = cfg, recipe
-        self.info = dist.init(cfg.device, cfg.dist_timeout_s)
-        self.layout_notes: list[str] = []
-        self.device = self.info.device
-        self.rank, self.world_size, self.is_main = self.info.rank, self.info.world_size, self.info.is_main
+    def __init__(self, cfg, env):
+        self.cfg, self.env = cfg, env
         self.dtype = DTYPES[cfg.precision]
         if self.dtype is torch.bfloat16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise RuntimeError("precision=bf16 needs an Ampere or newer GPU; use precision=fp16")
+            raise UserError("precision=bf16 needs an Ampere or newer GPU; use precision=fp16")
         # fp16 needs loss scaling to keep small gradients representable; bf16 does not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        channels_last = cfg.train.channels_last
-        if channels_last == "auto":  # NHWC lets cuDNN use tensor-core kernels without layout transposes
-            channels_last = self.device.type == "cuda"
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.micro, self.n_micro = 0, 1
-        self._ddp: list[DDP] = []
-        self.logger = None  # set by fit(): lets evaluate() write image grids (rt.logger.images)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        try:
-            check_batch(cfg.train.batch_size, self.world_size, cfg.train.grad_accum)
-            self._check_layout()
-        except UserError as e:
-            self.__exit__(type(e), e, None)
+        # Names of models and optimizers whose state this engine saves itself (save_shards), in
+        # its own format, instead of as plain state_dicts in state.pt.
+        self.owned: set[str] = set()
 
-    def _check_layout(self) -> None:
-        """Every rank's placement, gathered once before anything trains; a bad layout stops all ranks."""
-        self.layout_rows = rows = dist.all_gather_object(dist.layout_facts(self.info))
-        errors, self.layout_notes = dist.check_layout(rows)
-        if errors:
-            raise UserError("process layout is wrong:\n  " + "\n  ".join(errors))
+    # -- the environment, as recipes read it ------------------------------------------------
+    device = property(lambda self: self.env.device)
+    rank = property(lambda self: self.env.rank)
+    world_size = property(lambda self: self.env.world_size)
+    is_main = property(lambda self: self.env.is_main)
+    memory_format = property(lambda self: self.env.memory_format)
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self):
-        return self
+    def log(self, msg: str) -> None:
+        self.env.log(msg)
 
-    def __exit__(self, exc_type, exc, tb):
-        # A normal end or an agreed exit (preemption): every rank is here, so barrier + destroy.
-        if exc_type is None or exc_type is SystemExit:
-            dist.teardown()
-            return False
-        if torch.distributed.is_initialized():
-            # Another rank may be gone: no barrier, just drop the group so this process exits.
-            torch.distributed.destroy_process_group()
-        if isinstance(exc, UserError):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        return False
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.env.all_reduce_sum(t)
 
-    def dry_run(self) -> None:
-        """Print the config (rank 0) and every rank's mapping, in rank order, then return."""
-        if self.is_main:
-            print(f"# resolved config for {self.recipe}\n{dump_yaml(self.cfg)}", flush=True)
-        lines = dist.all_gather_object(self.info.describe())
-        if self.is_main:
-            print("\n".join(lines), flush=True)
-            t = self.cfg.train
-            print(f"global batch {t.batch_size} = world {self.world_size} x grad_accum {t.grad_accum} "
-                  f"x micro-batch {t.batch_size // (self.world_size * t.grad_accum)}", flush=True)
-            for note in self.layout_notes:
-                print(f"layout note: {note}", flush=True)
-            print(f"engine {self.engine}: {self.describe_engine()}", flush=True)
-            print(f"layout ok: {self.world_size} process(es) on {len({r['host'] for r in self.layout_rows})} "
-                  "host(s)", flush=True)
-
-    def describe_engine(self) -> str:
-        return "torch DDP" + (f", {self.cfg.precision} autocast" if self.dtype else ", fp32")
     def seed(self, offset: int = 0) -> None:
-        """Same seed on every rank: identical initial weights (DDP also broadcasts them)."""
-        torch.manual_seed(self.cfg.seed + offset)
+        self.env.seed(self.cfg.seed + offset)
 
-    # -- models ----------------------------------------------------------------------------
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """Move to the device, then optional SyncBatchNorm, channels_last, compile; DDP when world > 1."""
-        t = self.cfg.train
-        if t.sync_bn and self.world_size > 1:
+    def describe(self) -> str:
+        return f"{self.name}, " + (f"{self.cfg.precision} autocast" if self.dtype else "fp32")
+
+    # -- models ------------------------------------------------------------------------------
+    def place(self, model: nn.Module) -> nn.Module:
+        """Optional SyncBatchNorm, the device and memory format, optional torch.compile. The
+        parameters keep their identity, so optimizers can be built on the result."""
+        if self.cfg.train.sync_bn and self.world_size > 1:
             if self.device.type != "cuda":
                 raise UserError("train.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
                                 "kernel); set train.sync_bn=false on CPU")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device, memory_format=self.memory_format)
-        if t.compile:
-            model = torch.compile(model)
-        if self.world_size > 1:
-            model = DDP(model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                        gradient_as_bucket_view=True)
-            self._ddp.append(model)
-        return model
+        return torch.compile(model) if self.cfg.train.compile else model
+
+    def prepare(self, models: dict[str, nn.Module], optims: dict[str, torch.optim.Optimizer]):
+        """(models, optims) as this engine trains them; called once, after place() and optimizers."""
+        return dict(models), dict(optims)
 
     def autocast(self):
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @contextlib.contextmanager
+    def frozen(self, model: nn.Module):
+        """Yield the plain module with requires_grad off: a G step through D computes no D
+        gradients and, since the engine's wrapper is bypassed, triggers no D all-reduce."""
+        inner = model.module if _is_engine_wrapper(model) else model
+        flags = [(p, p.requires_grad) for p in inner.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            yield inner
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
     # -- optimisation ----------------------------------------------------------------------
     @property
@@ -148,13 +118,9 @@ class Runtime:
 
     @contextlib.contextmanager
     def micro_step(self, i: int, n: int):
-        """Set by the loop around each micro-batch; non-final ones run under DDP no_sync."""
+        """Set by the loop around each micro-batch of an optimizer step."""
         self.micro, self.n_micro = i, n
-        with contextlib.ExitStack() as stack:
-            if not self.last_micro:
-                for m in self._ddp:
-                    stack.enter_context(m.no_sync())
-            yield
+        yield
 
     def backward(self, loss: torch.Tensor) -> None:
         # Mean over micro-batches; skip the divide (one op forward and backward) when there is one.
@@ -175,33 +141,15 @@ class Runtime:
         """Once per optimizer step, after every optimizer has stepped."""
         self.scaler.update()
 
-    @contextlib.contextmanager
-    def frozen(self, model: nn.Module):
-        """Yield the plain module with requires_grad off: a G step through D computes no D
-        gradients and, since DDP's wrapper is bypassed, triggers no D all-reduce."""
-        inner = model.module if _is_engine_wrapper(model) else model
-        flags = [(p, p.requires_grad) for p in inner.parameters()]
-        for p, _ in flags:
-            p.requires_grad_(False)
-        try:
-            yield inner
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The engine's own state (tensors and plain values), saved in state.pt."""
+        return {"scaler": self.scaler.state_dict()}
 
-    # -- engine hooks, called by the loop (no-ops for DDP) ------------------------------------
-    def prepare(self, state) -> None:
-        """Called by fit() once the recipe has built models and optimizers, before resuming."""
+    def load_state_dict(self, sd: dict) -> None:
+        self.scaler.load_state_dict(sd["scaler"])
 
-    save_shards = None  # or a callable(dir) that every rank calls to write engine files into a checkpoint
+    save_shards = None  # or a callable(dir) that every rank calls to write its files into a checkpoint
 
-    def load_shards(self, state, ckpt_dir) -> None:
-        """Restore what save_shards wrote (after state.load_state_dict)."""
-
-    # -- collectives -----------------------------------------------------------------------
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return dist.all_reduce_sum(t)
-
-    def log(self, msg: str) -> None:
-        if self.is_main:
-            print(msg, file=sys.stdout, flush=True)
+    def load_shards(self, ckpt_dir) -> None:
+        """Restore what save_shards wrote (after the plain state is loaded)."""

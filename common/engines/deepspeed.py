@@ -14,11 +14,11 @@ recipe's (`optim.*`): DeepSpeed wraps the recipe's torch optimizer, so "optimize
 sections in the JSON are refused.
 
 How the recipe's calls map, unchanged train_step:
-  rt.wrap(model)      moves the model to the device; deepspeed.initialize runs in prepare()
-                      (fit() calls it once the optimizers exist) and replaces state.models[k]
-  rt.backward(loss)   remembered; rt.step(opt) runs engine.backward(loss) and engine.step() on the
-                      engine that owns `opt`. Deferring is what lets a GAN's two engines share
-                      one rt.backward call signature: the optimizer names the engine.
+  rt.prepare          deepspeed.initialize for each (model, its optimizer); returns the engines
+  rt.backward(loss)   engine.backward(loss) on the engine whose parameters the loss reaches (a
+                      GAN's D loss reaches D only, its G loss G only: D is frozen in the G step)
+  rt.step(opt)        engine.step() on the engine that owns `opt`, every micro-batch (DeepSpeed
+                      counts micro-steps and updates only at the accumulation boundary)
   micro_step          engine.set_gradient_accumulation_boundary(last micro-batch)
   checkpoints         every rank writes engine.save_checkpoint into the checkpoint directory
                       (checkpoints/step_N/deepspeed/<name>/), checksummed in MANIFEST.json with
@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from common import dist
 from common.config import UserError
-from common.engines.base import Runtime, unwrap
+from common.engines.base import Engine, unwrap
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = "state"  # DeepSpeed's tag (sub-folder) inside checkpoints/step_N/deepspeed/<name>/
@@ -114,40 +114,49 @@ def _cast_inputs(dtype):
     return hook
 
 
-class DeepSpeedRuntime(Runtime):
-    engine = "deepspeed"
+def _leaf_params(loss: torch.Tensor):
+    """The parameters (autograd leaves that need a gradient) that `loss` depends on."""
+    seen, todo = set(), [loss.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):  # AccumulateGrad: its variable is a leaf that requires grad
+            yield fn.variable
+        todo.extend(f for f, _ in fn.next_functions)
 
-    def __init__(self, cfg, recipe: str = "recipe"):
+
+class DeepSpeedEngine(Engine):
+    name = "deepspeed"
+
+    def __init__(self, cfg, env):
         # DeepSpeed picks its accelerator at import time; device=cpu must win on a GPU machine too.
         if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        super().__init__(cfg, recipe)
-        try:
-            self.config_path = find_config(cfg.deepspeed_config)
-            self.ds_config = resolve_config(self.config_path, cfg, self.world_size)
-        except UserError as e:
-            self.__exit__(type(e), e, None)
+        super().__init__(cfg, env)
+        self.config_path = find_config(cfg.deepspeed_config)
+        self.ds_config = resolve_config(self.config_path, cfg, self.world_size)
         if not torch.distributed.is_initialized():
             # DeepSpeed always talks through a process group, even a group of one (plain `python`).
-            self.info.backend = "nccl" if self.device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(self.info.backend, store=torch.distributed.HashStore(), rank=0,
+            env.info.backend = "nccl" if self.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(env.info.backend, store=torch.distributed.HashStore(), rank=0,
                                                  world_size=1)
-            dist.export_env(self.info)  # DeepSpeed insists on $LOCAL_RANK
+            dist.export_env(env.info)  # DeepSpeed insists on $LOCAL_RANK
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         if get_accelerator().device_name() != self.device.type:
-            self.__exit__(UserError, UserError(
-                f"DeepSpeed runs on '{get_accelerator().device_name()}' but dtrain picked {self.device}; set "
-                f"DS_ACCELERATOR={self.device.type} or device={get_accelerator().device_name()}"), None)
+            raise UserError(f"DeepSpeed runs on '{get_accelerator().device_name()}' but dtrain picked {self.device}; "
+                            f"set DS_ACCELERATOR={self.device.type} or device={get_accelerator().device_name()}")
         self._deepspeed = deepspeed
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)  # DeepSpeed scales fp16 losses itself
         self.engines: dict[str, nn.Module] = {}  # optimizer name -> DeepSpeedEngine
         self._by_opt: dict[int, nn.Module] = {}
-        self._pending: list[torch.Tensor] = []
+        self._by_param: dict[int, nn.Module] = {}
 
-    def describe_engine(self) -> str:
+    def describe(self) -> str:
         c = self.ds_config
         precision = "bf16" if c["bf16"]["enabled"] else "fp16" if c["fp16"]["enabled"] else "fp32"
         return (f"deepspeed {self._deepspeed.__version__} {self.config_path.name}: ZeRO stage "
@@ -155,25 +164,20 @@ class DeepSpeedRuntime(Runtime):
                 f"micro {c['train_micro_batch_size_per_gpu']} x accum {c['gradient_accumulation_steps']} x world {self.world_size}")
 
     # -- models ------------------------------------------------------------------------------
-    def wrap(self, model: nn.Module) -> nn.Module:
-        t = self.cfg.train
-        if t.sync_bn and self.world_size > 1:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return model.to(self.device, memory_format=self.memory_format)
-
-    def prepare(self, state) -> None:
+    def prepare(self, models, optims):
         """deepspeed.initialize for each optimizer and the one model whose parameters it holds."""
-        owners = {id(p): name for name, m in state.models.items() for p in unwrap(m).parameters()}
-        for opt_name, opt in state.optims.items():
-            models = {owners.get(id(p)) for g in opt.param_groups for p in g["params"]}
-            if len(models) != 1 or None in models:
-                raise UserError(f"engine=deepspeed needs each optimizer to update exactly one model in state.models "
+        owners = {id(p): name for name, m in models.items() for p in unwrap(m).parameters()}
+        models = dict(models)
+        for opt_name, opt in optims.items():
+            names = {owners.get(id(p)) for g in opt.param_groups for p in g["params"]}
+            if len(names) != 1 or None in names:
+                raise UserError(f"engine=deepspeed needs each optimizer to update exactly one model "
                                 f"(deepspeed.initialize takes one model and its optimizer); optimizer '{opt_name}' "
-                                f"updates {sorted(map(str, models))}")
-            (model_name,) = models
-            if model_name in state.engine_owned:
+                                f"updates {sorted(map(str, names))}")
+            (model_name,) = names
+            if model_name in self.owned:
                 raise UserError(f"engine=deepspeed: model '{model_name}' has two optimizers; DeepSpeed supports one")
-            engine, *_ = self._deepspeed.initialize(model=unwrap(state.models[model_name]), optimizer=opt,
+            engine, *_ = self._deepspeed.initialize(model=unwrap(models[model_name]), optimizer=opt,
                                                     config=json.loads(json.dumps(self.ds_config)),
                                                     dist_init_required=False)
             if engine.bfloat16_enabled() or engine.fp16_enabled():
@@ -181,10 +185,12 @@ class DeepSpeedRuntime(Runtime):
                 # fp32 batches our loaders yield are cast at the module's door (as fp16.auto_cast does).
                 unwrap(engine).register_forward_pre_hook(_cast_inputs(torch.bfloat16 if engine.bfloat16_enabled()
                                                                       else torch.float16), with_kwargs=True)
-            state.models[model_name] = engine
-            state.engine_owned |= {model_name, opt_name}
+            models[model_name] = engine
+            self.owned |= {model_name, opt_name}
             self.engines[opt_name] = engine
             self._by_opt[id(opt)] = engine
+            self._by_param.update({id(p): engine for p in unwrap(engine).parameters()})
+        return models, dict(optims)
 
     # -- optimisation ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -193,25 +199,25 @@ class DeepSpeedRuntime(Runtime):
         for engine in self.engines.values():
             engine.set_gradient_accumulation_boundary(self.last_micro)
         yield
-        if self._pending:
-            self._pending.clear()
-            raise RuntimeError("rt.backward(loss) was not followed by rt.step(optimizer) in this train_step; "
-                               "engine=deepspeed runs the backward in step(), on the optimizer's engine")
 
     def backward(self, loss: torch.Tensor) -> None:
-        self._pending.append(loss)
+        """engine.backward now (loss scaling, 1/accumulation, ZeRO's gradient hooks), on the one
+        engine whose parameters the loss reaches."""
+        engines = list(self.engines.values())
+        if len(engines) > 1:
+            engines = list({id(e): e for e in (self._by_param.get(id(p)) for p in _leaf_params(loss)) if e}.values())
+        if len(engines) != 1:
+            raise RuntimeError(f"rt.backward(loss): under engine=deepspeed a loss must reach the parameters of "
+                               f"exactly one model with an optimizer, this one reaches {len(engines)}; freeze the "
+                               "others with rt.frozen(model)")
+        engines[0].backward(loss)
 
     def step(self, optimizer) -> None:
-        """engine.backward + engine.step on every micro-batch: DeepSpeed counts micro-steps and
-        updates weights (and clips, unscales, zeroes) only at the accumulation boundary."""
+        """engine.step() on every micro-batch: DeepSpeed updates weights (and clips, unscales,
+        zeroes) only at the accumulation boundary."""
         engine = self._by_opt.get(id(optimizer))
         if engine is None:
-            raise RuntimeError("rt.step got an optimizer that is not in state.optims; build TrainState with it")
-        if not self._pending:
-            raise RuntimeError("rt.step(optimizer) without a preceding rt.backward(loss)")
-        loss = self._pending[0] if len(self._pending) == 1 else torch.stack(self._pending).sum()
-        self._pending.clear()
-        engine.backward(loss)
+            raise RuntimeError("rt.step got an optimizer that rt.prepare did not see")
         engine.step()
 
     def end_step(self) -> None:
@@ -223,7 +229,7 @@ class DeepSpeedRuntime(Runtime):
         for name, engine in self.engines.items():
             engine.save_checkpoint(str(directory / "deepspeed" / name), tag=TAG, save_latest=False)
 
-    def load_shards(self, state, ckpt_dir: Path) -> None:
+    def load_shards(self, ckpt_dir: Path) -> None:
         ckpt_dir = Path(ckpt_dir)
         if ckpt_dir.is_file():
             ckpt_dir = ckpt_dir.parent

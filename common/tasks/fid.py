@@ -17,7 +17,7 @@ in float64; one all-reduce adds them; mean and covariance follow from the sums.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from common.train.checkpoint import Checkpointer, load_file
 from common.config import UserError
+from common.models.cnn import CNNConfig, small_cnn
 from common.data.memory import STATS
 
-CLASSIFIER_RECIPE = "mnist_cnn"
 HOW_TO_MAKE = "python recipes/mnist_cnn.py out_dir=runs/fid_classifier train.epochs=5"
 
 
@@ -89,7 +89,7 @@ class FeatureStats:
 
 
 class Judge(nn.Module):
-    """A trained mnist_cnn classifier, frozen, mapping [-1, 1] images to (features, logits)."""
+    """A trained small CNN (common/models/cnn.py), frozen, mapping [-1, 1] images to (features, logits)."""
 
     def __init__(self, net: nn.Sequential, in_shape: tuple[int, int, int], mean, std, source: str):
         super().__init__()
@@ -148,21 +148,6 @@ class Judge(nn.Module):
         return self._reference
 
 
-def _classifier(model_cfg: dict, in_shape, num_classes: int) -> nn.Sequential:
-    """The architecture of recipes/mnist_cnn.py's build_model (common/ may not import recipes).
-
-    The weights load with strict=True, so if that recipe's model changes, loading fails loudly.
-    """
-    c, h, w = in_shape
-    c1, c2 = model_cfg["channels"]
-    flat = c2 * (h // 4) * (w // 4)
-    hidden = model_cfg["hidden"]
-    head = [nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)] if hidden else [nn.Linear(flat, num_classes)]
-    return nn.Sequential(nn.Conv2d(c, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Dropout(model_cfg["dropout"]), *head)
-
-
 def find_checkpoint(path: Path) -> Path:
     """A checkpoint directory, a state.pt, or a run directory (its best, else newest valid checkpoint)."""
     if (path / "state.pt").is_file() or path.is_file():
@@ -185,22 +170,22 @@ def load_judge(path: str, device) -> Judge | None:
         return None
     ckpt = find_checkpoint(Path(path))
     sd = load_file(ckpt)
-    if sd.get("recipe") != CLASSIFIER_RECIPE:
+    data, model = sd["config"]["data"], sd["config"].get("model", {})
+    if "net" not in sd.get("models", {}) or set(model) != {f.name for f in fields(CNNConfig)}:
         raise UserError(f"eval.classifier={path!r} is a '{sd.get('recipe')}' checkpoint; the Fréchet distance "
-                        f"needs a {CLASSIFIER_RECIPE} classifier: `{HOW_TO_MAKE}`")
-    data = sd["config"]["data"]
+                        f"needs the small CNN of common/models/cnn.py: `{HOW_TO_MAKE}`")
     if data["name"] == "synthetic":
         in_shape = tuple(data["synthetic_shape"])
     else:
-        side = max(28, data["pad_to"])
+        side = max(28, data.get("pad_to", 0))
         in_shape = (1, side, side)
     weights = sd["models"]["net"]
     last = max(int(k.split(".")[0]) for k in weights)  # index of the final Linear in the Sequential
-    net = _classifier(sd["config"]["model"], in_shape, num_classes=weights[f"{last}.weight"].shape[0])
+    net = small_cnn(CNNConfig(**model), in_shape, num_classes=weights[f"{last}.weight"].shape[0])
     try:
         net.load_state_dict(weights)
     except RuntimeError as e:
-        raise UserError(f"eval.classifier={path!r} does not fit the mnist_cnn architecture this code expects "
+        raise UserError(f"eval.classifier={path!r} does not fit the CNN of common/models/cnn.py "
                         f"({str(e).splitlines()[0]}); retrain it: `{HOW_TO_MAKE}`") from None
     mean, std = STATS[data["name"]]
     return Judge(net, in_shape, mean, std, f"{ckpt} (step {sd['step']})").to(device)

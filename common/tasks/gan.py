@@ -19,15 +19,20 @@ checkpoints and every rank agree without changing the training trajectory.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.config import BaseConfig, CkptConfig, OptimConfig
+from common.data.images import ImageDataConfig
 from common.data.memory import eval_shard
-from common.tasks.fid import frechet_distance
+from common.entry import run
+from common.tasks.fid import frechet_distance, load_judge
+from common.train.loop import total_steps
+from common.train.state import TrainState, build_state
 
 
 @dataclass
@@ -35,6 +40,44 @@ class GanEvalConfig:
     classifier: str = "runs/fid_classifier"  # mnist_cnn run dir (or checkpoint) whose features give val/fd; none = off
     samples: int = 10000  # generated samples per evaluation (and cap on the real reference set) for val/fd
     grid: int = 64  # images in the sample grid written to TensorBoard and out_dir/samples/ at each evaluation
+
+
+@dataclass
+class GanConfig(BaseConfig):
+    """What every GAN recipe shares: image data, evaluation, Adam(2e-4, beta1 0.5) at a constant
+    LR (Radford et al. 2016), and the best checkpoint by the lowest Fréchet distance."""
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    eval: GanEvalConfig = field(default_factory=GanEvalConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=2e-4, betas=[0.5, 0.999],
+                                                                   schedule="constant"))
+    ckpt: CkptConfig = field(default_factory=lambda: CkptConfig(best_metric="val/fd", best_mode="min"))
+
+
+class GanTask:
+    """The task interface (Config, build_data, build_state, train_step, evaluate, main) for a GAN:
+    models G and D, one optimizer each, an EMA of G. The recipe gives its own
+    build_models(cfg, loaders) -> {"G", "D"}, train_step (D step, then the frozen-D G step),
+    evaluate(state, rt, loader, judge) and build_data(cfg, rt)."""
+
+    def __init__(self, Config: type, build_models, train_step, evaluate, build_data, script: str):
+        self.Config, self.build_models, self.train_step = Config, build_models, train_step
+        self._evaluate, self._build_data, self.script = evaluate, build_data, script
+        self.judge = None
+
+    def build_data(self, cfg, rt):
+        # The judge first: a missing classifier stops the run before any data is read.
+        self.judge = load_judge(cfg.eval.classifier, rt.device)
+        return self._build_data(cfg, rt)
+
+    def build_state(self, cfg, rt, loaders) -> TrainState:
+        rt.seed()
+        return build_state(cfg, rt, self.build_models(cfg, loaders), total_steps(cfg, loaders.train), ema=("G",))
+
+    def evaluate(self, state: TrainState, rt, loader) -> dict:
+        return self._evaluate(state, rt, loader, self.judge)
+
+    def main(self, argv=None):
+        return run(self, self.script, argv)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -147,9 +190,3 @@ def quality(rt, judge, loader, generate, n: int, real_labels: bool = False) -> d
     if scored.acc is not None and reference.acc is not None:
         out["real_label_acc"] = reference.acc  # the judge on real images: the ceiling for label_acc
     return out
-
-
-def log_grid(rt, tag: str, step: int, images: torch.Tensor, nrow: int = 8) -> None:
-    """[-1, 1] images as one PNG grid in TensorBoard and out_dir/samples/ (rank 0 writes)."""
-    if rt.logger is not None:
-        rt.logger.images(tag, step, (images.float() + 1) / 2, nrow)

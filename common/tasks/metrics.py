@@ -12,7 +12,7 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_classifier(model, rt, loader) -> dict[str, float]:
+def evaluate_classifier(model, rt, loader, tta_flip: bool = False) -> dict[str, float]:
     """Loss and top-1 accuracy over the whole eval split, each sample counted once.
 
     Each rank sums over its unpadded shard; one all-reduce adds the shards; the total
@@ -24,7 +24,7 @@ def evaluate_classifier(model, rt, loader) -> dict[str, float]:
     for x, y in loader:
         with rt.autocast():
             logits = model(x).float()
-            if rt.cfg.train.tta_flip:
+            if tta_flip:
                 logits = (logits + model(x.flip(3)).float()) / 2
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()

@@ -8,7 +8,10 @@ without overlap.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 import math
+
+import torch
 from pathlib import Path
 
 
@@ -20,6 +23,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
+
+
+@dataclass
+class Grid:
+    """Images an evaluation returns to be shown as one grid: [N, C, H, W] in [-1, 1]."""
+    images: torch.Tensor
+    nrow: int = 8
 
 
 class Logger:
@@ -47,24 +57,29 @@ class Logger:
                 pass  # a line cut by a crash mid-write
         self.jsonl.write_text("".join(k + "\n" for k in keep))
 
-    def log(self, split: str, step: int, epoch: int, metrics: dict[str, float]) -> None:
+    def log(self, split: str, step: int, epoch: int, values: dict) -> dict[str, float]:
+        """Numbers go to metrics.jsonl, TensorBoard and the console; Grid values (an evaluation's
+        sample images) become PNG grids. Returns the numbers. Call it on every rank; only rank 0 writes."""
+        metrics = {k: v for k, v in values.items() if not isinstance(v, Grid)}
         if not self.enabled:
-            return
+            return metrics
         with open(self.jsonl, "a") as f:
             f.write(json.dumps({"step": step, "epoch": epoch, "split": split, **metrics}) + "\n")
         for k, v in metrics.items():
             self.tb.add_scalar(f"{split}/{k}", v, step)
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         print(f"[{split}] step {step} epoch {epoch} {shown}", flush=True)
+        for tag, grid in values.items():
+            if isinstance(grid, Grid):
+                self.images(tag, step, grid)
+        return metrics
 
-    def images(self, tag: str, step: int, images, nrow: int = 8) -> None:
-        """A grid of [N, C, H, W] images in [0, 1] to TensorBoard (samples/<tag>) and to
-        out_dir/samples/<tag>_<step>.png. Call it on every rank; only rank 0 writes."""
-        if not self.enabled:
-            return
+    def images(self, tag: str, step: int, g: "Grid") -> None:
+        """The grid to TensorBoard (samples/<tag>) and to out_dir/samples/<tag>_<step>.png."""
         from torchvision.utils import make_grid, save_image
 
-        grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+        x = (g.images.detach().float().cpu() + 1) / 2
+        grid = make_grid(x.clamp(0, 1), nrow=g.nrow, padding=2, pad_value=1.0)
         self.tb.add_image(f"samples/{tag}", grid, step)
         (self.out_dir / "samples").mkdir(exist_ok=True)
         save_image(grid, self.out_dir / "samples" / f"{tag}_{step:08d}.png")

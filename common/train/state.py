@@ -1,7 +1,7 @@
 """TrainState: everything a run needs to continue exactly where it stopped.
 
-Models, optimizers, LR schedulers, EMA copies, the GradScaler, counters, and each
-rank's RNG state. `state_dict()` holds tensors and plain Python values only, so a
+Models, optimizers, LR schedulers, EMA copies, counters, and each rank's RNG state
+(the engine adds its own: loss scaler, shards). `state_dict()` holds tensors and plain Python values only, so a
 checkpoint loads with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 from common import dist
 from common.config import UserError
 from common.engines.base import unwrap
+from common.train.optim import build_optimizer, build_scheduler
 
 FORMAT_VERSION = 1
 
@@ -78,14 +79,6 @@ class TrainState:
     epoch: int = 0  # current epoch
     batch_in_epoch: int = 0  # global batches of the current epoch already consumed
     best: float | None = None  # best value of cfg.ckpt.best_metric so far
-    # Names of models (and their optimizers) whose weights and optimizer state an engine saves in
-    # its own format next to state.pt (DeepSpeed ZeRO: partitioned per rank); set by the runtime.
-    engine_owned: set[str] = field(default_factory=set)
-
-    def add_ema(self, name: str, decay: float) -> None:
-        """EMA of model `name` (weights and buffers), updated after every optimizer step; 0 = off."""
-        if decay > 0:
-            self.ema[name] = make_ema(self.models[name], decay)
 
     def update_ema(self) -> None:
         for name, ema in self.ema.items():
@@ -96,7 +89,8 @@ class TrainState:
         return self.ema[name].module if name in self.ema else unwrap(self.models[name])
 
     # -- serialization ---------------------------------------------------------------------
-    def state_dict(self, scaler, config: dict, recipe: str) -> dict:
+    def state_dict(self, config: dict, recipe: str, owned: set[str] = frozenset()) -> dict:
+        """`owned`: names of models/optimizers an engine saves in its own format (rt.owned)."""
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
@@ -106,17 +100,16 @@ class TrainState:
             "config": config,
             "world_size": dist.world_size(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
-            "models": {k: unwrap(m).state_dict() for k, m in self.models.items() if k not in self.engine_owned},
-            "optims": {k: o.state_dict() for k, o in self.optims.items() if k not in self.engine_owned},
-            "engine_owned": sorted(self.engine_owned),
+            "models": {k: unwrap(m).state_dict() for k, m in self.models.items() if k not in owned},
+            "optims": {k: o.state_dict() for k, o in self.optims.items() if k not in owned},
+            "engine_owned": sorted(owned),
             "scheds": {k: s.state_dict() for k, s in self.scheds.items()},
             "ema": {k: e.state_dict() for k, e in self.ema.items()},
-            "scaler": scaler.state_dict(),
             # Every rank's RNG (dropout, etc.) so each continues its own stream.
             "rng": dist.all_gather_object(rng),
         }
 
-    def load_state_dict(self, sd: dict, scaler, recipe: str) -> list[str]:
+    def load_state_dict(self, sd: dict, recipe: str, owned: set[str] = frozenset()) -> list[str]:
         """Restore in place; returns warnings (e.g. RNG not restorable on a new world size)."""
         if sd.get("format_version", 0) > FORMAT_VERSION:
             raise StateMismatch(f"checkpoint format version {sd['format_version']} is newer than this code "
@@ -124,10 +117,10 @@ class TrainState:
         if sd.get("recipe") != recipe:
             raise StateMismatch(f"checkpoint was written by recipe '{sd.get('recipe')}', not '{recipe}': "
                                 "point out_dir or resume at a run of this recipe, or resume=none")
-        owned = set(sd.get("engine_owned", []))
-        if owned != self.engine_owned:
-            engines = ("engine=deepspeed" if owned else "engine=ddp/accelerate",
-                       "engine=deepspeed" if self.engine_owned else "engine=ddp/accelerate")
+        saved_owned = set(sd.get("engine_owned", []))
+        if saved_owned != set(owned):
+            engines = ("engine=deepspeed" if saved_owned else "engine=ddp/accelerate",
+                       "engine=deepspeed" if owned else "engine=ddp/accelerate")
             raise StateMismatch(
                 f"checkpoint was written with {engines[0]}, this run uses {engines[1]}; DeepSpeed keeps weights and "
                 "optimizer state in its own per-rank format: resume with the checkpoint's engine, or export plain "
@@ -152,7 +145,6 @@ class TrainState:
         for k, e in self.ema.items():
             if k in sd["ema"]:
                 e.load_state_dict(sd["ema"][k])
-        scaler.load_state_dict(sd["scaler"])
         self.step, self.epoch, self.batch_in_epoch, self.best = sd["step"], sd["epoch"], sd["batch_in_epoch"], sd["best"]
         warnings = []
         if len(sd["rng"]) == dist.world_size():
@@ -166,3 +158,14 @@ class TrainState:
                             "random streams (dropout) restart from the seed")
             torch.manual_seed(sd["config"]["seed"] + 1_000 * sd["step"] + dist.rank())
         return warnings
+
+
+def build_state(cfg, rt, models: dict[str, nn.Module], total_steps: int, ema: tuple[str, ...] = ()) -> TrainState:
+    """Place each model, give it an optimizer and LR schedule from cfg.optim, an EMA copy for the
+    names in `ema` (when train.ema_decay > 0), and let the engine wrap them."""
+    models = {k: rt.place(m) for k, m in models.items()}
+    optims = {k: build_optimizer(cfg.optim, m) for k, m in models.items()}
+    scheds = {k: build_scheduler(cfg.optim, o, total_steps) for k, o in optims.items()}
+    emas = {k: make_ema(models[k], cfg.train.ema_decay) for k in ema if cfg.train.ema_decay > 0}
+    models, optims = rt.prepare(models, optims)
+    return TrainState(models=models, optims=optims, scheds=scheds, ema=emas)

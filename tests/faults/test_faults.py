@@ -142,7 +142,7 @@ def test_fp16_scaler_skips_a_non_finite_step(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     from common.train.checkpoint import load_file
     sd = load_file(out / "checkpoints" / f"step_{last_checkpoint_step(out):08d}")
-    assert sd["scaler"]["scale"] < 65536.0  # the scaler backed off: the NaN step was skipped
+    assert sd["engine"]["scaler"]["scale"] < 65536.0  # the scaler backed off: the NaN step was skipped
     assert all(torch.isfinite(v).all() for v in sd["models"]["net"].values())
 
 

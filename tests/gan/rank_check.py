@@ -9,15 +9,14 @@ import hashlib
 import importlib.util
 import json
 import sys
-from functools import partial
 from pathlib import Path
 
 import torch
 
 from common.config import parse_cli
-from common.tasks.fid import load_judge
 from common.train.loop import fit
-from common.engines.base import Runtime, unwrap
+from common.engines.base import unwrap
+from common.entry import runtime
 
 
 def tensors(state) -> dict[str, torch.Tensor]:
@@ -43,12 +42,11 @@ def main():
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     cli = parse_cli(recipe.Config, script, argv)
-    with Runtime(cli.cfg, cli.recipe) as rt:
-        judge = load_judge(cli.cfg.eval.classifier, rt.device)
-        loaders = recipe.build_data(cli.cfg, rt)
-        state = recipe.build_state(cli.cfg, rt, loaders)
+    with runtime(cli.cfg) as rt:
+        loaders = recipe.task.build_data(cli.cfg, rt)
+        state = recipe.task.build_state(cli.cfg, rt, loaders)
         before = digest(state)
-        fit(cli.cfg, state, rt, loaders, recipe.train_step, partial(recipe.evaluate, judge=judge))
+        fit(cli.cfg, state, rt, loaders, recipe.task.train_step, recipe.task.evaluate, cli.recipe)
         out = Path(cli.cfg.out_dir) / "ranks"
         out.mkdir(exist_ok=True)
         (out / f"rank{rt.rank}.json").write_text(json.dumps({"before": before, "after": digest(state)}))

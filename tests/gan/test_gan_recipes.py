@@ -69,7 +69,7 @@ def test_debug_config_trains_under_python(recipe, judge_dir, tmp_path):
     ckpt = load_checkpoint(out)
     assert set(ckpt["models"]) == set(ckpt["optims"]) == {"G", "D"}
     assert all(ckpt["optims"][k]["state"] for k in ("G", "D")), "optimizers never stepped"
-    assert "scaler" in ckpt and ckpt["ema"].keys() == ({"G"} if recipe == "dcgan" else set())
+    assert "scaler" in ckpt["engine"] and ckpt["ema"].keys() == ({"G"} if recipe == "dcgan" else set())
 
 
 def run_ranks(recipe: str, out: Path, *overrides: str) -> list[dict]:
@@ -136,7 +136,7 @@ def test_resume_is_exact(recipe, judge_dir, tmp_path):
     assert "resumed from" in proc.stdout and "step 8" in proc.stdout, proc.stdout[-2000:]
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 16
-    for kind in ("models", "optims", "ema", "scaler"):
+    for kind in ("models", "optims", "ema", "engine"):
         flat_a, flat_b = _flatten(a[kind]), _flatten(b[kind])
         assert flat_a.keys() == flat_b.keys(), kind
         for k in flat_a:
@@ -166,7 +166,7 @@ def test_mixed_precision(recipe, precision, tmp_path):
     run_recipe(recipe, f"out_dir={out}", f"precision={precision}", "train.max_steps=8", "train.eval_every_steps=8")
     train = [r for r in metrics(out) if r["split"] == "train"]
     assert train and all(math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in train)
-    scaler = load_checkpoint(out)["scaler"]
+    scaler = load_checkpoint(out)["engine"]["scaler"]
     if precision == "fp16":  # an enabled scaler records its scale; 8 finite steps keep it at the start value
         assert scaler["scale"] == 65536.0, scaler
 

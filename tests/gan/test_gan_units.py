@@ -9,9 +9,11 @@ from helpers import ROOT
 
 from common.config import BaseConfig, parse_cli
 from common.data.memory import TrainPlan, epoch_order, synthetic
-from common.tasks.fid import FeatureStats, Gaussian, Judge, _classifier, frechet_distance
+from common.tasks.fid import FeatureStats, Gaussian, Judge, frechet_distance
 from common.data.images import FolderEvalLoader, FolderTrainLoader, ImageFiles, edges, fit_size, list_images
-from common.engines.base import Runtime, unwrap
+from common.engines.base import unwrap
+from common.entry import runtime
+from common.models.cnn import CNNConfig, small_cnn
 
 RECIPES = ["gan_mnist", "cgan_mnist", "dcgan", "pix2pix"]
 
@@ -61,14 +63,14 @@ def test_frechet_distance_matches_the_closed_form_for_commuting_covariances():
 
 def random_judge() -> Judge:
     torch.manual_seed(0)
-    net = _classifier({"channels": [8, 16], "hidden": 32, "dropout": 0.0}, (1, 28, 28), 10)
+    net = small_cnn(CNNConfig(channels=[8, 16], hidden=32, dropout=0.0), (1, 28, 28), 10)
     return Judge(net, (1, 28, 28), [0.5], [0.25], "random")
 
 
 def test_feature_statistics_match_a_direct_computation_and_grow_with_an_image_shift():
     judge = random_judge()
     images = synthetic(600, [1, 28, 28], 10, "test")[0].float() / 127.5 - 1
-    with Runtime(BaseConfig(device="cpu")) as rt:
+    with runtime(BaseConfig(device="cpu")) as rt:
         def stats(x):
             acc = FeatureStats(judge)
             for chunk in x.split(128):  # sums over batches == statistics of the whole set
@@ -104,16 +106,16 @@ def test_judge_undoes_the_padding_and_resizing_of_28px_data():
 def test_g_step_gives_the_discriminator_no_gradient(name):
     mod = load_recipe(name)
     cli = debug_cli(mod, name)
-    with Runtime(cli.cfg, cli.recipe) as rt:
-        loaders = mod.build_data(cli.cfg, rt)
-        state = mod.build_state(cli.cfg, rt, loaders)
+    with runtime(cli.cfg) as rt:
+        loaders = mod.task.build_data(cli.cfg, rt)
+        state = mod.task.build_state(cli.cfg, rt, loaders)
         calls = {}
         for net in ("G", "D"):
             for pname, p in unwrap(state.models[net]).named_parameters():
                 p.register_hook(lambda grad, key=f"{net}.{pname}": calls.__setitem__(key, calls.get(key, 0) + 1))
         batch = next(iter(loaders.train))[0]
         with rt.micro_step(0, 1):
-            out = mod.train_step(batch, state, rt)
+            out = mod.task.train_step(batch, state, rt)
         rt.end_step()
         D = unwrap(state.models["D"])
         # Each D parameter got exactly one gradient (the D step), each G parameter one (the G step:

@@ -34,7 +34,7 @@ def test_accelerate_mixed_precision(precision, tmp_path):
     assert losses[16] < losses[4], losses
     sd = state(out, 16)
     assert sd["config"]["engine"] == "accelerate" and sd["config"]["precision"] == precision
-    assert bool(sd["scaler"]) == (precision == "fp16"), sd["scaler"]  # Accelerate's GradScaler, checkpointed
+    assert bool(sd["engine"]["scaler"]) == (precision == "fp16"), sd["engine"]["scaler"]  # Accelerate's GradScaler, checkpointed
     assert proc.returncode == 0
 
 

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from common.models.resnet import SqueezeExcite
 from helpers import final_weights, load_recipe, metrics, run_recipe
 
 RECIPES = ["mnist_mlp", "mnist_cnn", "resnet_cifar", "senet_cifar", "vgg_cifar", "lenet_cifar"]
@@ -44,7 +45,7 @@ def test_resnet_archs_have_the_published_depths():
 
 
 def test_se_block_gates_channels_in_zero_one():
-    se = load_recipe("senet_cifar").SqueezeExcite(32, reduction=16)
+    se = SqueezeExcite(32, reduction=16)
     assert se.fc1.out_features == 2  # C / r
     x = torch.randn(4, 32, 8, 8).abs() + 0.1
     y = se(x)

@@ -91,14 +91,15 @@ def test_mix_targets_are_soft_and_sum_to_one():
 
 def _runtime(**train):
     from common.config import BaseConfig, apply
-    from common.engines.base import Runtime
-    cfg = apply(BaseConfig(), {"device": "cpu", **{f"train.{k}": v for k, v in train.items()}}, "test")
-    return Runtime(cfg, "test")
+    from common.engines import make_engine
+    from common.env import Env
+    cfg = apply(BaseConfig(), {"device": "cpu", "engine": "ddp", **{f"train.{k}": v for k, v in train.items()}}, "test")
+    return make_engine(cfg, Env(cfg))
 
 
 def test_channels_last_reaches_model_and_batches():
     rt = _runtime(channels_last=True)
-    model = rt.wrap(torch.nn.Conv2d(3, 8, 3))
+    model = rt.place(torch.nn.Conv2d(3, 8, 3))
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
     from common.data.memory import TensorEvalLoader
     ld = TensorEvalLoader(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
@@ -112,7 +113,7 @@ def test_compile_switch_compiles_and_matches_eager():
     rt = _runtime(compile=True)
     torch.manual_seed(0)
     eager = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-    compiled = rt.wrap(eager)
+    compiled = rt.place(eager)
     assert compiled is not eager and compiled._orig_mod is eager
     x = torch.randn(4, 8)
     torch.testing.assert_close(compiled(x), eager(x))

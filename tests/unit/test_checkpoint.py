@@ -8,7 +8,7 @@ import torch.nn as nn
 from common.train.checkpoint import CheckpointError, Checkpointer, load_file, verify
 from common.train.optim import build_scheduler
 from common.config import OptimConfig
-from common.train.state import StateMismatch, TrainState
+from common.train.state import StateMismatch, TrainState, make_ema
 
 
 def make_state(seed=0, schedule="cosine"):
@@ -16,9 +16,8 @@ def make_state(seed=0, schedule="cosine"):
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = build_scheduler(OptimConfig(schedule=schedule, warmup_steps=2), opt, 10)
-    state = TrainState(models={"net": model}, optims={"net": opt}, scheds={"net": sched})
-    state.add_ema("net", 0.9)
-    return state
+    return TrainState(models={"net": model}, optims={"net": opt}, scheds={"net": sched},
+                      ema={"net": make_ema(model, 0.9)})
 
 
 def train_some(state, steps=3):
@@ -33,7 +32,7 @@ def train_some(state, steps=3):
 
 
 def payload(state):
-    return state.state_dict(torch.amp.GradScaler("cpu", enabled=False), {"seed": 0}, "test")
+    return state.state_dict({"seed": 0}, "test")
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "step", "onecycle", "constant"])
@@ -45,7 +44,7 @@ def test_round_trip_restores_everything(tmp_path, schedule):
     saved_rng = torch.get_rng_state()
     torch.manual_seed(123)
     b = make_state(seed=1, schedule=schedule)
-    b.load_state_dict(load_file(ck.latest_valid()), torch.amp.GradScaler("cpu", enabled=False), "test")
+    b.load_state_dict(load_file(ck.latest_valid()), "test")
     assert torch.equal(torch.get_rng_state(), saved_rng)
     assert b.step == 3
     for k, v in a.models["net"].state_dict().items():
@@ -112,16 +111,15 @@ def test_checkpoint_from_another_recipe_or_model_is_refused(tmp_path):
     s = make_state()
     Checkpointer(tmp_path).save(payload(s), 1)
     sd = load_file(tmp_path / "step_00000001")
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     with pytest.raises(StateMismatch, match="written by recipe 'test', not 'other'"):
-        make_state().load_state_dict(sd, scaler, "other")
+        make_state().load_state_dict(sd, "other")
     wide = make_state()
     wide.models["net"][0] = nn.Linear(4, 16)
     with pytest.raises(StateMismatch, match="do not fit this model"):
-        wide.load_state_dict(sd, scaler, "test")
+        wide.load_state_dict(sd, "test")
     sd["format_version"] = 99
     with pytest.raises(StateMismatch, match="newer than this code"):
-        make_state().load_state_dict(sd, scaler, "test")
+        make_state().load_state_dict(sd, "test")
 
 
 def test_interrupted_write_leaves_previous_intact(tmp_path, monkeypatch):

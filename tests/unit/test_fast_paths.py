@@ -71,20 +71,20 @@ def test_optimizer_kernels_foreach_on_cpu():
 
 
 def test_channels_last_auto_is_off_on_cpu():
-    from common.engines.base import Runtime
+    from common.env import Env
     cfg = apply(BaseConfig(), {"device": "cpu"}, "test")
     assert cfg.train.channels_last == "auto"
-    assert Runtime(cfg, "test").memory_format == torch.contiguous_format
+    assert Env(cfg).memory_format == torch.contiguous_format
 
 
 @cuda
 def test_cuda_defaults_fused_optimizer_and_channels_last():
-    from common.engines.base import Runtime
+    from common.env import Env
     model = _net().cuda()
     for name in ("sgd", "adamw"):
         assert build_optimizer(OptimConfig(name=name), model).defaults.get("fused"), name
     cfg = apply(BaseConfig(), {"device": "cuda"}, "test")
-    assert Runtime(cfg, "test").memory_format == torch.channels_last
+    assert Env(cfg).memory_format == torch.channels_last
 
 
 @cuda
@@ -118,7 +118,7 @@ def test_cuda_ema_update_and_fp16_step_do_not_sync():
 def _agree_worker(rank, port, signalled_rank, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch.distributed as dist
-    from common.train.loop import Preemption
+    from common.train.preempt import Preemption
 
     class Rt:
         world_size, device = 2, torch.device("cpu")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from common.config import UserError
-from common.train.loop import Meter, NonFiniteGuard
+from common.train.meter import Meter, NonFiniteGuard
 
 
 class Rt:

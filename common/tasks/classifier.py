@@ -1,0 +1,79 @@
+"""The image-classification task every classifier recipe shares: config, state, step, evaluation, entry.
+
+A classifier recipe declares its model config and `build_model(model_cfg, in_shape, num_classes)`
+and hands them to `Classifier`; everything else is here, once:
+
+    @dataclass
+    class Config(ClassifierConfig):
+        model: ModelConfig = field(default_factory=ModelConfig)
+
+    task = Classifier(Config, build_model, __file__)
+    if __name__ == "__main__":
+        task.main()
+
+The step is cross-entropy (label smoothing, MixUp/CutMix soft targets) with top-1 accuracy;
+a recipe whose model needs another step subclasses Classifier and overrides train_step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn.functional as F
+
+from common.config import BaseConfig, DataConfig, TrainConfig
+from common.data.memory import classification_data
+from common.entry import run
+from common.tasks.metrics import accuracy, evaluate_classifier
+from common.train.loop import total_steps
+from common.train.state import TrainState, build_state
+
+
+@dataclass
+class ClassifierDataConfig(DataConfig):
+    pad_to: int = 0  # zero-pad images to this square size (e.g. 32 for 28x28 data on CIFAR nets); 0 = off
+    mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha) on training batches (soft targets); 0 = off
+    cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); with MixUp too, each batch picks one at random; 0 = off
+
+
+@dataclass
+class ClassifierTrainConfig(TrainConfig):
+    tta_flip: bool = False  # evaluate on the mean logits of each image and its mirror image
+
+
+@dataclass
+class ClassifierConfig(BaseConfig):
+    data: ClassifierDataConfig = field(default_factory=ClassifierDataConfig)
+    train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+
+
+class Classifier:
+    """The task interface the entry point, tests and benchmarks use for every recipe:
+    Config, build_data, build_state, train_step, evaluate, main."""
+
+    def __init__(self, Config: type, build_model, script: str, build_data=classification_data):
+        """script: the recipe's __file__ (its name goes into checkpoints; configs/<name>.yaml is its base)."""
+        self.Config, self.build_model, self.script, self._build_data = Config, build_model, script, build_data
+
+    def build_data(self, cfg, rt):
+        return self._build_data(cfg, rt)
+
+    def build_state(self, cfg, rt, loaders) -> TrainState:
+        rt.seed()
+        model = self.build_model(cfg.model, loaders.shape, loaders.num_classes)
+        return build_state(cfg, rt, {"net": model}, total_steps(cfg, loaders.train), ema=("net",))
+
+    def train_step(self, batch, state: TrainState, rt) -> dict:
+        x, y = batch
+        with rt.autocast():
+            logits = state.models["net"](x)
+            loss = F.cross_entropy(logits, y, label_smoothing=rt.cfg.label_smoothing)
+        rt.backward(loss)
+        rt.step(state.optims["net"])
+        return {"loss": loss.detach(), "acc1": accuracy(logits.detach(), y)}
+
+    def evaluate(self, state: TrainState, rt, loader) -> dict:
+        return evaluate_classifier(state.eval_model("net"), rt, loader, tta_flip=rt.cfg.train.tta_flip)
+
+    def main(self, argv=None):
+        return run(self, self.script, argv)
