@@ -42,7 +42,7 @@ from common import dist
 from common.config import UserError
 from common.engines.base import Engine, unwrap
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TAG = "state"  # DeepSpeed's tag (sub-folder) inside checkpoints/step_N/deepspeed/<name>/
 
 
