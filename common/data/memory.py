@@ -217,6 +217,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def augment_generator(seed: int, epoch: int) -> torch.Generator:
+    """The private generator of an epoch's per-sample augmentation draws (crops, flips, seeds).
+
+    A function of (seed, epoch) only, like epoch_order, and independent of it; every loader
+    (in-memory, image folders) draws from it by epoch position, so a sample's augmentation does
+    not depend on world size, worker count, or where the run resumed.
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777_777)
+
+
 def eval_shard(n: int, world: int, rank: int) -> torch.Tensor:
     """Unpadded strided shard: shards differ in length by at most one, their union is range(n)."""
     return torch.arange(n)[rank::world]
@@ -308,7 +318,7 @@ class TensorTrainLoader:
     def _epoch_tensors(self):
         n = self.plan.n
         order = epoch_order(n, self.seed, self.epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_777_777)
+        g = augment_generator(self.seed, self.epoch)
         shifts = torch.randint(0, 9, (n, 2), generator=g)
         flips = torch.rand(n, generator=g) < 0.5
         return order.to(self.images.device), shifts.to(self.device), flips.to(self.device)

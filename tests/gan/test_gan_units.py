@@ -10,7 +10,8 @@ from helpers import ROOT
 from common.config import BaseConfig, parse_cli
 from common.data.memory import TrainPlan, epoch_order, synthetic
 from common.tasks.fid import FeatureStats, Gaussian, Judge, _classifier, frechet_distance
-from common.data.images import FolderEvalLoader, FolderTrainLoader, ImageFiles, edges, fit_size, list_images
+from common.data.folder import FolderEvalLoader, FolderTrainLoader, ImageFiles, SquareCrop, list_images
+from common.data.images import edges, fit_size
 from common.engines.base import Runtime, unwrap
 
 RECIPES = ["gan_mnist", "cgan_mnist", "dcgan", "pix2pix"]
@@ -154,10 +155,10 @@ def decoded_ids(x):
 def test_folder_loader_shards_like_the_in_memory_sampler_and_resumes_by_index(tmp_path):
     numbered_pngs(tmp_path, 23)
     files = list_images(tmp_path)
-    ds = ImageFiles(tmp_path, files, size=8, pairs=False, b_to_a=False, load_size=8)
+    ds = ImageFiles(tmp_path, files, [0] * len(files), SquareCrop(size=8, load_size=8))
     file_id = [int(f.split("img")[1][:3]) for f in files]
-    loaders = [FolderTrainLoader(ds, Rank(r, 2), global_batch=8, accum=2, seed=3, drop_last=True, augment=False,
-                                 workers=0) for r in range(2)]
+    loaders = [FolderTrainLoader(ds, Rank(r, 2), global_batch=8, accum=2, seed=3, drop_last=True, workers=0)
+               for r in range(2)]
     loaders[0].set_epoch(1), loaders[1].set_epoch(1)
     steps = list(zip(*[[torch.cat([mb[0] for mb in step]) for step in ld] for ld in loaders]))
     plan, order = TrainPlan(23, 8, 2, True), epoch_order(23, 3, 1)
@@ -184,8 +185,8 @@ def test_ab_pairs_split_into_channels_and_jitter_both_halves_alike(tmp_path):
     ab = torch.cat([pattern, pattern + 100], dim=1)[..., None].expand(-1, -1, 3)
     Image.fromarray(ab.numpy()).save(tmp_path / "0.png")
     for b_to_a in (False, True):
-        ds = ImageFiles(tmp_path, ["0.png"], size=8, pairs=True, b_to_a=b_to_a, load_size=10)
-        x, _ = ds[(0, 1, 2, True)]  # crop rows 1..8, cols 2..9, then flip
+        ds = ImageFiles(tmp_path, ["0.png"], [0], SquareCrop(size=8, load_size=10, pairs=True, b_to_a=b_to_a))
+        x, _ = ds[(0, (1, 2, True))]  # crop rows 1..8, cols 2..9, then flip
         assert x.shape == (6, 8, 8)
         a, b = x[:3].int(), x[3:].int()
         expect = pattern[1:9, 2:10].flip(1).int()
