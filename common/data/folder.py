@@ -1,17 +1,14 @@
-"""Image files on disk, streamed through DataLoader workers: the one folder loader of the project.
+"""Image files on disk through DataLoader workers: the project's one folder loader.
 
-Owns: listing an image tree (rank 0 lists, every rank indexes the same list), decoding a file
-(any failure is a DataError naming the file), the two transforms (torchvision's classification
-presets; the GANs' square / AB-pair crop in uint8), the batch sampler, and one train and one eval
-loader with the same contract as common/data/memory.py's: per step a list of grad_accum
-micro-batches already on the device, TrainPlan shards, order from (seed, epoch), resume by
-step index via set_epoch(epoch, start_step), unpadded eval shards with `.total`.
-
-Per-sample randomness is handed out by the sampler, drawn by epoch position from
-augment_generator(seed, epoch) (crop/flip parameters, or a seed for the torchvision transform),
-so it does not depend on the number of workers, the world size or where the run resumed, and
-the training process's global RNG is never touched (data.workers=0 included).
-Used by recipes/imagenet.py (imagefolder_data) and common/data/images.py (folder_data).
+Owns listing a tree (rank 0 lists, all ranks index its list), decoding (a failure is a DataError
+naming the file), the two transforms (torchvision's classification presets for imagefolder_data /
+recipes/imagenet.py; the GANs' uint8 square or A|B crop for folder_data / common/data/images.py),
+and one train and one eval loader with memory.py's contract: per step a list of grad_accum
+micro-batches on the device, TrainPlan shards, order from (seed, epoch), resume by step index
+(set_epoch(epoch, start_step)), unpadded eval shards with `.total`. Per-sample randomness (crop and
+flip, or a seed for the torchvision transform) is handed out by the sampler from
+augment_generator(seed, epoch) by epoch position: independent of workers, world size and resume,
+and the training process's global RNG is never touched (data.workers=0 included).
 """
 from __future__ import annotations
 
@@ -193,15 +190,13 @@ class EpochBatches(Sampler):
 
 
 def _loader(ds: ImageFiles, batches, workers: int, rt, prefetch: int = 4) -> DataLoader:
-    """One DataLoader for the whole run: workers start once and persist across epochs and
-    evaluations (warm file caches); each pass re-reads the batch sampler, so set_epoch applies.
+    """One DataLoader per run: persistent workers (warm file caches); each pass re-reads the sampler.
 
-    Workers are spawned, not forked: by now the process has threads (process group, TensorBoard
-    writer), and a fork can leave a child waiting forever on a lock one of them held.
-    Its own generator: a DataLoader iterator otherwise draws a base seed from the global RNG,
-    shifting the training stream (dropout, noise) by when iterators are made, which breaks
-    bitwise resume. The workers need no randomness of their own. Pinned host memory lets the
-    copy to the GPU overlap compute.
+    Spawned, not forked: the process has threads by now (process group, TensorBoard writer), and a
+    forked child can wait forever on a lock one of them held. Its own generator: an iterator
+    otherwise draws a base seed from the global RNG, shifting the training stream (dropout,
+    noise) and breaking bitwise resume; workers need no randomness of their own. Pinned host
+    memory lets the copy to the GPU overlap compute.
     """
     return DataLoader(ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=rt.device.type == "cuda", multiprocessing_context="spawn" if workers > 0 else None,
