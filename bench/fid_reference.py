@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from common.config import BaseConfig, DataConfig
-from common.data.memory import load_split
+from common.data.datasets import load_split
 from common.tasks.fid import frechet_distance, load_judge
 from common.engines.base import Runtime
 

@@ -7,7 +7,7 @@ For each recipe, its default config (recipes/configs/<name>.yaml) with its own d
   * CIFAR-sized recipes (default cifar10, which needs a download): synthetic 50,000 x 3x32x32
     with the default on-device crop+flip augmentation, in the in-memory TensorTrainLoader.
   * imagenet: a generated tree of real JPEG files (ImageNet-like 500x375 px) streamed by
-    common/data/folder.py's StreamTrainLoader with the default 8 workers, global batch 256, 224 px
+    common/data/folder.py's FolderTrainLoader with the default 8 workers, global batch 256, 224 px
     RandomResizedCrop + flip.
 Loader-only: batches drawn from the training loader and dropped (after one warm-up batch).
 Model step: the recipe's train_step (forward, backward, optimizer step) on one fixed batch.
@@ -208,7 +208,7 @@ def measure(name: str, data, model_extra: list[str], tmp: Path, smoke: bool, jpe
     return {"loader_samples_per_s": loader_rate, "model_samples_per_s": model_rate,
             "loader_blocks": rates["loader"], "model_blocks": rates["model"],
             "global_batch": cfg.train.batch_size, "model_step_batch": per_step, "data": note,
-            "loader": "StreamTrainLoader, workers=%d, whole epochs from the first request" % cfg.data.workers
+            "loader": "FolderTrainLoader, workers=%d, whole epochs from the first request" % cfg.data.workers
             if streaming else "TensorTrainLoader (in memory)" + (", augment" if getattr(cfg.data, "augment", False) else "")}
 
 

@@ -12,7 +12,7 @@ import contextlib
 import sys
 
 from common.config import UserError, dump_yaml, parse_cli
-from common.data.memory import check_batch
+from common.data.sampling import check_batch
 from common.engines import make_engine, resolve_engine
 from common.env import Env
 from common.train.loop import fit

@@ -18,19 +18,11 @@ from dataclasses import dataclass, field
 import torchvision
 
 from common.config import ConfigError
-from common.data.folder import imagefolder_data
+from common.data.folder import FolderDataConfig, imagefolder_data
 from common.tasks.classifier import Classifier, ClassifierConfig
 
 # Nets whose auxiliary heads return tuples in training mode; one loss head is enough here.
 NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v3": {"aux_logits": False, "init_weights": True}}
-
-
-@dataclass
-class FolderDataConfig:
-    name: str = "imagefolder"  # this recipe reads data.root/train and data.root/val
-    root: str = "data/imagenet"  # dataset directory with train/ and val/ class sub-directories
-    image_size: int = 224  # training crop and eval crop side, pixels
-    workers: int = 8  # decoding worker processes per rank (persistent, pinned memory)
 
 
 @dataclass
@@ -40,7 +32,7 @@ class ModelConfig:
 
 @dataclass
 class Config(ClassifierConfig):
-    data: FolderDataConfig = field(default_factory=FolderDataConfig)
+    data: FolderDataConfig = field(default_factory=FolderDataConfig)  # no MixUp/CutMix/padding: torchvision's presets
     model: ModelConfig = field(default_factory=ModelConfig)
 
 

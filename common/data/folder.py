@@ -1,63 +1,180 @@
-"""Streaming an ImageFolder tree from disk: worker processes, pinned memory, sharded like the rest.
+"""Image files on disk through DataLoader workers: the project's one folder loader.
 
-The batch sampler cuts epochs with the same TrainPlan arithmetic as the in-memory loader
-(equal shards per rank, order from (seed, epoch), resume by step index), and hands each
-sample a seed drawn from (seed, epoch), so random crops do not depend on the number of
-workers, the world size, or where the run resumed.
+Owns listing a tree (rank 0 lists, all ranks index its list), decoding (a failure is a DataError
+naming the file), the two transforms (torchvision's classification presets for imagefolder_data /
+recipes/imagenet.py; the GANs' uint8 square or A|B crop for folder_data / common/data/images.py),
+and one train and one eval loader with memory.py's contract: per step a list of grad_accum
+micro-batches on the device, TrainPlan shards, order from (seed, epoch), resume by step index
+(set_epoch(epoch, start_step)), unpadded eval shards with `.total`. Per-sample randomness (crop and
+flip, or a seed for the torchvision transform) is handed out by the sampler from
+augment_generator(seed, epoch) by epoch position: independent of workers, world size and resume,
+and the training process's global RNG is never touched (data.workers=0 included).
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common import dist
-from common.data.memory import DataError, Loaders, TrainPlan, check_batch, epoch_order, eval_shard
+from common.data.datasets import DataError, synthetic_tree
+from common.data.memory import Loaders
+from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def presets(size: int, train: bool):
-    """torchvision's reference presets: RandomResizedCrop + flip; eval resize to size/0.875, center crop."""
-    from torchvision.transforms import v2
-    head = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if train else \
-        [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
-    return v2.Compose([v2.ToImage(), *head, v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+# ----------------------------------------------------------------------------- files
+
+def list_images(root: Path) -> list[str]:
+    """Image files under root (symlinked directories followed), relative, sorted directory by directory."""
+    found = []
+    for d, _, names in os.walk(root, followlinks=True):
+        rel = Path(d).relative_to(root)
+        found += [(rel / f).as_posix() for f in names if Path(f).suffix.lower() in EXTENSIONS]
+    return sorted(found, key=lambda f: Path(f).parts)
 
 
-class SeededImageFolder(Dataset):
-    """ImageFolder whose items are (index, seed): the transform's randomness comes from the seed."""
+def class_labels(files: list[str]) -> tuple[list[int], list[str]]:
+    """Class = first sub-directory (the ImageFolder layout), sorted; files at the top level get class 0."""
+    classes = sorted({Path(f).parts[0] for f in files if len(Path(f).parts) > 1})
+    index = {c: i for i, c in enumerate(classes)}
+    return [index[Path(f).parts[0]] if len(Path(f).parts) > 1 else 0 for f in files], classes
 
-    def __init__(self, root: Path, transform, samples=None, classes=None):
-        from torchvision.datasets import ImageFolder
-        if samples is None:
-            folder = ImageFolder(str(root))
-            samples, classes = folder.samples, folder.classes
-        self.samples, self.classes, self.transform = samples, classes, transform
+
+def decode(path: Path):
+    """The file as an RGB PIL image; a truncated, empty or non-image file is a DataError naming it."""
+    from PIL import Image
+    try:
+        with Image.open(path) as f:
+            return f.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace the file") from None
+
+
+def _listing(rt, dirs: list[Path]) -> list[list[str]]:
+    """Rank 0 walks the tree once (slow on network filesystems); the others get its listing."""
+    listing = None
+    if rt.is_main:
+        try:
+            listing = [list_images(d) for d in dirs]
+        except OSError as e:
+            listing = f"cannot read the image folders under {dirs[0].parent.resolve()}: {e}"
+    listing = dist.broadcast_object(listing)
+    if isinstance(listing, str):
+        raise DataError(listing)
+    return listing
+
+
+# ----------------------------------------------------------------------------- transforms
+
+class Presets:
+    """torchvision's reference presets: RandomResizedCrop + flip; eval resize to size/0.875, center crop.
+
+    A training sample's randomness comes from its seed, under fork_rng: the caller's RNG is untouched.
+    """
+
+    def __init__(self, size: int, train: bool):
+        from torchvision.transforms import v2
+        head = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if train else \
+            [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+        self.train = train
+        self.t = v2.Compose([v2.ToImage(), *head, v2.ToDtype(torch.float32, scale=True),
+                             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def draw(self, n: int, g: torch.Generator) -> list:
+        return torch.randint(0, 2**62, (n,), generator=g).tolist() if self.train else [None] * n
+
+    def __call__(self, img, seed):
+        if seed is None:
+            return self.t(img)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.t(img)
+
+    @staticmethod
+    def on_device(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class SquareCrop:
+    """uint8 [C, size, size] for the GANs, scaled to [-1, 1] on the device.
+
+    Single images: shorter side resized to load_size, center crop. AB pairs (pix2pix): the halves
+    are squashed to load_size squares and stacked as channels [A | B], so one crop/flip jitters
+    both alike. Parameters (top, left, flip): random with augment (pix2pix's jitter when
+    load_size > size), else None = center crop, no flip.
+    """
+
+    def __init__(self, size: int, load_size: int, pairs: bool = False, b_to_a: bool = False, augment: bool = False):
+        self.size, self.load_size, self.pairs, self.b_to_a, self.augment = size, load_size, pairs, b_to_a, augment
+
+    def draw(self, n: int, g: torch.Generator) -> list:
+        if not self.augment:
+            return [None] * n
+        crops = torch.randint(0, self.load_size - self.size + 1, (n, 2), generator=g)
+        flips = torch.rand(n, generator=g) < 0.5
+        return list(zip(crops[:, 0].tolist(), crops[:, 1].tolist(), flips.tolist()))
+
+    def _square(self, img):
+        from PIL import Image
+        side = self.load_size
+        if self.pairs:
+            return img.resize((side, side), Image.BICUBIC)
+        w, h = img.size
+        scale = side / min(w, h)
+        img = img.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - side) // 2, (h - side) // 2
+        return img.crop((left, top, left + side, top + side))
+
+    def __call__(self, img, params):
+        import numpy as np
+        spare = self.load_size - self.size
+        top, left, flip = params if params is not None else (spare // 2, spare // 2, False)
+        parts = [img]
+        if self.pairs:
+            w, h = img.size
+            parts = [img.crop((0, 0, w // 2, h)), img.crop((w // 2, 0, w // 2 * 2, h))]
+            parts = parts[::-1] if self.b_to_a else parts
+        out = []
+        for part in parts:
+            t = torch.from_numpy(np.asarray(self._square(part), dtype=np.uint8).copy()).permute(2, 0, 1)
+            t = t[:, top:top + self.size, left:left + self.size]
+            out.append(t.flip(2) if flip else t)
+        return torch.cat(out)
+
+    @staticmethod
+    def on_device(x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(127.5).sub_(1)
+
+
+# ----------------------------------------------------------------------------- dataset, sampler, loaders
+
+class ImageFiles(Dataset):
+    """Files under root with labels; item (index, params) -> (transform(image, params), label)."""
+
+    def __init__(self, root: Path, files: list[str], labels: list[int], transform):
+        self.root, self.files, self.labels, self.transform = Path(root), files, labels, transform
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.files)
 
     def __getitem__(self, item):
-        index, seed = item
-        path, label = self.samples[index]
-        from PIL import Image
-        try:
-            with Image.open(path) as f:
-                img = f.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace the file") from None
-        torch.manual_seed(seed)
-        return self.transform(img), label
+        i, params = item
+        return self.transform(decode(self.root / self.files[i]), params), self.labels[i]
 
 
-class ShardedBatchSampler(Sampler):
-    """This rank's list of (index, seed) per step, for DataLoader(batch_sampler=...)."""
+class EpochBatches(Sampler):
+    """This rank's [(index, params)] per step of the epoch set by set_epoch, for DataLoader(batch_sampler=...)."""
 
-    def __init__(self, n: int, global_batch: int, world: int, rank: int, seed: int, drop_last: bool):
-        self.plan, self.rank, self.seed = TrainPlan(n, global_batch, world, drop_last), rank, seed
+    def __init__(self, plan: TrainPlan, rank: int, seed: int, draw):
+        self.plan, self.rank, self.seed, self.draw = plan, rank, seed, draw
         self.epoch, self.start_step = 0, 0
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -69,27 +186,43 @@ class ShardedBatchSampler(Sampler):
     def __iter__(self):
         n = self.plan.n
         order = epoch_order(n, self.seed, self.epoch).tolist()
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_777_777)
-        seeds = torch.randint(0, 2**62, (n,), generator=g).tolist()
+        params = self.draw(n, augment_generator(self.seed, self.epoch))  # by epoch position
         for step in range(self.start_step, self.plan.steps):
             lo, hi = self.plan.shard(step, self.rank)
-            yield [(order[p % n], seeds[p % n]) for p in range(lo, hi)]
+            yield [(order[p % n], params[p % n]) for p in range(lo, hi)]
 
 
-class StreamTrainLoader:
-    """Yields per step a list of grad_accum micro-batches already on the device."""
+def _loader(ds: ImageFiles, batches, workers: int, rt, prefetch: int = 4) -> DataLoader:
+    """One DataLoader per run: persistent workers (warm file caches); each pass re-reads the sampler.
 
-    def __init__(self, dataset, rt, *, global_batch, accum, seed, drop_last, workers, prefetch=4):
+    Spawned, not forked: the process has threads by now (process group, TensorBoard writer), and a
+    forked child can wait forever on a lock one of them held. Its own generator: an iterator
+    otherwise draws a base seed from the global RNG, shifting the training stream (dropout,
+    noise) and breaking bitwise resume; workers need no randomness of their own. Pinned host
+    memory lets the copy to the GPU overlap compute.
+    """
+    return DataLoader(ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=rt.device.type == "cuda", multiprocessing_context="spawn" if workers > 0 else None,
+                      prefetch_factor=prefetch if workers > 0 else None, generator=torch.Generator().manual_seed(0))
+
+
+def _to_device(ds: ImageFiles, x: torch.Tensor, rt) -> torch.Tensor:
+    x = ds.transform.on_device(x.to(rt.device, non_blocking=True))
+    return x.contiguous(memory_format=rt.memory_format)
+
+
+class FolderTrainLoader:
+    """Yields per step a list of grad_accum micro-batches already on the device (TensorTrainLoader's contract)."""
+
+    def __init__(self, dataset: ImageFiles, rt, *, global_batch: int, accum: int, seed: int, drop_last: bool,
+                 workers: int, prefetch: int = 4):
         check_batch(global_batch, rt.world_size, accum)
-        self.sampler = ShardedBatchSampler(len(dataset), global_batch, rt.world_size, rt.rank, seed, drop_last)
-        self.plan, self.rt, self.accum = self.sampler.plan, rt, accum
+        self.plan = TrainPlan(len(dataset), global_batch, rt.world_size, drop_last)
         if self.plan.steps == 0:
             raise DataError(f"train.batch_size={global_batch} is larger than the {len(dataset)} training images")
-        # Persistent workers survive epochs (no re-fork, warm file caches); pinned host memory
-        # lets the copy to the GPU overlap compute.
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=workers,
-                                 pin_memory=rt.device.type == "cuda", persistent_workers=workers > 0,
-                                 prefetch_factor=prefetch if workers > 0 else None)
+        self.ds, self.rt, self.accum = dataset, rt, accum
+        self.sampler = EpochBatches(self.plan, rt.rank, seed, dataset.transform.draw)
+        self.loader = _loader(dataset, self.sampler, workers, rt, prefetch)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -99,57 +232,101 @@ class StreamTrainLoader:
 
     def __iter__(self):
         for x, y in self.loader:
-            x = x.to(self.rt.device, non_blocking=True).contiguous(memory_format=self.rt.memory_format)
-            y = y.to(self.rt.device, non_blocking=True)
+            x, y = _to_device(self.ds, x, self.rt), y.to(self.rt.device, non_blocking=True)
             yield list(zip(x.tensor_split(self.accum), y.tensor_split(self.accum)))
 
 
-class StreamEvalLoader:
-    """Unpadded eval shard: every image of the split is evaluated exactly once over all ranks."""
+class FolderEvalLoader:
+    """Unpadded eval shard: every file of the split is evaluated exactly once over all ranks."""
 
-    def __init__(self, dataset, rt, *, batch_size: int, workers: int):
-        idx = [(i, 0) for i in eval_shard(len(dataset), rt.world_size, rt.rank).tolist()]
+    def __init__(self, dataset: ImageFiles, rt, *, batch_size: int, workers: int):
+        idx = eval_shard(len(dataset), rt.world_size, rt.rank).tolist()
         per_rank = max(1, batch_size // rt.world_size)
-        batches = [idx[s:s + per_rank] for s in range(0, len(idx), per_rank)]
-        self.total, self.rt = len(dataset), rt
-        self.loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                 pin_memory=rt.device.type == "cuda", persistent_workers=workers > 0)
+        self.batches = [[(i, None) for i in idx[s:s + per_rank]] for s in range(0, len(idx), per_rank)]
+        self.ds, self.rt, self.total = dataset, rt, len(dataset)
+        self.loader = _loader(dataset, self.batches, workers, rt)
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.batches)
 
     def __iter__(self):
         for x, y in self.loader:
-            yield (x.to(self.rt.device, non_blocking=True).contiguous(memory_format=self.rt.memory_format),
-                   y.to(self.rt.device, non_blocking=True))
+            yield _to_device(self.ds, x, self.rt), y.to(self.rt.device, non_blocking=True)
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first n images of the split (global order: the same on every rank), decoded here."""
+        return _to_device(self.ds, torch.stack([self.ds[(i, None)][0] for i in range(min(n, self.total))]), self.rt)
+
+
+# ----------------------------------------------------------------------------- data sources
+
+@dataclass
+class FolderDataConfig:
+    name: Literal["imagefolder", "synthetic"] = "imagefolder"  # imagefolder = data.root/train and data.root/val; synthetic = a small generated tree made in data.root on first use (offline debugging)
+    root: str = "data/imagenet"  # dataset directory with train/ and val/ class sub-directories
+    image_size: int = 224  # training crop and eval crop side, pixels
+    workers: int = 8  # decoding worker processes per rank (persistent, pinned memory)
+    drop_last: bool = True  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
 
 
 def imagefolder_data(cfg, rt) -> Loaders:
-    """data.root/train and data.root/val (ImageNet layout: one sub-directory per class)."""
+    """data.root/train and data.root/val (ImageNet layout: one sub-directory per class), torchvision presets."""
     root = Path(cfg.data.root)
-    train_dir, val_dir = root / "train", root / "val"
-    for d in (train_dir, val_dir):
+    if cfg.data.name == "synthetic":
+        # Rank 0 writes the tree once (atomically); the others wait for it.
+        dist.broadcast_object(synthetic_tree(root) if rt.is_main else None)
+    dirs = [root / "train", root / "val"]
+    for d in dirs:
         if not d.is_dir():
             raise DataError(f"{d.resolve()} does not exist: data.root must hold train/ and val/, each with one "
                             "sub-directory of images per class (the ImageNet layout)")
-    # Rank 0 scans the tree once (slow on network filesystems); the others get its listing.
-    listing = None
-    if rt.is_main:
-        try:
-            train, val = SeededImageFolder(train_dir, None), SeededImageFolder(val_dir, None)
-            listing = (train.samples, train.classes, val.samples, val.classes)
-        except (FileNotFoundError, OSError) as e:
-            listing = str(e)
-    listing = dist.broadcast_object(listing)
-    if isinstance(listing, str):
-        raise DataError(f"cannot read the image folders under {root.resolve()}: {listing}")
-    train_samples, classes, val_samples, val_classes = listing
+    splits = []
+    for d, listed in zip(dirs, _listing(rt, dirs)):
+        files = [f for f in listed if len(Path(f).parts) > 1]  # as ImageFolder: only files in class folders
+        if not files:
+            raise DataError(f"found no images ({', '.join(sorted(EXTENSIONS))}) in class sub-directories of "
+                            f"{d.resolve()}: data.root must hold train/ and val/, each with one sub-directory per class")
+        splits.append((files, *class_labels(files)))
+    (train_files, train_labels, classes), (val_files, val_labels, val_classes) = splits
     if val_classes != classes:
-        raise DataError(f"train/ has classes {classes[:5]}... but val/ has {val_classes[:5]}...: both need the same class folders")
+        raise DataError(f"train/ has classes {classes[:5]}... but val/ has {val_classes[:5]}...: "
+                        "both need the same class folders")
     size, workers = cfg.data.image_size, cfg.data.workers
-    train_ds = SeededImageFolder(train_dir, presets(size, True), train_samples, classes)
-    val_ds = SeededImageFolder(val_dir, presets(size, False), val_samples, classes)
-    train = StreamTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
+    train_ds = ImageFiles(dirs[0], train_files, train_labels, Presets(size, train=True))
+    val_ds = ImageFiles(dirs[1], val_files, val_labels, Presets(size, train=False))
+    train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
                               seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers)
-    evaluate = StreamEvalLoader(val_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
+    evaluate = FolderEvalLoader(val_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
     return Loaders(train, evaluate, len(classes), (3, size, size))
+
+
+def folder_splits(root: Path) -> tuple[Path, Path]:
+    """root/train (else root) for training; root/val, root/test (else the training folder) for evaluation."""
+    train = root / "train" if (root / "train").is_dir() else root
+    held_out = next((root / s for s in ("val", "test") if (root / s).is_dir()), train)
+    return train, held_out
+
+
+def folder_data(cfg, rt, size: int, pairs: bool, eval_limit: int = 0) -> Loaders:
+    """The GANs' data.name=folder: images (ImageFolder, CelebA, an exported LSUN) or pix2pix AB pairs
+    under data.root, as uint8 squares scaled to [-1, 1] on the device. eval_limit > 0 keeps an
+    evenly spread, fixed subset of the held-out files."""
+    train_dir, eval_dir = folder_splits(Path(cfg.data.root))
+    train_files, eval_files = _listing(rt, [train_dir, eval_dir])
+    if not train_files:
+        raise DataError(f"data.name=folder found no images ({', '.join(sorted(EXTENSIONS))}) under "
+                        f"{train_dir.resolve()}: set data.root to the dataset directory")
+    if eval_limit and len(eval_files) > eval_limit:
+        step = len(eval_files) / eval_limit
+        eval_files = [eval_files[int(i * step)] for i in range(eval_limit)]
+    load = round(size * 286 / 256) if pairs and cfg.data.augment else size
+    b_to_a = cfg.data.direction == "BtoA"
+    train_labels, _ = class_labels(train_files)
+    train_ds = ImageFiles(train_dir, train_files, train_labels,
+                          SquareCrop(size, load, pairs, b_to_a, augment=cfg.data.augment))
+    eval_ds = ImageFiles(eval_dir, eval_files, class_labels(eval_files)[0], SquareCrop(size, size, pairs, b_to_a))
+    workers = cfg.data.workers
+    train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
+                              seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers)
+    evaluate = FolderEvalLoader(eval_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
+    return Loaders(train, evaluate, max(train_labels) + 1, (6 if pairs else 3, size, size))

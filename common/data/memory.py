@@ -1,228 +1,17 @@
-"""Datasets, the sharded train sampler, the exact eval sampler, and the in-memory loader.
-
-Two different `drop_last`s (README, "How batches are cut"):
-  * sampler level: an epoch's samples must split into equal shards, one per rank.
-    The last global batch may not divide by world size: its shards are padded with
-    repeats from the start of the epoch's order.
-  * loader level (`data.drop_last`): drop the last *short* global batch entirely
-    (default), so every step has the same global batch size on every rank.
-Training shuffles with a permutation that depends only on (seed, epoch), and a
-position in that permutation is the only cursor: resuming at step k skips k global
-batches by arithmetic, without touching the data. Evaluation shards are unpadded,
-so every sample is counted exactly once.
-"""
+"""In-memory data: the whole dataset as one uint8 tensor (on the GPU when it fits), batches
+sliced by position per the batch arithmetic in common/data/sampling.py, augmentation and
+MixUp/CutMix done on the device, and the classifiers' train/eval loaders."""
 from __future__ import annotations
 
-import gzip
 import math
-import pickle
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import dist
-from common.config import ConfigError, UserError
-
-SYSTEM_DIRS = {"fashion_mnist": [Path("/usr/share/datasets/fashion-mnist")]}  # Debian: dataset-fashion-mnist
-STATS = {  # per-channel mean/std of the training split, in [0, 1] units
-    "mnist": ([0.1307], [0.3081]),
-    "fashion_mnist": ([0.2860], [0.3530]),
-    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
-    "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
-    "synthetic": ([0.5], [0.25]),
-}
-
-
-class DataError(UserError):
-    """A dataset problem the user can fix; the message says how."""
-
-
-# ----------------------------------------------------------------------------- readers
-
-def read_idx(path: Path) -> np.ndarray:
-    """IDX (the MNIST file format), plain or gzipped."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not an IDX ubyte file (bad magic number); delete it and fetch it again")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != math.prod(shape):
-        raise DataError(f"{path} is truncated: header says {shape}, found {data.size} bytes; fetch it again")
-    return data.reshape(shape)
-
-
-IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-TV_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "", "cifar100": ""}
-
-
-def _find(dirs: list[Path], name: str) -> Path | None:
-    for d in dirs:
-        for candidate in (d / name, d / f"{name}.gz"):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _idx_dirs(name: str, root: Path) -> list[Path]:
-    return [root, root / TV_FOLDER[name] / "raw"] + SYSTEM_DIRS.get(name, [])
-
-
-def _read_mnist_like(name: str, root: Path, split: str):
-    dirs = _idx_dirs(name, root)
-    paths = [_find(dirs, f) for f in IDX_FILES[split]]
-    if None in paths:
-        return None
-    images, labels = (read_idx(p) for p in paths)
-    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
-
-
-CIFAR = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels"),
-         "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels")}
-
-
-def _read_cifar(name: str, root: Path, split: str):
-    folder, train_files, test_files, label_key = CIFAR[name]
-    files = [root / folder / f for f in (train_files if split == "train" else test_files)]
-    if not all(f.is_file() for f in files):
-        return None
-    xs, ys = [], []
-    for f in files:
-        with open(f, "rb") as fh:
-            # The official CIFAR "python version" is a pickle of numpy arrays; this is the
-            # only pickle this project reads, and only from the dataset directory.
-            batch = pickle.load(fh, encoding="bytes")
-        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[label_key], dtype=np.int64))
-    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
-
-
-def synthetic(n: int, shape: list[int], classes: int, split: str):
-    """Class-dependent images a model can learn: a fixed random prototype per class plus noise.
-
-    The prototypes depend on nothing but the shape, so train and test agree.
-    """
-    g = torch.Generator().manual_seed(1234)
-    # Smooth (4x4 upsampled) prototypes: the class survives crops and flips, so conv nets
-    # with global pooling learn it in a few steps, like an MLP does.
-    c, h, w = shape
-    coarse = torch.rand((classes, c, 4, 4), generator=g)
-    protos = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) * 255
-    g.manual_seed({"train": 1, "test": 2}[split])
-    labels = torch.randint(0, classes, (n,), generator=g)
-    noise = torch.randn((n, *shape), generator=g) * 64
-    return (protos[labels] + noise).clamp(0, 255).to(torch.uint8), labels
-
-
-def _download(name: str, root: Path) -> None:
-    import torchvision.datasets as tvd
-    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
-    try:
-        for train in (True, False):
-            cls(str(root), train=train, download=True)
-    except Exception as e:  # urllib/HTTP/SSL errors all mean the same thing to the user
-        raise DataError(f"downloading {name} into {root} failed ({type(e).__name__}: {e}). "
-                        f"{_where_to_put(name, root)}") from None
-
-
-def _where_to_put(name: str, root: Path) -> str:
-    if name in CIFAR:
-        where = f"{root / CIFAR[name][0]}/ (the 'python version' archive from https://www.cs.toronto.edu/~kriz/cifar.html, extracted)"
-    else:
-        where = f"{root}/ or {root / TV_FOLDER[name] / 'raw'}/ (the four *-ubyte.gz IDX files)"
-        if name == "fashion_mnist":
-            where += "; on Debian/Ubuntu `apt-get install dataset-fashion-mnist` provides them offline"
-    return f"Put the files in {where}, or run on a connected machine with data.download=true, or try data.name=synthetic."
-
-
-def load_split(cfg_data, split: str):
-    """(uint8 images [N, C, H, W], int64 labels [N]) on the CPU."""
-    name, root = cfg_data.name, Path(cfg_data.root)
-    if name == "synthetic":
-        n = cfg_data.synthetic_train if split == "train" else cfg_data.synthetic_test
-        return synthetic(n, cfg_data.synthetic_shape, cfg_data.synthetic_classes, split)
-    if name not in TV_FOLDER:
-        raise ConfigError(f"data.name={name!r} is not one of {', '.join([*TV_FOLDER, 'synthetic'])}")
-    reader = _read_cifar if name in CIFAR else _read_mnist_like
-    found = reader(name, root, split)
-    if found is None and cfg_data.download:
-        # Rank 0 downloads; the others wait at the barrier, then read what it wrote.
-        if dist.rank() == 0:
-            _download(name, root)
-        if dist.world_size() > 1:
-            torch.distributed.barrier()
-        found = reader(name, root, split)
-    if found is None:
-        raise DataError(f"{name} ({split}) not found under {root.resolve()}. {_where_to_put(name, root)}")
-    return found
-
-
-# ----------------------------------------------------------------------------- batch arithmetic
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """How one epoch of `n` samples is cut into global batches and rank shards."""
-    n: int
-    global_batch: int
-    world: int
-    drop_last: bool
-
-    @property
-    def per_rank(self) -> int:
-        return self.global_batch // self.world
-
-    @property
-    def steps(self) -> int:
-        full, tail = divmod(self.n, self.global_batch)
-        return full + (1 if tail and not self.drop_last else 0)
-
-    def shard(self, step: int, rank: int) -> tuple[int, int]:
-        """[start, stop) positions in the epoch's order for this rank at this step.
-
-        Positions >= n wrap around to the start of the order (padding with repeats).
-        """
-        start = step * self.global_batch
-        size = min(self.global_batch, self.n - start)
-        local = math.ceil(size / self.world)  # equal shards; the tail shard may repeat samples
-        return start + rank * local, start + (rank + 1) * local
-
-    @property
-    def padded(self) -> int:
-        """Repeated samples per epoch (only with drop_last=False and a tail not divisible by world)."""
-        tail = self.n % self.global_batch
-        return 0 if self.drop_last or not tail else math.ceil(tail / self.world) * self.world - tail
-
-    @property
-    def dropped(self) -> int:
-        return self.n % self.global_batch if self.drop_last else 0
-
-
-def check_batch(global_batch: int, world: int, accum: int) -> None:
-    if global_batch % (world * accum):
-        lo = global_batch // (world * accum) * world * accum
-        hint = f"train.batch_size={lo or world * accum} or {lo + world * accum}"
-        raise ConfigError(f"train.batch_size={global_batch} is the global batch and must be divisible by "
-                          f"world_size x train.grad_accum = {world} x {accum} = {world * accum}; use {hint}")
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation for an epoch: a function of (seed, epoch) only, identical on every rank."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def eval_shard(n: int, world: int, rank: int) -> torch.Tensor:
-    """Unpadded strided shard: shards differ in length by at most one, their union is range(n)."""
-    return torch.arange(n)[rank::world]
-
-
-# ----------------------------------------------------------------------------- in-memory loaders
+from common.config import ConfigError
+from common.data.datasets import STATS, load_split
+from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
 def _augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
     """Random crop after zero padding `pad`, then horizontal flip; per-sample parameters given."""
@@ -308,7 +97,7 @@ class TensorTrainLoader:
     def _epoch_tensors(self):
         n = self.plan.n
         order = epoch_order(n, self.seed, self.epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_777_777)
+        g = augment_generator(self.seed, self.epoch)
         shifts = torch.randint(0, 9, (n, 2), generator=g)
         flips = torch.rand(n, generator=g) < 0.5
         return order.to(self.images.device), shifts.to(self.device), flips.to(self.device)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from common.train.checkpoint import Checkpointer, load_file
 from common.config import UserError
 from common.models.cnn import CNNConfig, small_cnn
-from common.data.memory import STATS
+from common.data.datasets import STATS
 
 HOW_TO_MAKE = "python recipes/mnist_cnn.py out_dir=runs/fid_classifier train.epochs=5"
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from common.config import BaseConfig, CkptConfig, OptimConfig
 from common.data.images import ImageDataConfig
-from common.data.memory import eval_shard
+from common.data.sampling import eval_shard
 from common.entry import run
 from common.tasks.fid import frechet_distance, load_judge
 from common.train.loop import total_steps

@@ -1,16 +1,17 @@
 """In-process checks: the Fréchet distance, the G step's frozen D, disk loaders' sharding, image mappings."""
-import importlib.util
 import math
 
 import pytest
 import torch
 
-from helpers import ROOT
+from helpers import ROOT, load_recipe
 
 from common.config import BaseConfig, parse_cli
-from common.data.memory import TrainPlan, epoch_order, synthetic
+from common.data.datasets import synthetic
+from common.data.sampling import TrainPlan, epoch_order
 from common.tasks.fid import FeatureStats, Gaussian, Judge, frechet_distance
-from common.data.images import FolderEvalLoader, FolderTrainLoader, ImageFiles, edges, fit_size, list_images
+from common.data.folder import FolderEvalLoader, FolderTrainLoader, ImageFiles, SquareCrop, list_images
+from common.data.images import edges, fit_size
 from common.engines.base import unwrap
 from common.entry import runtime
 from common.models.cnn import CNNConfig, small_cnn
@@ -18,11 +19,6 @@ from common.models.cnn import CNNConfig, small_cnn
 RECIPES = ["gan_mnist", "cgan_mnist", "dcgan", "pix2pix"]
 
 
-def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def debug_cli(mod, name, *overrides):
@@ -156,10 +152,10 @@ def decoded_ids(x):
 def test_folder_loader_shards_like_the_in_memory_sampler_and_resumes_by_index(tmp_path):
     numbered_pngs(tmp_path, 23)
     files = list_images(tmp_path)
-    ds = ImageFiles(tmp_path, files, size=8, pairs=False, b_to_a=False, load_size=8)
+    ds = ImageFiles(tmp_path, files, [0] * len(files), SquareCrop(size=8, load_size=8))
     file_id = [int(f.split("img")[1][:3]) for f in files]
-    loaders = [FolderTrainLoader(ds, Rank(r, 2), global_batch=8, accum=2, seed=3, drop_last=True, augment=False,
-                                 workers=0) for r in range(2)]
+    loaders = [FolderTrainLoader(ds, Rank(r, 2), global_batch=8, accum=2, seed=3, drop_last=True, workers=0)
+               for r in range(2)]
     loaders[0].set_epoch(1), loaders[1].set_epoch(1)
     steps = list(zip(*[[torch.cat([mb[0] for mb in step]) for step in ld] for ld in loaders]))
     plan, order = TrainPlan(23, 8, 2, True), epoch_order(23, 3, 1)
@@ -186,8 +182,8 @@ def test_ab_pairs_split_into_channels_and_jitter_both_halves_alike(tmp_path):
     ab = torch.cat([pattern, pattern + 100], dim=1)[..., None].expand(-1, -1, 3)
     Image.fromarray(ab.numpy()).save(tmp_path / "0.png")
     for b_to_a in (False, True):
-        ds = ImageFiles(tmp_path, ["0.png"], size=8, pairs=True, b_to_a=b_to_a, load_size=10)
-        x, _ = ds[(0, 1, 2, True)]  # crop rows 1..8, cols 2..9, then flip
+        ds = ImageFiles(tmp_path, ["0.png"], [0], SquareCrop(size=8, load_size=10, pairs=True, b_to_a=b_to_a))
+        x, _ = ds[(0, (1, 2, True))]  # crop rows 1..8, cols 2..9, then flip
         assert x.shape == (6, 8, 8)
         a, b = x[:3].int(), x[3:].int()
         expect = pattern[1:9, 2:10].flip(1).int()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common.config import DataConfig
-from common.data.memory import DataError, load_split, read_idx
+from common.data.datasets import DataError, load_split, read_idx
 
 
 def write_idx(path, array):
