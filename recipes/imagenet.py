@@ -31,6 +31,7 @@ class FolderDataConfig:
     root: str = "data/imagenet"  # dataset directory with train/ and val/ class sub-directories
     image_size: int = 224  # training crop and eval crop side, pixels
     workers: int = 8  # decoding worker processes per rank (persistent, pinned memory)
+    drop_last: bool = True  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
 
 
 @dataclass
