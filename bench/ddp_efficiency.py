@@ -1,8 +1,9 @@
 """DDP efficiency on CPU (gloo): 2 processes with DDP vs 2 x one process without DDP.
 
-Two processes (bench/ddp_worker.py: spawn, torchrun's variables, the recipe's Runtime and
-train_step) alternate, step by step, two arms on the same per-rank batches:
-  ddp    both ranks train the DDP-wrapped model (Runtime.wrap, gradients all-reduced)
+Two processes (bench/ddp_worker.py: spawn, torchrun's variables, the recipe's runtime and
+task.train_step) alternate, step by step, two arms on the same per-rank batches:
+  ddp    both ranks train the DDP-wrapped model (task.build_state, whose engine.prepare() wraps it
+         in DDP; gradients all-reduced)
   local  both ranks train an identical plain model at the same time, no communication
 efficiency = DDP samples/s / (2 x one-process samples/s) = median local step time / median DDP
 step time (each step's time is the slower rank's; the median of per-step ratios is printed too). "One
@@ -12,9 +13,9 @@ while the other sleeps, which adds what two processes sharing cores and memory b
 on this machine. Targets: >= 0.9 for ResNet-18, >= 0.6 for the MNIST CNN.
 
 DDP at world size 1 (one process, arms interleaved step by step, median step / median plain step):
-  target row  what dtrain costs at world size 1: the recipe's state from Runtime.wrap, which adds
-              no DDP wrapper to a single process, vs the plain model. Target <= 1.03.
-  info row    what an explicit DDP(world_size=1) would cost (the reason Runtime.wrap skips it).
+  target row  what dtrain costs at world size 1: the recipe's state from task.build_state, whose
+              ddp engine adds no DDP wrapper to a single process, vs the plain model. Target <= 1.03.
+  info row    what an explicit DDP(world_size=1) would cost (the reason the ddp engine skips it).
 
     python bench/ddp_efficiency.py [--smoke] [--json out.json]
 """
@@ -92,13 +93,14 @@ def world1_rows(results: list[dict]) -> list[dict]:
         rows.append(H.row(f"ddp_efficiency/{name}_world1_cost", H.median(t["ours"]) / H.median(t["local"]), "<=", 1.03, {
             "median_of_per_step_ratios": H.median(H.paired_ratios(t["ours"], t["local"])),
             "ours_ms_per_step": 1e3 * H.median(t["ours"]), **common,
-            "setup": "the recipe's state from Runtime.wrap at world size 1 (no DDP wrapper) / plain model, "
+            "setup": "the recipe's state from task.build_state at world size 1 (the ddp engine adds no DDP wrapper) "
+                     "/ plain model, "
                      "interleaved per step"}))
         rows.append(H.row(f"ddp_efficiency/{name}_explicit_ddp_world1 (info)", H.median(t["ddp"]) / H.median(t["local"]),
                           "", None, {
             "median_of_per_step_ratios": H.median(H.paired_ratios(t["ddp"], t["local"])),
             "ddp_ms_per_step": 1e3 * H.median(t["ddp"]), **common,
-            "setup": "explicit DDP(world_size=1, gradient_as_bucket_view=True) / plain model: the cost Runtime.wrap "
+            "setup": "explicit DDP(world_size=1, gradient_as_bucket_view=True) / plain model: the cost the ddp engine "
                      "avoids by not wrapping a single process"}))
     return rows
 

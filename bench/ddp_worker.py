@@ -1,9 +1,10 @@
 """Worker processes for the DDP benchmarks (ddp_efficiency.py, grad_comm.py): gloo on CPU.
 
 `launch(world, cases, arms, ...)` starts `world` processes (multiprocessing, spawn) that set the
-torchrun variables, make the recipe's Runtime (common/dist.py joins the gloo group), and per
-case build two copies of the recipe's model from the same seed: one wrapped in DDP the way
-Runtime.wrap does it (gradient_as_bucket_view=True; explicitly at world size 1), one plain.
+torchrun variables, enter the recipe's runtime (common.entry.runtime: common/env.py joins the
+gloo group; the ddp engine), and per case build two copies of the recipe's model from the same
+seed: one wrapped in DDP the way the ddp engine's prepare() does it (gradient_as_bucket_view=True;
+explicitly at world size 1), one plain.
 
 The arms are interleaved step by step (A B, B A, ...), each element started together on every
 rank by a multiprocessing barrier (which sleeps: a waiting rank does not spin on a core another
@@ -11,7 +12,7 @@ rank needs), so load from other processes on a shared machine hits every arm ali
   ddp        every rank steps its DDP model with the recipe's train_step (gradients all-reduced,
              overlapped with backward)
   local      every rank steps its plain model at the same time, no communication
-  ours       every rank steps the recipe's own state from Runtime.wrap (at world size 1: no DDP)
+  ours       every rank steps the recipe's own state from task.build_state (at world size 1: no DDP)
   flat       dist.all_reduce of one fp32 tensor holding as many elements as the model's gradients
   buckets    all-reduces of DDP's own (rebuilt) bucket sizes, issued back to back, then waited
   per_param  one all-reduce per parameter tensor, issued back to back, then waited (no bucketing)
@@ -20,6 +21,7 @@ Each rank writes its per-step seconds to a JSON file before it tears down.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -80,22 +82,21 @@ def worker(rank, world, port, cases, arms, alone_blocks, threads, out_dir, barri
     try:
         import torch.distributed as tdist
         from bench import harness as H
-        from common.data.memory import classification_data
-        from common.engines import make_runtime
+        from common.entry import runtime
         if world == 1:
-            # Our Runtime never wraps DDP at world size 1; an explicit DDP needs a process group.
+            # The ddp engine never wraps DDP at world size 1; an explicit DDP needs a process group.
             tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
-        for case in cases:
-            mod = H.load_recipe(case["recipe"])
-            cfg = H.recipe_config(mod, case["overrides"])
-            with H.quiet():
-                rt = make_runtime(cfg, case["recipe"])
-            loaders = classification_data(cfg, rt)
-            out["cases"][case["name"]] = run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier)
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))
-        if tdist.is_initialized():
-            tdist.barrier()
-            tdist.destroy_process_group()
+        # Each case's runtime stays up until every case is done: the first one joins the gloo group,
+        # the others find it joined; leaving the stack tears it down (barrier, destroy) once.
+        with contextlib.ExitStack() as runtimes:
+            for case in cases:
+                mod = H.load_recipe(case["recipe"])
+                cfg = H.recipe_config(mod, case["overrides"])
+                with H.quiet():
+                    rt = runtimes.enter_context(runtime(cfg))
+                loaders = mod.task.build_data(cfg, rt)
+                out["cases"][case["name"]] = run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier)
+            Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))
     except BaseException:
         out["error"] = f"rank {rank}: {traceback.format_exc()}"
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(out))
@@ -108,13 +109,14 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
     from common.train.state import TrainState
     from common.train.optim import build_optimizer
 
-    ddp_state = mod.task.build_state(cfg, rt, loaders)  # Runtime.wrap: DDP when world > 1
-    # "ours": the recipe's own state at this world size (at world size 1 Runtime.wrap adds no DDP)
+    ddp_state = mod.task.build_state(cfg, rt, loaders)  # the ddp engine's prepare(): DDP when world > 1
+    # "ours": the recipe's own state at this world size (at world size 1 the ddp engine adds no DDP)
     ours_state = mod.task.build_state(cfg, rt, loaders) if "ours" in arms else None
-    if rt.world_size == 1:
-        ddp_state.models["net"] = DDP(ddp_state.models["net"], gradient_as_bucket_view=True)  # as Runtime.wrap would
+    if rt.world_size == 1:  # as the ddp engine's prepare() would at world > 1
+        ddp_state.models["net"] = DDP(ddp_state.models["net"], gradient_as_bucket_view=True)
     rt.seed()
-    plain = mod.build_model(cfg.model, loaders.shape, loaders.num_classes).to(rt.device, memory_format=rt.memory_format)
+    plain = mod.task.build_model(cfg.model, loaders.shape, loaders.num_classes)
+    plain = plain.to(rt.device, memory_format=rt.memory_format)
     plain_opt = build_optimizer(cfg.optim, plain)
     for mine, ref in zip(plain_opt.param_groups, ddp_state.optims["net"].param_groups, strict=True):
         mine["lr"] = ref["lr"]  # build_state's scheduler starts at the warmup LR: every arm on one trajectory

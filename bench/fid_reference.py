@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from common.config import BaseConfig, DataConfig
 from common.data.datasets import load_split
+from common.entry import runtime
 from common.tasks.fid import frechet_distance, load_judge
-from common.engines.base import Runtime
 
 
 def gaussian(judge, rt, images: torch.Tensor, labels=None):
@@ -28,7 +28,7 @@ def gaussian(judge, rt, images: torch.Tensor, labels=None):
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else "runs/fid_classifier"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
-    with Runtime(BaseConfig(device="cpu")) as rt:
+    with runtime(BaseConfig(device="cpu")) as rt:
         judge = load_judge(path, rt.device)
         data = DataConfig(name="fashion_mnist")
         to_tanh = lambda u8: u8.float() / 127.5 - 1  # noqa: E731

@@ -1,15 +1,16 @@
 """GPU benchmark: ResNet-18 on CIFAR-shaped data, bf16 + channels_last + the in-memory GPU loader, batch 512.
 
 Prints "not measured" (and writes that to --out) when no CUDA device is visible. Otherwise,
-with the recipe's own pieces (resnet_cifar Config/build_state/train_step, classification_data
-on 50,000 synthetic 3x32x32 images held on the GPU with on-device crop+flip, common.train.loop.fit):
+with the recipe's own pieces (resnet_cifar's task: Config, build_data = classification_data on
+50,000 synthetic 3x32x32 images held on the GPU with on-device crop+flip, build_state, train_step;
+common.train.loop.fit):
   1. ours vs bare: our fit() vs a hand-written loop on the same model/batches/seed, bf16 +
      channels_last, eager; blocks alternate A B / B A; images/s ratio (target >= 0.95), loss curves.
   2. absolute images/s and MFU: 3.33 GFLOP per training image (forward + backward of the 32x32
      ResNet-18) against the GPU's dense bf16 peak (H100 SXM / H200: 989 TFLOP/s, H100 PCIe: 756,
      A100: 312; anything else: assumed 989 unless --peak-tflops, and said so).
   3. torch.compile (train.compile=true) vs eager, both ours: target >= 1.2x.
-  4. bf16 vs fp32 (ours, eager; fp32 runs with TF32 matmuls/convolutions, the Runtime's CUDA default): target >= 2x.
+  4. bf16 vs fp32 (ours, eager; fp32 runs with TF32 matmuls/convolutions, common/env.py's CUDA default): target >= 2x.
   5. data wait: the loop's own data_wait_pct (host time blocked in next(loader) / wall time,
      from metrics.jsonl, steps after the first log interval): target < 1%; also the loader's
      GPU time per batch (loader alone, synchronized) as a share of the step time.
@@ -26,6 +27,7 @@ fit()'s end-of-run evaluation and checkpoint lie outside that window.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import shutil
@@ -46,10 +48,10 @@ except ImportError:
     from loader_headroom import _memoize_synthetic
     from loop_overhead import bare_setup, epochs
 
-from common.data.memory import classification_data
-from common.engines import make_runtime
+from common.entry import runtime
 from common.train.loop import fit
 
+RECIPE = "resnet_cifar"
 GFLOP_PER_IMAGE = 3.33  # training (fwd + bwd = 3 x fwd) FLOPs of the CIFAR ResNet-18 per 32x32 image
 PEAKS = [("H200", 989.0), ("GH200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),
          ("H800", 989.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L4", 121.0)]
@@ -66,15 +68,17 @@ def peak_tflops(name: str, override: float | None) -> tuple[float, str]:
 
 
 class Bench:
-    """One precision/compile setting: its Runtime and loaders, and block runners for ours and bare."""
+    """One precision/compile setting: its engine (common.entry.runtime) and loaders, and block runners
+    for ours and bare."""
 
     def __init__(self, mod, tmp: Path, name: str, overrides: list[str], warmup: int, timed: int):
         self.mod, self.tmp, self.name = mod, tmp, name
         self.warmup, self.steps = warmup, warmup + timed + 1
         self.cfg = H.recipe_config(mod, overrides + [f"train.max_steps={self.steps}", f"out_dir={tmp / name}"])
+        self._stack = contextlib.ExitStack()  # the runtime stays up across blocks until close()
         with H.quiet():
-            self.rt = make_runtime(self.cfg, "resnet_cifar")
-        self.loaders = classification_data(self.cfg, self.rt)
+            self.rt = self._stack.enter_context(runtime(self.cfg))
+        self.loaders = mod.task.build_data(self.cfg, self.rt)
         self.blocks = 0
         self.state = None  # kept across blocks when reuse_state (compiled models: compile once)
         self.data_wait: list[float] = []
@@ -111,7 +115,7 @@ class Bench:
 
         t0 = time.perf_counter()
         with H.quiet():
-            fit(cfg, state, rt, self.loaders, timed_step, mod.task.evaluate)
+            fit(cfg, state, rt, self.loaders, timed_step, mod.task.evaluate, RECIPE)
         if self.compile_s is None and cfg.train.compile:
             self.compile_s = stamps[1] - t0  # the first step compiles forward and backward
         rows = [json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -153,7 +157,7 @@ class Bench:
         return (time.perf_counter() - t0) / batches
 
     def close(self) -> None:
-        self.rt.__exit__(None, None, None)
+        self._stack.close()
 
 
 def count_syncs(mod, tmp: Path, base: list[str], name: str, extra: list[str], warmup: int, timed: int) -> float:
@@ -212,7 +216,7 @@ def run(args) -> dict:
             "train.progress=false", "resume=none"]
     if smoke:
         base += ["model.width_mult=0.25", "train.log_every_steps=2"]
-    mod = H.load_recipe("resnet_cifar")
+    mod = H.load_recipe(RECIPE)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         tmp = Path(tmp)
@@ -295,7 +299,7 @@ def run(args) -> dict:
             print(f"  fp32 (TF32) eager ours: {batch / H.median(t['fp32']):,.0f} images/s", flush=True)
             rows.append(H.row("gpu/bf16_vs_fp32", H.median(r), ">=", 2.0, {
                 "bf16_images_per_s": batch / H.median(t["bf16"]), "fp32_images_per_s": batch / H.median(t["fp32"]),
-                "paired_ratios": r, "fp32_note": "TF32 matmuls/convolutions on (Runtime sets allow_tf32 on CUDA)"}))
+                "paired_ratios": r, "fp32_note": "TF32 matmuls/convolutions on (common/env.py sets allow_tf32 on CUDA)"}))
             fp32.close()
 
         # 3: torch.compile vs eager, ours bf16

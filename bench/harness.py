@@ -29,7 +29,11 @@ if str(ROOT) not in sys.path:
 # ----------------------------------------------------------------------------- recipes
 
 def load_recipe(name: str):
-    """Import recipes/<name>.py as a module (recipes are scripts, not a package)."""
+    """Import recipes/<name>.py as a module (recipes are scripts, not a package), once per process.
+
+    The benchmarks' only copy (tests/helpers.py keeps its own, which loads a fresh module each
+    time). Benchmarks use only the recipe's `task` (Config, build_data, build_state, train_step,
+    evaluate, and build_model for classifiers)."""
     key = f"dtrain_recipe_{name}"
     if key in sys.modules:
         return sys.modules[key]
@@ -43,7 +47,7 @@ def load_recipe(name: str):
 def recipe_config(mod, overrides: list[str]):
     """The config `python recipes/<name>.py key=value ...` would resolve (default YAML + overrides)."""
     from common.config import parse_cli
-    return parse_cli(mod.Config, mod.__file__, list(overrides)).cfg
+    return parse_cli(mod.task.Config, mod.task.script, list(overrides)).cfg
 
 
 def single_process_env() -> None:

@@ -1,16 +1,19 @@
 """Loader headroom: loader-only samples/s divided by model-step samples/s, per recipe, default settings.
 
-For each recipe, its default config (recipes/configs/<name>.yaml) with its own data builder:
+For each recipe, its default config (recipes/configs/<name>.yaml) with its own data builder
+(task.build_data); what it is fed follows from the default config's data.name (DATA below):
   * MNIST-sized recipes and the GANs: the real Fashion-MNIST they default to (found offline in
     /usr/share/datasets/fashion-mnist) in the in-memory TensorTrainLoader; synthetic data of the
     same shape and size when it is missing.
   * CIFAR-sized recipes (default cifar10, which needs a download): synthetic 50,000 x 3x32x32
     with the default on-device crop+flip augmentation, in the in-memory TensorTrainLoader.
-  * imagenet: a generated tree of real JPEG files (ImageNet-like 500x375 px) streamed by
-    common/data/folder.py's FolderTrainLoader with the default 8 workers, global batch 256, 224 px
-    RandomResizedCrop + flip.
+  * imagenet (data.name=imagefolder): a generated tree of real JPEG files (ImageNet-like 500x375 px)
+    streamed by common/data/folder.py's FolderTrainLoader with the default 8 workers, global batch
+    256, 224 px RandomResizedCrop + flip.
 Loader-only: batches drawn from the training loader and dropped (after one warm-up batch).
-Model step: the recipe's train_step (forward, backward, optimizer step) on one fixed batch.
+Model step: the recipe's task.train_step (forward, backward, optimizer step) on one fixed batch.
+Per-recipe settings are data (RECIPES): the GANs run without their FD judge (eval.classifier=none:
+it needs a trained classifier run, and nothing here evaluates).
 The two alternate in blocks; the ratio of medians is reported. Target >= 2.
 
 On this CPU machine the model steps are slow, so the ratios are large; what a GPU would need
@@ -34,28 +37,32 @@ try:
 except ImportError:
     import harness as H
 
+import common.data.datasets
 import common.data.memory
-from common.engines import make_runtime
+from common.entry import runtime
 
 CIFAR = ["data.name=synthetic", "data.synthetic_shape=[3,32,32]", "data.synthetic_train=50000",
          "data.synthetic_test=1000", "data.synthetic_classes=10"]
 FMNIST_SYNTH = ["data.name=synthetic", "data.synthetic_shape=[1,28,28]", "data.synthetic_train=60000",
                 "data.synthetic_test=1000", "data.synthetic_classes=10"]
-# recipe: (data overrides, overrides for the model-step measurement only)
+# The recipe's default data.name -> what this benchmark feeds it.
+DATA = {"fashion_mnist": "fmnist", "cifar10": "cifar", "imagefolder": "jpeg"}
+NO_JUDGE = ["eval.classifier=none"]  # the GANs' FD judge needs a trained classifier run; nothing evaluates here
+# recipe: (overrides for both arms, overrides for the model-step measurement only)
 RECIPES = {
-    "mnist_mlp": ("fmnist", []),
-    "mnist_cnn": ("fmnist", []),
-    "lenet_cifar": (CIFAR, []),
-    "resnet_cifar": (CIFAR, []),
-    "senet_cifar": (CIFAR, []),
-    "vgg_cifar": (CIFAR, []),
-    "gan_mnist": ("fmnist", []),
-    "cgan_mnist": ("fmnist", []),
-    "dcgan": ("fmnist", []),
-    "pix2pix": ("fmnist", []),
+    "mnist_mlp": ([], []),
+    "mnist_cnn": ([], []),
+    "lenet_cifar": ([], []),
+    "resnet_cifar": ([], []),
+    "senet_cifar": ([], []),
+    "vgg_cifar": ([], []),
+    "gan_mnist": (NO_JUDGE, []),
+    "cgan_mnist": (NO_JUDGE, []),
+    "dcgan": (NO_JUDGE, []),
+    "pix2pix": (NO_JUDGE, []),
     # ResNet-50 at 224 px is ~3 min per 256-image step on one CPU thread: time the model at batch 8
     # (samples/s barely depends on the batch on a CPU); the loader runs at the default 256.
-    "imagenet": ("jpeg", ["train.batch_size=8", "data.workers=0"]),
+    "imagenet": ([], ["train.batch_size=8", "data.workers=0"]),
 }
 SMOKE_DATA = {"fmnist": FMNIST_SYNTH[:2] + ["data.synthetic_train=256", "data.synthetic_test=64"],
               "cifar": CIFAR[:2] + ["data.synthetic_train=256", "data.synthetic_test=64"]}
@@ -97,9 +104,9 @@ def make_jpeg_tree(root: Path, n_train: int, n_val: int, classes: int = 8, size=
 
 def _memoize_synthetic() -> None:
     """Four CIFAR-sized recipes share one synthetic dataset instead of generating it four times."""
-    if getattr(common.data.memory.synthetic, "memoized", False):
+    if getattr(common.data.datasets.synthetic, "memoized", False):
         return
-    original = common.data.memory.synthetic
+    original = common.data.datasets.synthetic
 
     @functools.lru_cache(maxsize=4)
     def cached(n, shape, classes, split):
@@ -109,16 +116,7 @@ def _memoize_synthetic() -> None:
         return cached(n, tuple(shape), classes, split)
 
     synthetic.memoized = True
-    common.data.memory.synthetic = synthetic
-
-
-def build_loaders(mod, cfg, rt):
-    if hasattr(mod, "build_data"):
-        return mod.task.build_data(cfg, rt)
-    if mod.__name__.endswith("imagenet"):
-        from common.data.folder import imagefolder_data
-        return imagefolder_data(cfg, rt)
-    return common.data.memory.classification_data(cfg, rt)
+    common.data.datasets.synthetic = synthetic
 
 
 def loader_block(train, steps: int) -> float:
@@ -155,54 +153,41 @@ def model_block(mod, state, rt, batch, steps: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def measure(name: str, data, model_extra: list[str], tmp: Path, smoke: bool, jpeg_root: Path | None) -> dict:
+def data_kind(name: str) -> str:
+    """fmnist, cifar or jpeg: from the data.name of the recipe's default config."""
+    return DATA[H.recipe_config(H.load_recipe(name), []).data.name]
+
+
+def measure(name: str, kind: str, extra: list[str], model_extra: list[str], tmp: Path, smoke: bool,
+            jpeg_root: Path | None) -> dict:
     H.single_process_env()
     mod = H.load_recipe(name)
-    base = ["device=cpu", "resume=none", f"out_dir={tmp / name}", "train.progress=false"]
+    base = ["device=cpu", "resume=none", f"out_dir={tmp / name}", "train.progress=false", *extra]
     note = ""
     if smoke:
-        data_over = {"fmnist": SMOKE_DATA["fmnist"], "jpeg": [f"data.root={jpeg_root}"]}.get(
-            data if isinstance(data, str) else "", SMOKE_DATA["cifar"])
+        data_over = {"fmnist": SMOKE_DATA["fmnist"], "cifar": SMOKE_DATA["cifar"],
+                     "jpeg": [f"data.root={jpeg_root}"]}[kind]
         sizes = SMOKE_SIZES[name]
-        model_extra = [o for o in model_extra if not o.startswith("train.batch_size")] if name != "imagenet" else []
+        model_extra = []  # the smoke sizes are small already: one config for both arms
     else:
         sizes = []
-        if data == "fmnist":
+        if kind == "fmnist":
             data_over = [] if FMNIST_FILES.exists() else FMNIST_SYNTH
             note = "real Fashion-MNIST" if FMNIST_FILES.exists() else "synthetic 60,000 x 1x28x28 (Fashion-MNIST not found)"
-        elif data == "jpeg":
+        elif kind == "jpeg":
             data_over = [f"data.root={jpeg_root}"]
             note = f"generated JPEG tree {jpeg_root}"
         else:
-            data_over = data
+            data_over = CIFAR
             note = "synthetic 50,000 x 3x32x32"
     cfg = H.recipe_config(mod, [*base, *data_over, *sizes])
     model_cfg = H.recipe_config(mod, [*base, *data_over, *sizes, *model_extra])
-    with make_runtime(cfg, name) as rt:
-        loaders = build_loaders(mod, cfg, rt)
-        train = loaders.train
+    with runtime(cfg) as rt:
+        loaders = mod.task.build_data(cfg, rt)
         # the model arm: its own loaders only when its config differs (imagenet's smaller batch)
-        model_loaders = loaders if not model_extra else build_loaders(mod, model_cfg, rt)
-        state = mod.task.build_state(model_cfg, rt, model_loaders)
-        model_loaders.train.set_epoch(0, 0)
-        batch = next(iter(model_loaders.train))[0]
-        with H.quiet():
-            t0 = time.perf_counter()
-            mod.task.train_step(batch, state, rt)  # warm-up (allocations, kernel selection)
-            first = time.perf_counter() - t0
-        per_step = batch[0].shape[0]
-        streaming = not isinstance(train, common.data.memory.TensorTrainLoader)
-        # Blocks of roughly a second or two each; at least 2 model steps.
-        model_steps = max(2, min(50, int(1.5 / max(first, 1e-4))))
-        loader_steps = 1 if smoke else 30
-        if streaming:
-            arms = {"loader": lambda: epoch_block(train)}
-        else:
-            arms = {"loader": lambda: loader_block(train, min(loader_steps, max(1, train.plan.steps - 1)))}
-        arms["model"] = lambda: model_block(mod, state, rt, batch, 1 if smoke else model_steps)
-        pairs = 1 if smoke else (2 if first > 1.0 else 3)
-        rates = H.alternate(arms, pairs)
-        del arms, train, loaders, model_loaders, state
+        model_loaders = loaders if not model_extra else mod.task.build_data(model_cfg, rt)
+        rates, first, per_step, streaming = time_arms(mod, rt, loaders.train, model_cfg, model_loaders, smoke)
+        del loaders, model_loaders
         gc.collect()  # stop persistent DataLoader workers before the next recipe
     loader_rate, model_rate = H.median(rates["loader"]), H.median(rates["model"])
     return {"loader_samples_per_s": loader_rate, "model_samples_per_s": model_rate,
@@ -210,6 +195,29 @@ def measure(name: str, data, model_extra: list[str], tmp: Path, smoke: bool, jpe
             "global_batch": cfg.train.batch_size, "model_step_batch": per_step, "data": note,
             "loader": "FolderTrainLoader, workers=%d, whole epochs from the first request" % cfg.data.workers
             if streaming else "TensorTrainLoader (in memory)" + (", augment" if getattr(cfg.data, "augment", False) else "")}
+
+
+def time_arms(mod, rt, train, model_cfg, model_loaders, smoke: bool):
+    """Alternate the loader arm and the model arm; returns (rates, first step s, model batch, streaming).
+    Its state, batch and loader iterators go when it returns."""
+    state = mod.task.build_state(model_cfg, rt, model_loaders)
+    model_loaders.train.set_epoch(0, 0)
+    batch = next(iter(model_loaders.train))[0]
+    with H.quiet():
+        t0 = time.perf_counter()
+        mod.task.train_step(batch, state, rt)  # warm-up (allocations, kernel selection)
+        first = time.perf_counter() - t0
+    streaming = not isinstance(train, common.data.memory.TensorTrainLoader)
+    # Blocks of roughly a second or two each; at least 2 model steps.
+    model_steps = max(2, min(50, int(1.5 / max(first, 1e-4))))
+    loader_steps = 1 if smoke else 30
+    if streaming:
+        arms = {"loader": lambda: epoch_block(train)}
+    else:
+        arms = {"loader": lambda: loader_block(train, min(loader_steps, max(1, train.plan.steps - 1)))}
+    arms["model"] = lambda: model_block(mod, state, rt, batch, 1 if smoke else model_steps)
+    pairs = 1 if smoke else (2 if first > 1.0 else 3)
+    return H.alternate(arms, pairs), first, batch[0].shape[0], streaming
 
 
 def run(args) -> dict:
@@ -222,13 +230,14 @@ def run(args) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         tmp = Path(tmp)
+        kinds = {n: data_kind(n) for n in names}
         jpeg_root = None
-        if "imagenet" in names:
+        if "jpeg" in kinds.values():
             n_train = 64 if args.smoke else 1024
             jpeg_root = make_jpeg_tree(tmp / "jpeg", n_train, 16, size=(64, 48) if args.smoke else (500, 375))
         for name in names:
-            data, model_extra = RECIPES[name]
-            m = measure(name, data, model_extra, tmp, args.smoke, jpeg_root)
+            extra, model_extra = RECIPES[name]
+            m = measure(name, kinds[name], extra, model_extra, tmp, args.smoke, jpeg_root)
             ratio = m["loader_samples_per_s"] / m["model_samples_per_s"]
             rows.append(H.row(f"loader_headroom/{name}", ratio, ">=", 2.0, m))
             print(f"  {name}: loader {m['loader_samples_per_s']:.0f}/s, model {m['model_samples_per_s']:.1f}/s, "

@@ -1,11 +1,12 @@
-"""Loop overhead: our fit() + Runtime vs a bare hand-written PyTorch loop.
+"""Loop overhead: our fit() + engine vs a bare hand-written PyTorch loop.
 
-Both arms train the recipe's own model (recipe build_model, same seed, same initial weights),
+Both arms train the recipe's own model (recipe task.build_model, same seed, same initial weights),
 with the same optimizer and LR schedule (common/train/optim.py: SGD foreach + LambdaLR), on the same
-batches (the recipe's in-memory TensorTrainLoader, synthetic data of the dataset's shape),
+batches (the recipe's task.build_data: the in-memory TensorTrainLoader, synthetic data of the dataset's shape),
 in the same precision, in the same process:
 
-  ours: recipe Config -> build_state -> common.train.loop.fit(cfg, state, rt, loaders, train_step, evaluate)
+  ours: with common.entry.runtime(cfg) as rt: recipe task.build_data -> task.build_state ->
+        common.train.loop.fit(cfg, state, rt, loaders, task.train_step, task.evaluate, recipe)
         with train.max_steps=N: everything the loop does per step (micro_step, Meter, NonFiniteGuard,
         schedulers, logging every train.log_every_steps, preemption check) is inside the timing.
   bare: for x, y in batches: loss = F.cross_entropy(model(x), y); loss.backward(); opt.step();
@@ -36,8 +37,7 @@ try:
 except ImportError:  # run as a script: bench/ is not on sys.path as a package
     import harness as H
 
-from common.data.memory import classification_data
-from common.engines import make_runtime
+from common.entry import runtime
 from common.train.loop import fit
 from common.train.optim import build_optimizer, build_scheduler
 
@@ -71,7 +71,7 @@ def case_overrides(recipe: str, extra: list[str], steps: int, batch: int, out_di
 def bare_setup(mod, cfg, rt, loaders, steps: int):
     """What a hand-written script builds: the same model (same seed), optimizer and schedule."""
     torch.manual_seed(cfg.seed)
-    model = mod.build_model(cfg.model, loaders.shape, loaders.num_classes)
+    model = mod.task.build_model(cfg.model, loaders.shape, loaders.num_classes)
     model = model.to(rt.device, memory_format=rt.memory_format)
     opt = build_optimizer(cfg.optim, model)
     return model, opt, build_scheduler(cfg.optim, opt, steps)
@@ -103,7 +103,8 @@ def bare_loop(model, opt, sched, cfg, rt, loaders, steps: int, losses: list):
         yield
 
 
-def interleaved_block(mod, cfg, rt, loaders, warmup: int, steps: int, out_dir: Path, bare_after: bool) -> dict:
+def interleaved_block(recipe: str, mod, cfg, rt, loaders, warmup: int, steps: int, out_dir: Path,
+                      bare_after: bool) -> dict:
     """One fit() run of `steps` steps with one bare-loop step run just before each of ours.
 
     Interleaving step by step puts both arms in the same moments of a shared, noisy machine.
@@ -142,7 +143,7 @@ def interleaved_block(mod, cfg, rt, loaders, warmup: int, steps: int, out_dir: P
         return out
 
     with H.quiet():
-        fit(cfg, state, rt, loaders, timed_step, mod.task.evaluate)
+        fit(cfg, state, rt, loaders, timed_step, mod.task.evaluate, recipe)
     shutil.rmtree(out_dir, ignore_errors=True)
     assert len(entries) == steps, (len(entries), steps)
     ours_t = [entries[k + 1] - entries[k] - inner[k] for k in range(steps - 1)]
@@ -159,10 +160,10 @@ def measure(recipe: str, extra: list[str], warmup: int, timed: int, blocks: int,
     steps = warmup + timed + 1
     batch = int(next(o.split("=")[1] for o in extra if o.startswith("train.batch_size=")))
     cfg = H.recipe_config(mod, case_overrides(recipe, extra, steps, batch, tmp, device, precision))
-    with make_runtime(cfg, recipe) as rt:
-        loaders = classification_data(cfg, rt)
-        results = [interleaved_block(mod, cfg, rt, loaders, warmup, steps, tmp / f"block_{i}", bare_after=i % 2 == 1)
-                   for i in range(blocks)]
+    with runtime(cfg) as rt:
+        loaders = mod.task.build_data(cfg, rt)
+        results = [interleaved_block(recipe, mod, cfg, rt, loaders, warmup, steps, tmp / f"block_{i}",
+                                     bare_after=i % 2 == 1) for i in range(blocks)]
     ref = results[0]["bare_losses"]
     ours_t, bare_t = [r["ours"] for r in results], [r["bare"] for r in results]
     ratios = H.paired_ratios(ours_t, bare_t)
