@@ -26,7 +26,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.data.images import gan_data
 from common.models.maxout import Maxout
 from common.tasks import gan
 from common.train.log import Grid
@@ -83,15 +82,9 @@ class Discriminator(nn.Module):
         return self.joint(torch.cat([self.x(x.flatten(1)), self.y(y)], 1))
 
 
-def build_data(cfg: Config, rt):
-    """Images in [-1, 1]; the eval split is the real reference set of val/fd."""
-    return gan_data(cfg, rt, eval_limit=cfg.eval.samples)
-
-
 def build_models(cfg: Config, loaders) -> dict:
     args = (cfg.model, loaders.shape, loaders.num_classes)
-    models = {"G": Generator(*args), "D": Discriminator(*args)}
-    return models
+    return {"G": Generator(*args), "D": Discriminator(*args)}
 
 
 def train_step(batch, state, rt) -> dict:
@@ -103,12 +96,8 @@ def train_step(batch, state, rt) -> dict:
         loss_d, probs = gan.d_loss(*D(torch.cat([real, fake.detach()]), torch.cat([y, y])).split(n))
     rt.backward(loss_d)
     rt.step(state.optims["D"])
-    # G step: D frozen and unwrapped (no D gradients, no D all-reduce); no BatchNorm in D.
-    with rt.frozen(D) as D_, rt.autocast():
-        loss_g = gan.g_loss(D_(fake, y))
-    rt.backward(loss_g)
-    rt.step(state.optims["G"])
-    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), **probs}
+    loss_g = gan.g_step(rt, state, D, fake, y)  # through D frozen: no D gradients, no D all-reduce
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g, **probs}
 
 
 @torch.no_grad()
@@ -131,7 +120,7 @@ def evaluate(state, rt, loader, judge) -> dict:
                               cfg.eval.samples, real_labels=True), "class_rows": grid}
 
 
-task = gan.GanTask(Config, build_models, train_step, evaluate, build_data, __file__)
+task = gan.GanTask(Config, build_models, train_step, __file__, evaluate=evaluate)
 
 
 if __name__ == "__main__":

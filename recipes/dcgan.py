@@ -27,12 +27,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 import torch.nn as nn
 
 from common.data.images import gan_data
 from common.tasks import gan
-from common.train.log import Grid
 
 
 @dataclass
@@ -100,39 +98,23 @@ def build_data(cfg: Config, rt):
 
 def build_models(cfg: Config, loaders) -> dict:
     channels = loaders.shape[0]
-    models = {"G": Generator(cfg.model, channels), "D": build_discriminator(cfg.model, channels)}
-    return models
+    return {"G": Generator(cfg.model, channels), "D": build_discriminator(cfg.model, channels)}
 
 
 def train_step(batch, state, rt) -> dict:
-    real, _ = batch
-    G, D, n = state.models["G"], state.models["D"], len(real)
-    z = gan.batch_noise(rt, n, (rt.cfg.model.z_dim,), "uniform")  # this rank's rows of the global batch's noise
+    real, D = batch[0], state.models["D"]
+    z = gan.batch_noise(rt, len(real), (rt.cfg.model.z_dim,), "uniform")  # this rank's rows of the global batch's noise
     with rt.autocast():
-        fake = G(z)  # one G forward; the D step sees it detached
+        fake = state.models["G"](z)  # one G forward; the D step sees it detached
         # Pure real and pure fake batches for D's BatchNorm; one backward, one D all-reduce.
         loss_d, probs = gan.d_loss(D(real), D(fake.detach()))
     rt.backward(loss_d)
     rt.step(state.optims["D"])
-    # G step through the frozen, unwrapped D: no D gradients, no D all-reduce.
-    with rt.frozen(D) as D_, rt.autocast():
-        loss_g = gan.g_loss(D_(fake))
-    rt.backward(loss_g)
-    rt.step(state.optims["G"])
-    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), **probs}
+    loss_g = gan.g_step(rt, state, D, fake)  # through D frozen: no D gradients, no D all-reduce
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g, **probs}
 
 
-@torch.no_grad()
-def evaluate(state, rt, loader, judge) -> dict:
-    cfg, G = rt.cfg, state.eval_model("G")
-    gan.sync_buffers(rt, state.models["G"], G)  # rank 0's BatchNorm statistics, as DDP would use next
-    z = gan.noise_bank(max(cfg.eval.samples, cfg.eval.grid), (cfg.model.z_dim,), "uniform", cfg.seed, rt.device)
-    with gan.evaluating(G):
-        grid = Grid(G(z[:cfg.eval.grid]))
-        return {**gan.quality(rt, judge, loader, lambda idx: (G(z[idx]), None), cfg.eval.samples), "fixed_noise": grid}
-
-
-task = gan.GanTask(Config, build_models, train_step, evaluate, build_data, __file__)
+task = gan.GanTask(Config, build_models, train_step, __file__, build_data=build_data)
 
 
 if __name__ == "__main__":

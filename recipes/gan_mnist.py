@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from common.data.images import gan_data
 from common.models.maxout import Maxout
 from common.tasks import gan
-from common.train.log import Grid
 
 
 @dataclass
@@ -64,14 +62,8 @@ def build_discriminator(m: ModelConfig, shape) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(width, 1))
 
 
-def build_data(cfg: Config, rt):
-    """Images in [-1, 1]; the eval split is the real reference set of val/fd."""
-    return gan_data(cfg, rt, eval_limit=cfg.eval.samples)
-
-
 def build_models(cfg: Config, loaders) -> dict:
-    models = {"G": Generator(cfg.model, loaders.shape), "D": build_discriminator(cfg.model, loaders.shape)}
-    return models
+    return {"G": Generator(cfg.model, loaders.shape), "D": build_discriminator(cfg.model, loaders.shape)}
 
 
 def train_step(batch, state, rt) -> dict:
@@ -83,25 +75,11 @@ def train_step(batch, state, rt) -> dict:
         loss_d, probs = gan.d_loss(*D(torch.cat([real, fake.detach()])).split(n))  # no BatchNorm: one forward
     rt.backward(loss_d)
     rt.step(state.optims["D"])
-    # G step: D frozen and unwrapped, so no D gradients and no D all-reduce. D has no
-    # BatchNorm, so scoring the fakes alone gives the same logits as in the joint batch.
-    with rt.frozen(D) as D_, rt.autocast():
-        loss_g = gan.g_loss(D_(fake))
-    rt.backward(loss_g)
-    rt.step(state.optims["G"])
-    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), **probs}
+    loss_g = gan.g_step(rt, state, D, fake)  # through D frozen: no D gradients, no D all-reduce
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g, **probs}
 
 
-@torch.no_grad()
-def evaluate(state, rt, loader, judge) -> dict:
-    cfg, G = rt.cfg, state.eval_model("G")
-    z = gan.noise_bank(max(cfg.eval.samples, cfg.eval.grid), (cfg.model.z_dim,), "uniform", cfg.seed, rt.device)
-    with gan.evaluating(G):
-        grid = Grid(G(z[:cfg.eval.grid]))
-        return {**gan.quality(rt, judge, loader, lambda idx: (G(z[idx]), None), cfg.eval.samples), "fixed_noise": grid}
-
-
-task = gan.GanTask(Config, build_models, train_step, evaluate, build_data, __file__)
+task = gan.GanTask(Config, build_models, train_step, __file__)
 
 
 if __name__ == "__main__":

@@ -112,8 +112,7 @@ def build_data(cfg: Config, rt):
 
 def build_models(cfg: Config, loaders) -> dict:
     c = loaders.shape[0] // 2  # channels of A (= of B): pairs are stacked as [A | B]
-    models = {"G": UNet(cfg.model, c, c), "D": build_patchgan(cfg.model, 2 * c)}
-    return models
+    return {"G": UNet(cfg.model, c, c), "D": build_patchgan(cfg.model, 2 * c)}
 
 
 def train_step(batch, state, rt) -> dict:
@@ -165,7 +164,7 @@ def evaluate(state, rt, loader, judge) -> dict:
     return out
 
 
-task = gan.GanTask(Config, build_models, train_step, evaluate, build_data, __file__)
+task = gan.GanTask(Config, build_models, train_step, __file__, evaluate=evaluate, build_data=build_data)
 
 
 if __name__ == "__main__":

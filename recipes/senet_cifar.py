@@ -14,18 +14,14 @@ Result: see the README's results table.
     python recipes/senet_cifar.py --config recipes/configs/senet_cifar_debug.yaml
 """
 from dataclasses import dataclass, field
-from typing import Literal
-
 import torch.nn as nn
 
-from common.models.resnet import resnet
+from common.models.resnet import ResNetConfig, resnet
 from common.tasks.classifier import Classifier, ClassifierConfig
 
 
 @dataclass
-class ModelConfig:
-    arch: Literal["resnet20", "resnet32", "resnet56", "resnet18"] = "resnet20"  # network depth/width
-    width_mult: float = 1.0  # scales every stage's channels (debug configs shrink the net)
+class ModelConfig(ResNetConfig):
     se_reduction: int = 16  # squeeze-and-excitation reduction ratio r (bottleneck C/r)
 
 

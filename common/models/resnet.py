@@ -9,6 +9,9 @@ addition; se_reduction = 0 leaves the gate out, and the state_dict is then the p
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,6 +22,12 @@ ARCHS = {  # name: (blocks per stage, channels per stage)
     "resnet56": ([9, 9, 9], [16, 32, 64]),
     "resnet18": ([2, 2, 2, 2], [64, 128, 256, 512]),
 }
+
+
+@dataclass
+class ResNetConfig:
+    arch: Literal["resnet20", "resnet32", "resnet56", "resnet18"] = "resnet20"  # network depth/width
+    width_mult: float = 1.0  # scales every stage's channels (debug configs shrink the net)
 
 
 class SqueezeExcite(nn.Module):

@@ -1,15 +1,8 @@
 """The image-classification task every classifier recipe shares: config, state, step, evaluation, entry.
 
-A classifier recipe declares its model config and `build_model(model_cfg, in_shape, num_classes)`
-and hands them to `Classifier`; everything else is here, once:
-
-    @dataclass
-    class Config(ClassifierConfig):
-        model: ModelConfig = field(default_factory=ModelConfig)
-
-    task = Classifier(Config, build_model, __file__)
-    if __name__ == "__main__":
-        task.main()
+A classifier recipe declares its Config (a ClassifierConfig with its `model` section) and
+`build_model(model_cfg, in_shape, num_classes)`, and hands both to Classifier with its own
+__file__; everything else is here, once (docs/usage.md, "Writing a recipe").
 
 The step is cross-entropy (label smoothing, MixUp/CutMix soft targets) with top-1 accuracy;
 a recipe whose model needs another step subclasses Classifier and overrides train_step.

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.config import BaseConfig, CkptConfig, OptimConfig
-from common.data.images import ImageDataConfig
+from common.data.images import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
 from common.entry import run
 from common.tasks.fid import frechet_distance, load_judge
@@ -56,10 +56,11 @@ class GanConfig(BaseConfig):
 class GanTask:
     """The task interface (Config, build_data, build_state, train_step, evaluate, main) for a GAN:
     models G and D, one optimizer each, an EMA of G. The recipe gives its own
-    build_models(cfg, loaders) -> {"G", "D"}, train_step (D step, then the frozen-D G step),
-    evaluate(state, rt, loader, judge) and build_data(cfg, rt)."""
+    build_models(cfg, loaders) -> {"G", "D"} and train_step (D step, then the frozen-D G step), and
+    where they differ from an unconditional GAN's, evaluate(state, rt, loader, judge) and build_data(cfg, rt)."""
 
-    def __init__(self, Config: type, build_models, train_step, evaluate, build_data, script: str):
+    def __init__(self, Config: type, build_models, train_step, script: str, evaluate=None, build_data=None):
+        evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
         self.Config, self.build_models, self.train_step = Config, build_models, train_step
         self._evaluate, self._build_data, self.script = evaluate, build_data, script
         self.judge = None
@@ -80,6 +81,11 @@ class GanTask:
         return run(self, self.script, argv)
 
 
+def images_for_fd(cfg, rt):
+    """Images in [-1, 1] as stored; the eval split (capped at eval.samples) is the real reference set of val/fd."""
+    return gan_data(cfg, rt, eval_limit=cfg.eval.samples)
+
+
 # ----------------------------------------------------------------------------- losses
 
 def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -94,6 +100,16 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[torch.
 def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss, -log D(G(z)) (Goodfellow et al. 2014, section 3)."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def g_step(rt, state, D, *d_inputs) -> torch.Tensor:
+    """The G step with the non-saturating loss, through D frozen and unwrapped: no D gradients
+    and no D all-reduce. Returns the detached G loss."""
+    with rt.frozen(D) as D_, rt.autocast():
+        loss_g = g_loss(D_(*d_inputs))
+    rt.backward(loss_g)
+    rt.step(state.optims["G"])
+    return loss_g.detach()
 
 
 # ----------------------------------------------------------------------------- models
@@ -190,3 +206,16 @@ def quality(rt, judge, loader, generate, n: int, real_labels: bool = False) -> d
     if scored.acc is not None and reference.acc is not None:
         out["real_label_acc"] = reference.acc  # the judge on real images: the ceiling for label_acc
     return out
+
+
+@torch.no_grad()
+def evaluate_from_noise(state, rt, loader, judge) -> dict:
+    """An unconditional G (z ~ U(-1, 1)) on a fixed noise bank: val/fd against the real eval
+    images, and the first eval.grid samples as a grid."""
+    from common.train.log import Grid
+    cfg, G = rt.cfg, state.eval_model("G")
+    sync_buffers(rt, state.models["G"], G)  # rank 0's BatchNorm statistics, as DDP would use next
+    z = noise_bank(max(cfg.eval.samples, cfg.eval.grid), (cfg.model.z_dim,), "uniform", cfg.seed, rt.device)
+    with evaluating(G):
+        grid = Grid(G(z[:cfg.eval.grid]))
+        return {**quality(rt, judge, loader, lambda idx: (G(z[idx]), None), cfg.eval.samples), "fixed_noise": grid}

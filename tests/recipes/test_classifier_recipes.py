@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from common.models.resnet import SqueezeExcite
+from common.models.resnet import ResNetConfig, SqueezeExcite
 from helpers import final_weights, load_recipe, metrics, run_recipe
 
 RECIPES = ["mnist_mlp", "mnist_cnn", "resnet_cifar", "senet_cifar", "vgg_cifar", "lenet_cifar"]
@@ -36,7 +36,7 @@ def test_resnet_archs_have_the_published_depths():
     # ResNet-20/32/56 have about 0.27M/0.46M/0.85M parameters (He et al. 2016, Table 6); ResNet-18 11.2M.
     expect = {"resnet20": 0.27e6, "resnet32": 0.46e6, "resnet56": 0.85e6, "resnet18": 11.2e6}
     for arch, n in expect.items():
-        model = mod.build_model(mod.ModelConfig(arch=arch), (3, 32, 32), 10)
+        model = mod.build_model(ResNetConfig(arch=arch), (3, 32, 32), 10)
         params = sum(p.numel() for p in model.parameters())
         assert abs(params - n) / n < 0.05, (arch, params)
         convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
