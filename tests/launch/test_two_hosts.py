@@ -225,3 +225,62 @@ def test_loopback_hostname_warns_before_the_hang_and_ifname_fixes_it(two_hosts, 
     finally:
         for h in HOSTS:
             two_hosts.write_hosts(h)
+
+
+# ----------------------------------------------------------------------------- SLURM, two nodes
+
+def _sargs(out_dir, *extra):
+    return recipe_args("mnist_mlp", out_dir, *extra)[1:]  # the template gets the recipe path first
+
+
+def _opts(gpus: int, ntasks: int = 1) -> tuple[str, ...]:
+    return ("--nodes=2", f"--ntasks-per-node={ntasks}", f"--gpus-per-node={gpus}", "--cpus-per-task=1", "--time=10")
+
+
+TWO_NODE_TEMPLATES = [  # template, processes per node, sbatch options, engine
+    ("multi_node.sbatch", 1, _opts(1), "ddp"),
+    ("multi_node.sbatch", 2, _opts(2), "ddp"),
+    ("srun_per_gpu.sbatch", 1, _opts(1), "ddp"),
+    ("accelerate_multi_node.sbatch", 1, _opts(1), "accelerate"),
+    ("deepspeed_multi_node.sbatch", 1, _opts(1), "deepspeed"),
+]
+
+
+@pytest.mark.parametrize("template,per_node,options,engine", TWO_NODE_TEMPLATES,
+                         ids=[f"{t[0]}-{t[1]}per-node" for t in TWO_NODE_TEMPLATES])
+def test_template_on_two_nodes(two_node_slurm, template, per_node, options, engine, tmp_path):
+    env = two_node_slurm.env()
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    job = sbatch(template, RECIPE, *_sargs(out), options=options, log=log, env=env)
+    text = assert_job_ok(wait_job(job, timeout=400, env=env), log, out)
+    assert "dtrain: step exited with 0" in text, text[-4000:]
+    assert f"on {HOSTS[0][:-1]}[1-2]: 2 node(s) x {per_node} GPU(s), head {HEAD}:" in text, text[:2000]
+    sd = state(out, 16)
+    assert sd["world_size"] == 2 * per_node and len(sd["rng"]) == 2 * per_node, text[-3000:]
+    assert sd["config"]["engine"] == engine
+    assert [r["step"] for r in metrics(out) if r["split"] == "val"] == [8, 16]
+    if engine == "deepspeed":
+        assert deepspeed_weights(out, 16)  # the two ZeRO partitions, one per node, reassembled
+
+
+def test_preempted_two_node_job_requeues_resumes_and_matches(two_node_slurm, reference, tmp_path):
+    """multi_node.sbatch on both nodes: the preemption signal reaches both torchruns' workers,
+    they checkpoint and exit 75, the job requeues itself, resumes on two nodes and ends with the
+    weights of the uninterrupted two-node run."""
+    env = two_node_slurm.env()
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    job = sbatch("multi_node.sbatch", RECIPE, *_sargs(out, *LONG_ARGS), options=_opts(1), log=log, env=env)
+    wait_for(lambda: any(r["step"] >= 30 for r in metrics(out)), 300, f"job {job} to train")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, env={**os.environ, **env}, timeout=60)
+    info = wait_job(job, timeout=500, env=env)
+    text = assert_job_ok(info, log, out)
+    assert info["Restarts"] == "1", info
+    assert "dtrain: preemption signal" in text and f"requeueing job {job}" in text, text[-4000:]
+    saved = int(text.split("preempted: checkpoint at step ")[1].split()[0])
+    assert 30 <= saved < 400
+    assert f"resumed from {out}/checkpoints/step_{saved:08d}: step {saved}" in text, text[-4000:]
+    assert text.count("2 node(s) x 1 GPU(s)") == 2  # both runs of the job on both nodes
+    assert state(out, 400)["world_size"] == 2
+    assert max_abs_diff(final_weights(out), final_weights(reference[0])) == 0.0
+    losses = [(r["step"], r["loss"]) for r in metrics(out) if r["split"] == "train"]
+    assert losses == [(r["step"], r["loss"]) for r in metrics(reference[0]) if r["split"] == "train"]
