@@ -147,7 +147,7 @@ def init(device: str = "auto", timeout_s: int = 600) -> DistInfo:
         store, _, _ = next(dist.rendezvous("env://", rank=info.rank, world_size=info.world_size, timeout=timeout))
         # torchrun --max-restarts reuses its store across restarts: without a per-attempt prefix a
         # restarted group can read the dead workers' addresses and fail to connect.
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        attempt = join_count(store, info)
         dist.init_process_group(info.backend, store=dist.PrefixStore(f"dtrain/attempt_{attempt}", store),
                                 rank=info.rank, world_size=info.world_size, timeout=timeout,
                                 device_id=info.device if info.device.type == "cuda" else None)
@@ -247,6 +247,21 @@ def loopback_warning(facts: dict) -> str:
             f"the other hosts cannot connect to it and the job hangs in its first collective. "
             f"Set {facts['backend_var']}={iface}{also} (the interface that reaches the other nodes{where}), "
             f"or make the host name resolve to that address in /etc/hosts")
+
+
+def join_count(store, info: DistInfo) -> str:
+    """Which attempt of this job's process group this is, the same on every rank.
+
+    Not TORCHELASTIC_RESTART_COUNT: that counts the restarts the local agent caused, so after a
+    worker on one node fails, that node's workers start attempt 1 while the healthy node's agent,
+    restarting for the membership change, starts attempt 0 again, and the two prefixes never meet
+    (a hang until dist_timeout_s). Every rank of a restarted group joins once per attempt, so how
+    often this rank number has joined a group of this size is the same number on every rank.
+    (A rank killed before it reaches this point falls one attempt behind the others.)
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return "0"  # a fresh store per launch: nothing stale to avoid
+    return str(store.add(f"dtrain/joins/w{info.world_size}/r{info.rank}", 1) - 1)
 
 
 def export_env(info: DistInfo) -> None:

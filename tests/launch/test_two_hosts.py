@@ -36,10 +36,8 @@ def _env(tmp_path: Path, **extra) -> dict:
     stub.mkdir(exist_ok=True)
     (stub / "nvidia-smi").write_text("#!/bin/sh\necho 'nvidia-smi: command not found' >&2\nexit 127\n")
     (stub / "nvidia-smi").chmod(0o755)
-    env = clean_env({"DS_ACCELERATOR": "cpu", **extra})
-    env["PATH"] = f"{stub}:{env['PATH']}"
-    env.pop("GPUS", None)
-    return env
+    env = {k: v for k, v in clean_env({"DS_ACCELERATOR": "cpu"}).items() if k != "GPUS"}
+    return {**env, "PATH": f"{stub}:{env['PATH']}", **extra}
 
 
 def _torchrun(nproc: int, port: int, run_id: str, *args: str, max_restarts: int = 0) -> list[str]:
