@@ -16,8 +16,10 @@ dtrain_setup() {
   # workers; USR1 is the preemption warning, without it torchrun would die and leave its workers.
   export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
   HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-  # A rendezvous port derived from the job id: two jobs sharing a head node do not collide.
-  RDZV_PORT=$((20000 + SLURM_JOB_ID % 20000))
+  # A rendezvous port derived from the job id: two jobs sharing a head node do not collide, and
+  # 20000-31999 is below Linux's ephemeral range (32768-60999), where any outgoing connection may
+  # already hold the port. common/dist.py derives srun_per_gpu's MASTER_PORT the same way.
+  RDZV_PORT=$((20000 + SLURM_JOB_ID % 12000))
   NNODES=${SLURM_JOB_NUM_NODES:-1}
   GPUS_PER_NODE=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-1}}
   GPUS_PER_NODE=${GPUS_PER_NODE##*:}  # "gpu:4" -> 4

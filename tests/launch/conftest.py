@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,38 @@ def slurm_cluster():
     yield
     if started:
         subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def two_hosts(tmp_path_factory):
+    """A simulated two-host cluster (tests/launch/twohost.py); torn down even when a test fails."""
+    from twohost import TwoHosts, have_tools
+    why = have_tools()
+    if why:
+        pytest.skip(f"two-host cluster: {why}")
+    hosts = TwoHosts(tmp_path_factory.mktemp("twohost"))
+    try:
+        yield hosts.up()
+    finally:
+        hosts.down()
+        assert not hosts.leftovers(), f"two-host cluster left {hosts.leftovers()}"
+
+
+@pytest.fixture(scope="session")
+def two_node_slurm(two_hosts):
+    """SLURM on the two hosts; clients reach it with `cluster.env()` (SLURM_CONF), os.environ is untouched."""
+    from twohost import TwoNodeSlurm
+    if not have_slurm_binaries():
+        pytest.skip("SLURM is not installed here; CI installs it")
+    cluster = TwoNodeSlurm(two_hosts)
+    env = slurm_env(cluster.env())
+    try:
+        yield cluster.up()
+    finally:
+        # Jobs first (their slurmstepd are not children of slurmd), then the daemons (two_hosts.down).
+        subprocess.run(["scancel", "--full", "--partition=two"], capture_output=True, timeout=60, env=env)
+        for _ in range(60):
+            out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %t"], capture_output=True, text=True, timeout=30, env=env)
+            if out.returncode != 0 or not any(s in out.stdout for s in (" R", " CG", " PD")):
+                break
+            time.sleep(1)

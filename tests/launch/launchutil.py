@@ -89,9 +89,11 @@ def max_abs_diff(a: dict, b: dict) -> float:
 
 # ----------------------------------------------------------------------------- SLURM
 
-def slurm_env() -> dict:
+def slurm_env(extra: dict | None = None) -> dict:
+    """The client environment for a cluster: the single-node one, or the one `extra` names (SLURM_CONF)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith("SLURM_")}
-    return {**env, **CPU_ENV, "DS_ACCELERATOR": "cpu", "SLURM_CONF": os.environ.get("SLURM_CONF", "/tmp/dtrain-slurm/slurm.conf")}
+    return {**env, **CPU_ENV, "DS_ACCELERATOR": "cpu",
+            "SLURM_CONF": os.environ.get("SLURM_CONF", "/tmp/dtrain-slurm/slurm.conf"), **(extra or {})}
 
 
 def sbatch(template: str, *args: str, options: tuple[str, ...] = (), log: Path, env: dict | None = None) -> str:
@@ -102,21 +104,21 @@ def sbatch(template: str, *args: str, options: tuple[str, ...] = (), log: Path, 
     return out.stdout.strip().split(";")[0]
 
 
-def job_info(job: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=slurm_env(), timeout=30)
+def job_info(job: str, env: dict | None = None) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=slurm_env(env), timeout=30)
     return dict(tok.split("=", 1) for tok in out.stdout.split() if "=" in tok)
 
 
-def wait_job(job: str, timeout: float = 300) -> dict[str, str]:
+def wait_job(job: str, timeout: float = 300, env: dict | None = None) -> dict[str, str]:
     """Block until the job (and any requeue of it) has finished; its last scontrol record."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        info = job_info(job)
+        info = job_info(job, env)
         if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             return info
         time.sleep(1)
-    subprocess.run(["scancel", job], env=slurm_env())
-    raise AssertionError(f"job {job} did not finish in {timeout} s: {job_info(job)}")
+    subprocess.run(["scancel", job], env=slurm_env(env))
+    raise AssertionError(f"job {job} did not finish in {timeout} s: {job_info(job, env)}")
 
 
 def assert_job_ok(info: dict, log: Path, out_dir: Path | None) -> str:
