@@ -9,6 +9,8 @@ micro-batches on the device, TrainPlan shards, order from (seed, epoch), resume 
 flip, or a seed for the torchvision transform) is handed out by the sampler from
 augment_generator(seed, epoch) by epoch position: independent of workers, world size and resume,
 and the training process's global RNG is never touched (data.workers=0 included).
+About 330 lines: the classification and GAN folder sources share every part below but their
+transforms, and keeping them in one module is what stops the two from drifting apart again.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The loopback host-name check (common/dist.py), as a pure function of one rank's facts."""
-from common.dist import check_layout, loopback_warning
+from common.dist import check_layout
+from common.hosts import loopback_warning
 
 FACTS = {"host": "node1", "host_addrs": ["127.0.1.1"], "multi_host": True, "backend_var": "GLOO_SOCKET_IFNAME",
          "ifname_vars": [], "iface": "eth0", "iface_addr": "10.0.0.1"}
