@@ -47,5 +47,14 @@ def test_unreadable_image_is_named(tree, tmp_path):
 
 
 def test_missing_tree_says_what_layout_is_expected(tmp_path):
-    p = run_recipe("imagenet", f"data.root={tmp_path}", f"out_dir={tmp_path / 'run'}", check=False)
+    p = run_recipe("imagenet", "data.name=imagefolder", f"data.root={tmp_path}", f"out_dir={tmp_path / 'run'}", check=False)
     assert p.returncode == 2 and "must hold train/ and val/" in p.stderr
+
+
+def test_debug_config_runs_from_a_fresh_clone_on_a_generated_tree(tmp_path):
+    """imagenet_debug.yaml says data.name=synthetic: the tree is made in data.root on first use."""
+    root = tmp_path / "tree"
+    run_recipe("imagenet", f"data.root={root}", f"out_dir={tmp_path / 'run'}")
+    made = sorted(p.relative_to(root).parts[:2] for p in root.rglob("*.jpg"))
+    assert {m[0] for m in made} == {"train", "val"} and {m[1] for m in made} == {"class_0", "class_1", "class_2"}
+    assert [m["split"] for m in metrics(tmp_path / "run")].count("val") >= 1

@@ -78,8 +78,8 @@ def test_ema_decay_zero_equals_the_weights():
 
 
 def test_mix_targets_are_soft_and_sum_to_one():
-    from common.config import DataConfig
     from common.data.memory import batch_mix
+    from common.tasks.classifier import ClassifierDataConfig as DataConfig
     torch.manual_seed(1)  # MixUp/CutMix draw from the global RNG; a zero-area CutMix box is possible
     for cfg in (DataConfig(mixup_alpha=0.4), DataConfig(cutmix_alpha=1.0), DataConfig(mixup_alpha=0.2, cutmix_alpha=1.0)):
         x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
