@@ -35,10 +35,13 @@ def runtime(cfg):
         env.close(clean)
 
 
-def dry_run(cfg, rt, recipe: str) -> None:
-    """The resolved config (rank 0), every rank's mapping in rank order, batch arithmetic, engine."""
+def dry_run(cli, rt) -> None:
+    """The resolved config with each value's source (rank 0), every rank's mapping in rank order,
+    batch arithmetic, engine."""
+    cfg = cli.cfg
     if rt.is_main:
-        print(f"# resolved config for {recipe}\n{dump_yaml(cfg)}", flush=True)
+        print(f"# resolved config for {cli.recipe}; a value without '# from' is the schema default\n"
+              f"{dump_yaml(cfg, cli.sources)}", flush=True)
     lines = rt.env.describe()
     t = cfg.train
     rt.log("\n".join([*lines[:rt.world_size],
@@ -54,7 +57,7 @@ def run(task, script: str, argv=None):
         with runtime(cli.cfg) as rt:
             check_batch(cli.cfg.train.batch_size, rt.world_size, cli.cfg.train.grad_accum)
             if cli.dry_run:
-                return dry_run(cli.cfg, rt, cli.recipe)
+                return dry_run(cli, rt)
             loaders = task.build_data(cli.cfg, rt)
             state = task.build_state(cli.cfg, rt, loaders)
             return fit(cli.cfg, state, rt, loaders, task.train_step, task.evaluate, cli.recipe)
