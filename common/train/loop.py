@@ -17,6 +17,7 @@ import torch
 from common import dist
 from common.config import UserError, dump_yaml, to_dict
 from common.engines.base import unwrap
+from common.train.checks import schedule_after_resume
 from common.train.checkpoint import Checkpointer, load_file
 from common.train.log import Logger
 from common.train.meter import Meter, NonFiniteGuard
@@ -39,6 +40,8 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
     resume(cfg, state, rt, ckpt, recipe)
     t, train = cfg.train, loaders.train
     total = total_steps(cfg, train)
+    for warning in schedule_after_resume(state, total):
+        rt.log(f"warning: {warning}")
     log_at, eval_at = Cadence(t.log_every_steps, at_epoch_end=True), Cadence(t.eval_every_steps)
     ckpt_at = Cadence(t.ckpt_every_steps)
     logger, meter, guard = Logger(out, rt.is_main, state.step), Meter(), NonFiniteGuard(t.max_nonfinite_steps, rt.device)
