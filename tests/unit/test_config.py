@@ -173,3 +173,8 @@ def test_dry_run_says_where_each_value_came_from(tmp_path):
     assert "  grad_accum: 1\n" in out  # a schema default has no comment
     assert "a value without '# from' is the schema default" in out
     yaml.safe_load(out.split("\n\n")[0])  # still YAML
+
+
+def test_config_without_a_path_says_how(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--config needs a file path: --config FILE$"):
+        parse_cli(BaseConfig, str(tmp_path / "x.py"), ["--config"])
