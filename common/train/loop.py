@@ -17,6 +17,8 @@ import torch
 from common import dist
 from common.config import UserError, dump_yaml, to_dict
 from common.engines.base import unwrap
+from common.train import report
+from common.train.checks import schedule_after_resume
 from common.train.checkpoint import Checkpointer, load_file
 from common.train.log import Logger
 from common.train.meter import Meter, NonFiniteGuard
@@ -34,11 +36,20 @@ class Cadence:
 
 
 def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str, float]:
+    started = time.perf_counter()
     out = prepare_run_dir(cfg, rt)
     ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
     resume(cfg, state, rt, ckpt, recipe)
     t, train = cfg.train, loaders.train
     total = total_steps(cfg, train)
+    for warning in schedule_after_resume(state, total):
+        rt.log(f"warning: {warning}")
+    if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
+        rows = report.history(out) if rt.is_main else []
+        rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: step {state.step} of {total}; "
+                                               "nothing to train (a new out_dir or resume=none starts over)"))
+        return dist.broadcast_object(report.final_metrics(rows))
+    rt.log(report.banner(cfg, state, rt, recipe, total, train.plan.steps))
     log_at, eval_at = Cadence(t.log_every_steps, at_epoch_end=True), Cadence(t.eval_every_steps)
     ckpt_at = Cadence(t.ckpt_every_steps)
     logger, meter, guard = Logger(out, rt.is_main, state.step), Meter(), NonFiniteGuard(t.max_nonfinite_steps, rt.device)
@@ -100,6 +111,9 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
         if saved_step != state.step:
             save()
         logger.hparams(to_dict(cfg), last_eval)
+        if rt.is_main:
+            rt.log(report.summary(cfg, ckpt, report.history(out), f"run {recipe} finished: step {state.step} of "
+                                  f"{total} in {time.perf_counter() - started:.1f} s"))
         return last_eval
     finally:
         preempt.restore()

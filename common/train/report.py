@@ -1,0 +1,74 @@
+"""What a run says about itself on rank 0: a banner at the start, a summary at the end.
+
+The summary reads out_dir/metrics.jsonl, so it covers the whole run across resumes, and a rerun of
+a finished run (nothing left to train) can print it too.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from common.engines.base import unwrap
+
+
+def count_parameters(models: dict) -> dict[str, int]:
+    # ds_numel: a DeepSpeed ZeRO-3 parameter is partitioned and its numel() is that of its local shard.
+    return {k: sum(getattr(p, "ds_numel", p.numel()) for p in unwrap(m).parameters()) for k, m in models.items()}
+
+
+def banner(cfg, state, rt, recipe: str, total: int, steps_per_epoch: int) -> str:
+    t = cfg.train
+    params = count_parameters(state.models)
+    micro = t.batch_size // (rt.world_size * t.grad_accum)
+    if t.max_steps > 0:
+        length = f"{total} steps (train.max_steps; an epoch is {steps_per_epoch} steps)"
+    else:
+        length = f"{t.epochs} epochs x {steps_per_epoch} steps = {total} steps"
+    return "\n".join([
+        f"run {recipe}: " + (f"resumed from step {state.step}" if state.step else "fresh"),
+        f"  parameters    {sum(params.values()):,} (" + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ")",
+        f"  global batch  {t.batch_size} = world {rt.world_size} x grad_accum {t.grad_accum} x micro-batch {micro}",
+        f"  length        {length}",
+        f"  out_dir       {cfg.out_dir}",
+        f"  engine        {cfg.engine}: {rt.describe()}",
+    ])
+
+
+def history(out_dir: Path) -> list[dict]:
+    f = Path(out_dir) / "metrics.jsonl"
+    if not f.exists():
+        return []
+    rows = []
+    for line in f.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass  # a line cut by a crash mid-write
+    return rows
+
+
+def final_metrics(rows: list[dict]) -> dict[str, float]:
+    """The last evaluation's metrics (what fit returns)."""
+    vals = [r for r in rows if r.get("split") == "val"]
+    return {k: v for k, v in vals[-1].items() if k not in ("step", "epoch", "split")} if vals else {}
+
+
+def summary(cfg, ckpt, rows: list[dict], headline: str) -> str:
+    split, _, key = cfg.ckpt.best_metric.partition("/")
+    seen = [(r[key], r["step"]) for r in rows if r.get("split") == split and isinstance(r.get(key), (int, float))
+            and math.isfinite(r[key])]
+    lines = [headline]
+    if seen:
+        value, step = (max if cfg.ckpt.best_mode == "max" else min)(seen, key=lambda vs: (vs[0], -vs[1]))
+        lines.append(f"  best          {cfg.ckpt.best_metric} {value:.4g} at step {step}")
+    vals = [r for r in rows if r.get("split") == "val"]
+    if vals:
+        shown = " ".join(f"{k} {v:.4g}" for k, v in final_metrics(rows).items() if isinstance(v, (int, float)))
+        lines.append(f"  final val     {shown} (step {vals[-1]['step']})")
+    saved = ckpt.all()
+    if saved:
+        best = ckpt.best_name()
+        lines.append(f"  checkpoints   {ckpt.dir} (newest {saved[0].name}" + (f", best {best})" if best else ")"))
+    lines.append(f"  TensorBoard   tensorboard --logdir {cfg.out_dir}")
+    return "\n".join(lines)
