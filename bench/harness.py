@@ -46,7 +46,7 @@ def load_recipe(name: str):
 
 def recipe_config(mod, overrides: list[str]):
     """The config `python recipes/<name>.py key=value ...` would resolve (default YAML + overrides)."""
-    from common.config import parse_cli
+    from common.cli import parse_cli
     return parse_cli(mod.task.Config, mod.task.script, list(overrides)).cfg
 
 

@@ -6,8 +6,7 @@ differences from what they layer on (a `base:` key names the YAML they extend);
 `key=value` arguments on the command line win. Where each value came from is kept
 (Cli.sources) for `--dry-run`.
 Unknown keys and wrong types are errors that name the key and the fix.
-Longer than most modules (about 320 lines) on purpose: the shared sections, the schema walker,
-type checks, YAML and the command line are one contract, read together.
+The command line and YAML files (layering, base:, provenance, --help) are common/cli.py.
 """
 from __future__ import annotations
 
@@ -15,14 +14,11 @@ import dataclasses
 import difflib
 import inspect
 import re
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 
 class UserError(Exception):
@@ -227,162 +223,3 @@ def to_dict(cfg) -> dict:
 
 def from_dict(cls, d: dict):
     return apply(cls(), _flatten(d), "checkpoint")
-
-
-# ----------------------------------------------------------------------------- CLI
-
-@dataclass
-class Cli:
-    cfg: Any
-    recipe: str  # the script's name, e.g. "mnist_cnn"; checkpoints record it
-    dry_run: bool
-    config_files: list[Path]  # every YAML applied, in order: the recipe's, then each --config (bases before each)
-    sources: dict[str, str] = field(default_factory=dict)  # dotted key -> where its value came from; absent = schema default
-
-
-BASE_KEY = "base"  # in a YAML: the file it extends, relative to the YAML's own directory
-
-
-def _parse_value(text: str) -> Any:
-    # YAML scalars: 0.05 -> float, true -> bool, [1,2] -> list, anything else stays a string.
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _show(path: Path) -> str:
-    """A path as short as it can be said: relative to the working directory when it is inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(Path(path).resolve())
-
-
-def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
-    """The layers one YAML file stands for, base first: [(file, flat keys), ...].
-
-    `base: FILE` names the YAML this one extends (a path relative to this file's directory),
-    so a variant (a cluster or debug config) holds only its differences."""
-    path = Path(path)
-    if not path.is_file():
-        named_by = f" (named by 'base:' in {_show(_chain[-1])}; base paths are relative to that file's directory)" \
-            if _chain else ""
-        raise ConfigError(f"config file not found: {path}{named_by}")
-    resolved = path.resolve()
-    if resolved in _chain:
-        loop = " -> ".join(_show(p) for p in (*_chain[_chain.index(resolved):], resolved))
-        raise ConfigError(f"config files extend each other in a cycle: {loop}; remove the 'base:' key from one of them")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
-    base = data.pop(BASE_KEY, None)
-    layers = []
-    if base is not None:
-        if not isinstance(base, str) or not base:
-            raise ConfigError(f"'base' in {path} must name a YAML file, got {base!r}; write e.g. "
-                              f"'base: resnet_cifar.yaml' (relative to {_show(path.parent)})")
-        base_path = Path(base).expanduser()
-        layers = load_yaml(base_path if base_path.is_absolute() else path.parent / base_path, (*_chain, resolved))
-    return [*layers, (path, _flatten(data))]
-
-
-def help_text(cls, prog: str, default_file: Path | None) -> str:
-    lines = [
-        f"usage: {prog} [--config FILE ...] [--dry-run] [key=value ...]",
-        "",
-        f"Values come from the schema defaults below, then {_show(default_file) if default_file else '(no recipe YAML)'},",
-        "then each --config FILE in order, then key=value; later layers win.",
-        "  --config FILE   YAML layered on the recipe's YAML (repeatable); 'base: other.yaml' in a YAML",
-        "                  names a file it extends (relative to the YAML's own directory)",
-        "  --dry-run       print the resolved config with where each value came from, the",
-        "                  rank/world/device mapping and warnings about the schedule, then exit",
-        "",
-        "config keys (default) meaning:",
-    ]
-    rows = schema(cls)
-    width = max(len(k) for k in rows)
-    for key, (tp, default, text) in rows.items():
-        lines.append(f"  {key:<{width}}  ({default!r}) {text} [{_type_name(tp)}]")
-    return "\n".join(lines)
-
-
-def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
-    """`python recipes/<name>.py [--config FILE ...] [--dry-run] [key=value ...]`.
-
-    Layers, later wins: the schema defaults; recipes/configs/<name>.yaml next to the script
-    (always, when it exists); each `--config FILE` in order; `key=value`. Each YAML's `base:`
-    files come just before it. Errors raise ConfigError (common/entry.py turns them into exit code 2).
-    """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    script_path = Path(script).resolve()
-    recipe = script_path.stem
-    default_file = script_path.parent / "configs" / f"{recipe}.yaml"
-    recipe_file = default_file if default_file.is_file() else None
-    dry_run, overrides, config_args = False, {}, []
-    it = iter(argv)
-    for arg in it:
-        if arg in ("-h", "--help"):
-            print(help_text(cls, f"python {Path(script).name}", recipe_file))
-            raise SystemExit(0)
-        if arg == "--dry-run":
-            dry_run = True
-        elif arg.startswith(("--local_rank", "--local-rank")):
-            # The `deepspeed` launcher appends --local_rank=N; the same value is in $LOCAL_RANK.
-            if "=" not in arg:
-                next(it, None)
-        elif arg == "--config" or arg.startswith("--config="):
-            value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
-            if not value:
-                raise ConfigError("--config needs a file path: --config FILE")
-            config_args.append(Path(value))
-        elif "=" in arg and not arg.startswith("-"):
-            key, value = arg.split("=", 1)
-            overrides[key.strip()] = _parse_value(value)
-        else:
-            raise ConfigError(f"unexpected argument '{arg}': use key=value, --config FILE, --dry-run or --help")
-    cfg, sources, files = cls(), {}, []
-    for kind, top in ([("recipe YAML", recipe_file)] if recipe_file else []) + [("--config", f) for f in config_args]:
-        layers = load_yaml(top)
-        for i, (path, flat) in enumerate(layers):
-            label = f"{kind} {_show(path)}" if i == len(layers) - 1 else \
-                f"{_show(path)} (base of {layers[i + 1][0].name})"
-            apply(cfg, flat, label, sources)
-            files.append(path)
-    apply(cfg, overrides, "the command line", sources)
-    cfg.out_dir = cfg.out_dir.replace("{recipe}", recipe)
-    validate(cfg)
-    return Cli(cfg=cfg, recipe=recipe, dry_run=dry_run, config_files=files, sources=sources)
-
-
-def validate(cfg) -> None:
-    t = cfg.train
-    for key in ("batch_size", "grad_accum", "eval_batch_size", "log_every_steps"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    if t.max_steps <= 0 and t.epochs <= 0:
-        raise ConfigError("set train.epochs >= 1 or train.max_steps >= 1")
-    if cfg.resume not in ("auto", "none") and not Path(cfg.resume).exists():
-        raise ConfigError(f"resume={cfg.resume!r} is neither 'auto', 'none' nor an existing checkpoint path")
-
-
-def dump_yaml(cfg, sources: dict[str, str] | None = None) -> str:
-    """The config as YAML; with `sources`, each value set by a layer ends in `# from <source>`."""
-    if sources is None:
-        return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    return "".join(_annotated(to_dict(cfg), sources))
-
-
-def _annotated(d: dict, sources: dict[str, str], prefix: str = "", indent: str = ""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield f"{indent}{k}:\n"
-            yield from _annotated(v, sources, f"{prefix}{k}.", indent + "  ")
-            continue
-        text = yaml.safe_dump(v, default_flow_style=True, width=1 << 20).strip()
-        text = text[:-3].rstrip() if text.endswith("\n...") else text  # a plain scalar ends the document
-        note = f"  # from {sources[prefix + k]}" if prefix + k in sources else ""
-        yield f"{indent}{k}: {text}{note}\n"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from common.config import UserError, dump_yaml, parse_cli
+from common.config import UserError
+from common.cli import dump_yaml, parse_cli
 from common.data.sampling import check_batch
 from common.engines import make_engine, resolve_engine
 from common.env import Env

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from common import dist
-from common.config import UserError, dump_yaml, to_dict
+from common.config import UserError, to_dict
+from common.cli import dump_yaml
 from common.engines.base import unwrap
 from common.train import report
 from common.train.checks import schedule_after_resume
@@ -36,20 +37,10 @@ class Cadence:
 
 
 def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str, float]:
-    started = time.perf_counter()
-    out = prepare_run_dir(cfg, rt)
-    ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
-    resume(cfg, state, rt, ckpt, recipe)
-    t, train = cfg.train, loaders.train
-    total = total_steps(cfg, train)
-    for warning in schedule_after_resume(state, total):
-        rt.log(f"warning: {warning}")
-    if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
-        rows = report.history(out) if rt.is_main else []
-        rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: step {state.step} of {total}; "
-                                               "nothing to train (a new out_dir or resume=none starts over)"))
-        return dist.broadcast_object(report.final_metrics(rows))
-    rt.log(report.banner(cfg, state, rt, recipe, total, train.plan.steps))
+    started, t, train = time.perf_counter(), cfg.train, loaders.train
+    out, ckpt, total, done = start(cfg, state, rt, train, recipe)
+    if done is not None:
+        return done
     log_at, eval_at = Cadence(t.log_every_steps, at_epoch_end=True), Cadence(t.eval_every_steps)
     ckpt_at = Cadence(t.ckpt_every_steps)
     logger, meter, guard = Logger(out, rt.is_main, state.step), Meter(), NonFiniteGuard(t.max_nonfinite_steps, rt.device)
@@ -120,6 +111,24 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
         logger.close()
         if bar:
             bar.close()
+
+
+def start(cfg, state, rt, train, recipe: str):
+    """Run directory, resume, the banner: (out_dir, checkpointer, total steps, None), or with the
+    final metrics in place of None when the resumed checkpoint is already the last step."""
+    out = prepare_run_dir(cfg, rt)
+    ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
+    resume(cfg, state, rt, ckpt, recipe)
+    total = total_steps(cfg, train)
+    for warning in schedule_after_resume(state, total):
+        rt.log(f"warning: {warning}")
+    if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
+        rows = report.history(out) if rt.is_main else []
+        rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: step {state.step} of {total}; "
+                                               "nothing to train (a new out_dir or resume=none starts over)"))
+        return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
+    rt.log(report.banner(cfg, state, rt, recipe, total, train.plan.steps))
+    return out, ckpt, total, None
 
 
 class Throughput:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from common.config import parse_cli
+from common.cli import parse_cli
 from common.train.loop import fit
 from common.engines.base import unwrap
 from common.entry import runtime

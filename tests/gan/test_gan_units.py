@@ -6,7 +6,8 @@ import torch
 
 from helpers import ROOT, load_recipe
 
-from common.config import BaseConfig, parse_cli
+from common.config import BaseConfig
+from common.cli import parse_cli
 from common.data.datasets import synthetic
 from common.data.sampling import TrainPlan, epoch_order
 from common.tasks.fid import FeatureStats, Gaussian, Judge, frechet_distance

@@ -4,7 +4,8 @@ import sys
 import pytest
 import yaml
 
-from common.config import BaseConfig, ConfigError, apply, parse_cli, schema
+from common.config import BaseConfig, ConfigError, apply, schema
+from common.cli import parse_cli
 from helpers import ROOT, load_recipe
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import parse_cli
+from common.cli import parse_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
