@@ -139,4 +139,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from common.entry import run
+    run(main)

@@ -41,4 +41,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from common.entry import run
+    run(main)
