@@ -38,7 +38,7 @@ def test_template_trains_two_processes(template, options, engine, tmp_path):
     out, log = tmp_path / "run", tmp_path / "job.out"
     job = sbatch(template, RECIPE, *_args(out), options=options, log=log)
     text = assert_job_ok(wait_job(job), log, out)
-    assert "dtrain: step exited with 0" in text or "terminate called" in text, text[-3000:]
+    assert "dtrain: step exited with 0" in text, text[-3000:]
     sd = state(out, 16)
     assert sd["world_size"] == 2 and len(sd["rng"]) == 2, text[-3000:]
     assert sd["config"]["engine"] == engine
