@@ -81,14 +81,15 @@ def one_run(launcher: str, recipe: str, out_dir: Path, dry: bool, timeout: float
 
 
 def stress(runs: int = 50, load: int | None = None, launcher: str = "torchrun", recipe: str = "mnist_mlp",
-           out_root: Path | None = None, verbose: bool = True) -> dict:
-    """Alternate finished runs and dry runs; count the ones that did not exit 0 cleanly."""
+           out_root: Path | None = None, kinds: str = "both", verbose: bool = True) -> dict:
+    """Finished runs and dry runs (alternating, or only one kind); count the ones that did not exit 0 cleanly."""
     load = (os.cpu_count() or 1) if load is None else load
     results = []
     with tempfile.TemporaryDirectory() as tmp, cpu_load(load):
         root = Path(out_root or tmp)
         for i in range(runs):
-            r = one_run(launcher, recipe, root / f"run_{i}", dry=i % 2 == 1)
+            dry = kinds == "dry" or (kinds == "both" and i % 2 == 1)
+            r = one_run(launcher, recipe, root / f"run_{i}", dry=dry)
             results.append(r)
             if verbose:
                 print(f"run {i + 1}/{runs} {r['kind']}: rc {r['rc']}{' ABORT' if r['abort'] else ''} ({r['seconds']} s)",
@@ -108,10 +109,12 @@ def main(argv=None) -> int:
     p.add_argument("--load", type=int, default=None, help="busy-looping processes (default: one per CPU core)")
     p.add_argument("--launcher", default="torchrun", choices=["torchrun", "deepspeed", "accelerate"])
     p.add_argument("--recipe", default="mnist_mlp")
+    p.add_argument("--kinds", default="both", choices=["both", "train", "dry"], help="alternate, or only one kind")
     p.add_argument("--out-root", default="", help="keep the run directories here (default: a temporary directory)")
     p.add_argument("--json", default="", help="also write the summary here")
     args = p.parse_args(argv)
-    rep = stress(args.runs, args.load, args.launcher, args.recipe, Path(args.out_root) if args.out_root else None)
+    rep = stress(args.runs, args.load, args.launcher, args.recipe, Path(args.out_root) if args.out_root else None,
+                 args.kinds)
     summary = {k: v for k, v in rep.items() if k != "failures"}
     print(json.dumps(summary), flush=True)
     print(f"{rep['runs']} runs ({args.launcher}, {rep['load_processes']} load processes): "
