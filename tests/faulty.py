@@ -7,8 +7,14 @@ Faults (N = optimizer step being computed, 1-based):
     nan_from=N        the loss becomes NaN from step N on (a diverged run)
     nan_at=N          the loss is NaN at step N only (an fp16 overflow)
     raise=R@N         rank R raises RuntimeError("injected fault") at step N
+    kill=R@N          rank R SIGKILLs itself at step N (after the checkpoints before N were written)
+    SIGUSR1=R@N       rank R gets SIGUSR1 (or SIGTERM=R@N: SIGTERM) at step N, as if from the cluster
+kill and the signals fire only in a run that started from scratch, not in its resumed or restarted
+continuation: the fault happens at a known step, with no test polling a running process.
 """
 import importlib.util
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,13 +30,18 @@ def main():
     spec.loader.exec_module(mod)
     kind, _, arg = fault.partition("=")
     original = mod.train_step
+    first_step = []  # the first step this process computes: 1 unless it resumed
 
     def train_step(batch, state, rt):
         step = state.step + 1
-        if kind == "raise":
+        first_step[:] = first_step or [step]
+        if kind in ("raise", "kill", "SIGUSR1", "SIGTERM"):
             rank, at = map(int, arg.split("@"))
             if rt.rank == rank and step == at:
-                raise RuntimeError(f"injected fault on rank {rank} at step {step}")
+                if kind == "raise":
+                    raise RuntimeError(f"injected fault on rank {rank} at step {step}")
+                if first_step[0] == 1:
+                    os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else getattr(signal, kind))
         if (kind == "nan_from" and step >= int(arg)) or (kind == "nan_at" and step == int(arg)):
             x, y = batch
             batch = (x * float("nan"), y)

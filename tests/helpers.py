@@ -22,16 +22,17 @@ def load_recipe(name: str):
 
 
 def recipe_command(recipe: str, *overrides: str, nproc: int = 1, config: str | None = "debug",
-                   env: dict | None = None) -> tuple[list[str], dict]:
-    """Command and environment for `python recipes/<recipe>.py` (nproc=1) or torchrun, CPU only."""
-    script = str(ROOT / "recipes" / f"{recipe}.py")
+                   env: dict | None = None, fault: str | None = None) -> tuple[list[str], dict]:
+    """Command and environment for `python recipes/<recipe>.py` (nproc=1) or torchrun, CPU only.
+    fault: run it through tests/faulty.py with that fault injected (e.g. "kill=1@25")."""
+    script = [str(ROOT / "tests" / "faulty.py"), recipe, fault] if fault else [str(ROOT / "recipes" / f"{recipe}.py")]
     args = ["--config", str(ROOT / "recipes" / "configs" / f"{recipe}_{config}.yaml")] if config else []
     args += ["device=cpu", "train.progress=false", *overrides]
     if nproc == 1:
-        cmd = [sys.executable, script, *args]
+        cmd = [sys.executable, *script, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(free_port()), script, *args]
+               "--master_port", str(free_port()), *script, *args]
     # One thread per process: runs compared bitwise must use the same reduction order.
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("RANK", None), full_env.pop("WORLD_SIZE", None)
