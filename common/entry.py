@@ -11,16 +11,19 @@ launch, deepspeed, srun):
     75  preempted: the checkpoint is written, re-run or requeue to continue (common.loop.EXIT_PREEMPTED)
     1   any other error (traceback on stderr); 130 interrupted (Ctrl-C)
 
-Why the process ends with os._exit and not by returning to the interpreter: objects that still
-hold a gloo process group after destroy_process_group (DDP's reducer, DeepSpeed's and
-Accelerate's module-level state) keep its C++ worker threads alive, and the normal interpreter
-exit then tears those down in an unsafe order: a gloo thread that needs the GIL once Python is
-finalizing is ended with pthread_exit, whose unwinding through a noexcept C++ frame calls
-std::terminate ("terminate called without an active exception", exit code -6/134). A finished
-run then looks like a crash to torchrun, SLURM and every sweep built on them. So after the
-orderly part of the exit (process group destroyed, garbage collected while Python is fully
-alive, atexit handlers run, stdout/stderr flushed) nothing is left whose destruction matters,
-and os._exit(code) ends the process without interpreter finalization or C++ static destructors.
+Why the process ends with os._exit and not by returning to the interpreter: destroy_process_group
+does not end gloo's threads while something still holds the group, and after a DDP run (the DDP
+constructor leaves a reference in C++) or any DeepSpeed run, dry runs included, something does.
+Measured on torch 2.14.1: after main() returned, destroy_process_group ran and gc.collect(), every
+rank still had gloo's threads (2 x pt_gloo_runloop, gloo_tcp_loop) with no Python object left
+referring to the group. Those threads then live into interpreter finalization and C++ static
+destruction, where a gloo thread that needs the GIL is ended with pthread_exit (or a joinable
+std::thread is destroyed), and std::terminate aborts the process: "terminate called without an
+active exception", -6 (250 through the deepspeed launcher). A finished run then looks like a
+crash to torchrun, SLURM and every sweep built on them. So after the orderly part of the exit
+(process group destroyed, garbage collected while Python is fully alive, atexit handlers run,
+stdout/stderr flushed) nothing is left whose destruction matters, and os._exit(code) ends the
+process without interpreter finalization or C++ static destructors.
 Everything a run writes (checkpoints, metrics.jsonl, TensorBoard events) is closed by fit()
 before main returns.
 """
