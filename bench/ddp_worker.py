@@ -62,15 +62,19 @@ def launch(world: int, cases: list[dict], arms: list[str], alone_blocks: int, th
     files = [out_dir / f"rank{r}.json" for r in range(world)]
     results = [json.loads(f.read_text()) if f.exists() else None for f in files]
     errors = [r.get("error") for r in results if r and r.get("error")]
-    if errors or None in results:
-        # gloo can abort in a destructor at interpreter exit under CPU load *after* the results
-        # are written (see tests/helpers.py): only a missing file or a written error is a failure.
-        codes = [p.exitcode for p in procs]
+    codes = [p.exitcode for p in procs]
+    if errors or None in results or any(codes):  # workers end through common.entry: 0 unless they failed
         raise RuntimeError(f"DDP benchmark workers failed (exit codes {codes}):\n" + "\n".join(errors or ["no results"]))
     return results
 
 
-def worker(rank, world, port, cases, arms, alone_blocks, threads, out_dir, barrier):
+def worker(*args):
+    """A spawned rank; it ends like a recipe process (common/entry.py), so gloo cannot abort its exit."""
+    from common.entry import exit_after
+    exit_after(lambda: _worker(*args))
+
+
+def _worker(rank, world, port, cases, arms, alone_blocks, threads, out_dir, barrier):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)

@@ -261,7 +261,7 @@ def run(args) -> dict:
         step_s = H.median(times["ours"])
         loader_s = bf16.loader_time(5 if smoke else 50)
         wait = H.median(bf16.data_wait) if bf16.data_wait else None
-        rows.append(H.row("gpu/data_wait_pct", wait, "<=", 1.0, {
+        rows.append(H.row("gpu/data_wait_pct", wait, "<=", 1.0, {"unit": "percent",
             "source": "fit()'s data_wait_pct: host time blocked in next(loader) / wall time, per log interval",
             "values": bf16.data_wait,
             "loader_gpu_ms_per_batch": 1e3 * loader_s, "step_ms": 1e3 * step_s,

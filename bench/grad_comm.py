@@ -77,6 +77,7 @@ def run(args) -> dict:
         "per_param_ms": 1e3 * H.median(t["per_param"]), "n_tensors": info["n_params"]}))
     exposed = [d - l for d, l in zip(t["ddp"], t["local"])]
     rows.append(H.row("grad_comm/ddp_exposed_comm_vs_flat (info)", H.median(exposed) / H.median(t["flat"]), "", None, {
+        "unit": "difference",  # near 0 when DDP overlaps its comm with backward; noise can make it negative
         "exposed_ms_per_step": 1e3 * H.median(exposed), "local_step_ms": 1e3 * H.median(t["local"]),
         "how": "per step: DDP step time - plain-model step time (slower rank each), median, / flat all_reduce"}))
     return H.report("grad_comm", rows, {"threads_per_process": args.threads, "backend": "gloo", "device": "cpu",

@@ -100,6 +100,16 @@ def spread(xs: list[float]) -> dict:
 
 # ----------------------------------------------------------------------------- rows
 
+# What a measured row's number is (details["unit"], default "ratio") and the values that are well formed.
+# A difference of two noisy timings can come out negative on a loaded machine: that is a reading, not a bug.
+UNITS = {
+    "ratio": lambda x: x > 0,        # one positive measurement over another
+    "count": lambda x: x >= 0,       # events per step (host syncs): 0 is the goal
+    "percent": lambda x: x >= 0,     # a share of wall time; can be 0
+    "difference": lambda x: True,    # (a - b) / c of timings: any sign
+}
+
+
 def row(name: str, ratio: float | None, op: str, threshold: float | None, details: dict | None = None,
         status: str = "measured") -> dict:
     """One table row. op is '<=' or '>=' (or '' for an informational row without a target)."""

@@ -39,10 +39,13 @@ def check(rep: dict) -> list[str]:
         if set(r) != ROW_KEYS:
             problems.append(f"{r.get('name')}: keys {sorted(r)}")
         elif r["status"] == "measured":
-            count = r["details"].get("unit") == "count"  # counts (syncs per step) may be 0; ratios may not
-            if not isinstance(r["ratio"], float) or not math.isfinite(r["ratio"]) or r["ratio"] < 0 or \
-                    (r["ratio"] == 0 and not count):
-                problems.append(f"{r['name']}: ratio {r['ratio']!r} is not a positive number")
+            unit = r["details"].get("unit", "ratio")
+            if not isinstance(r["ratio"], float) or not math.isfinite(r["ratio"]):
+                problems.append(f"{r['name']}: ratio {r['ratio']!r} is not a finite number")
+            elif unit not in H.UNITS:
+                problems.append(f"{r['name']}: unit {unit!r} is not one of {sorted(H.UNITS)}")
+            elif not H.UNITS[unit](r["ratio"]):
+                problems.append(f"{r['name']}: {unit} {r['ratio']!r} is out of range for a {unit}")
         elif r["ratio"] is not None or r["met"] is not None:
             problems.append(f"{r['name']}: status {r['status']!r} but ratio/met set")
     return problems

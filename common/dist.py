@@ -238,11 +238,17 @@ def check_layout(rows: list[dict]) -> tuple[list[str], list[str]]:
     return errors, notes
 
 
-def teardown() -> None:
-    """Barrier, then destroy: no rank tears down while another still talks to it."""
+def teardown(barrier: bool = True) -> None:
+    """Barrier, then destroy: no rank tears down while another still talks to it.
+
+    barrier=False when this rank failed: the others may be gone, and a barrier would hang.
+    Idempotent. The gloo threads end only when the last reference to the group does, which
+    may be a DDP module or a library's state; common/entry.py makes the process exit safe anyway.
+    """
     if dist.is_available() and dist.is_initialized():
         try:
-            dist.barrier()
+            if barrier:
+                dist.barrier()
         finally:
             dist.destroy_process_group()
 

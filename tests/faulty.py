@@ -2,43 +2,79 @@
 
     python tests/faulty.py <recipe> <fault> [recipe args...]
     torchrun --nproc_per_node=2 tests/faulty.py <recipe> <fault> [recipe args...]
+    DTRAIN_FAULT="<recipe> <fault>" torchrun ... tests/faulty.py [recipe args...]   (sbatch templates)
 
 Faults (N = optimizer step being computed, 1-based):
     nan_from=N        the loss becomes NaN from step N on (a diverged run)
     nan_at=N          the loss is NaN at step N only (an fp16 overflow)
     raise=R@N         rank R raises RuntimeError("injected fault") at step N
+    kill=R@N          rank R SIGKILLs itself at step N (after the checkpoints before N were written)
+    SIGUSR1=R@N       rank R gets SIGUSR1 (or SIGTERM=R@N: SIGTERM) at step N, as if from the cluster
+    pause=N           every rank prints "faulty: rank R paused at step N" and waits there until it gets
+                      SIGUSR1 or SIGTERM (at most 300 s): a test can signal a run certain not to have finished
+kill, the signals and pause fire only in a run that started from scratch, not in its resumed or restarted
+continuation: the fault happens at a known step, with no test polling a running process.
 """
 import importlib.util
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
-import torch
+
+from common.entry import exit_after, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pause_until_signal(rank: int, step: int, limit_s: float = 300) -> None:
+    """Wait for SIGUSR1/SIGTERM, passing it on to the handler the run installed (its preemption flag)."""
+    got = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    for s, handler in old.items():
+        signal.signal(s, lambda signum, frame, handler=handler: (got.append(signum), handler(signum, frame)))
+    print(f"faulty: rank {rank} paused at step {step}", flush=True)
+    deadline = time.monotonic() + limit_s
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for s, handler in old.items():
+        signal.signal(s, handler)
+
+
 def main():
-    recipe, fault, *argv = sys.argv[1:]
+    if "DTRAIN_FAULT" in os.environ:
+        recipe, fault = os.environ["DTRAIN_FAULT"].split()
+        argv = sys.argv[1:]
+    else:
+        recipe, fault, *argv = sys.argv[1:]
     spec = importlib.util.spec_from_file_location(recipe, ROOT / "recipes" / f"{recipe}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     kind, _, arg = fault.partition("=")
     original = mod.task.train_step
+    first_step = []  # the first step this process computes: 1 unless it resumed
 
     def train_step(batch, state, rt):
         step = state.step + 1
-        if kind == "raise":
+        first_step[:] = first_step or [step]
+        if kind in ("raise", "kill", "SIGUSR1", "SIGTERM"):
             rank, at = map(int, arg.split("@"))
             if rt.rank == rank and step == at:
-                raise RuntimeError(f"injected fault on rank {rank} at step {step}")
+                if kind == "raise":
+                    raise RuntimeError(f"injected fault on rank {rank} at step {step}")
+                if first_step[0] == 1:
+                    os.kill(os.getpid(), signal.SIGKILL if kind == "kill" else getattr(signal, kind))
+        if kind == "pause" and step == int(arg) and first_step[0] == 1:
+            pause_until_signal(rt.rank, step)
         if (kind == "nan_from" and step >= int(arg)) or (kind == "nan_at" and step == int(arg)):
             x, y = batch
             batch = (x * float("nan"), y)
         return original(batch, state, rt)
 
     mod.task.train_step = train_step
-    mod.task.main(argv)
+    run(mod.task, mod.task.script, argv)
 
 
 if __name__ == "__main__":
-    main()
+    exit_after(main)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from common.config import BaseConfig, DataConfig, TrainConfig
 from common.data.memory import classification_data
-from common.entry import run
+from common.entry import exit_after, run
 from common.tasks.metrics import accuracy, evaluate_classifier
 from common.train.loop import total_steps
 from common.train.state import TrainState, build_state
@@ -69,4 +69,5 @@ class Classifier:
         return evaluate_classifier(state.eval_model("net"), rt, loader, tta_flip=rt.cfg.train.tta_flip)
 
     def main(self, argv=None):
-        return run(self, self.script, argv)
+        """The script's entry: run, then end the process with the run's exit code (common/entry.py)."""
+        exit_after(lambda: run(self, self.script, argv))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from common.config import BaseConfig, CkptConfig, OptimConfig
 from common.data.images import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
-from common.entry import run
+from common.entry import exit_after, run
 from common.tasks.fid import frechet_distance, load_judge
 from common.train.loop import total_steps
 from common.train.state import TrainState, build_state
@@ -78,7 +78,8 @@ class GanTask:
         return self._evaluate(state, rt, loader, self.judge)
 
     def main(self, argv=None):
-        return run(self, self.script, argv)
+        """The script's entry: run, then end the process with the run's exit code (common/entry.py)."""
+        exit_after(lambda: run(self, self.script, argv))
 
 
 def images_for_fd(cfg, rt):

@@ -43,9 +43,15 @@ def test_smoke_run_is_well_formed(tmp_path):
             assert set(row) == {"name", "ratio", "target", "met", "status", "details"}
             assert row["target"] == "(info)" or row["target"].split()[0] in ("<=", ">=")
             if row["status"] == "measured":
-                count = row["details"].get("unit") == "count"  # syncs per step may be 0; ratios may not
+                # Form, not speed: a ratio of two timings is positive by construction, a count or a percentage
+                # is >= 0, and a difference of two timings may have either sign (noise on a loaded machine).
+                unit = row["details"].get("unit", "ratio")
                 assert isinstance(row["ratio"], float) and math.isfinite(row["ratio"]), row
-                assert row["ratio"] >= 0 if count else row["ratio"] > 0, row
+                assert unit in ("ratio", "count", "percent", "difference"), row
+                if unit == "ratio":
+                    assert row["ratio"] > 0, row
+                elif unit in ("count", "percent"):
+                    assert row["ratio"] >= 0, row
                 assert row["met"] in (True, False, None)
             else:
                 assert row["ratio"] is None and row["met"] is None
@@ -67,7 +73,26 @@ def test_gpu_benchmark_code_path_runs_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
-    for name in ("gpu/ours_vs_bare_images_per_s", "gpu/bf16_vs_fp32", "gpu/data_wait_pct"):
+    for name in ("gpu/ours_vs_bare_images_per_s", "gpu/bf16_vs_fp32"):
         assert rows[name]["status"] == "measured" and rows[name]["ratio"] > 0, rows[name]
+    wait = rows["gpu/data_wait_pct"]  # a share of wall time: 0 is a possible reading
+    assert wait["status"] == "measured" and math.isfinite(wait["ratio"]) and wait["ratio"] >= 0, wait
     details = rows["gpu/ours_vs_bare_images_per_s"]["details"]
     assert details["loss_max_abs_diff_ours_vs_bare"] == 0.0  # same batches, same seed, CPU: identical losses
+
+
+def test_form_check_allows_a_negative_difference_but_not_a_negative_ratio():
+    """run_all.check judges a row by what its number is (details["unit"]), never by how fast anything ran."""
+    from bench import harness as H
+    from bench.run_all import check
+
+    def report(*rows):
+        return {"benchmark": "b", "rows": list(rows), "settings": {}, "seconds": 0.0}
+
+    assert check(report(H.row("b/diff (info)", -0.149, "", None, {"unit": "difference"}))) == []
+    assert check(report(H.row("b/syncs", 0.0, "<=", 0, {"unit": "count"}))) == []
+    assert check(report(H.row("b/wait", 0.0, "<=", 1.0, {"unit": "percent"}))) == []
+    assert check(report(H.row("b/ratio", -0.149, "", None)))  # one timing over another cannot be negative
+    assert check(report(H.row("b/ratio", 0.0, "<=", 1.3)))
+    assert check(report(H.row("b/ratio", float("nan"), "<=", 1.3)))
+    assert check(report(H.row("b/odd", 1.0, "", None, {"unit": "furlongs"})))

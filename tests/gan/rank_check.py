@@ -53,4 +53,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from common.entry import exit_after
+    exit_after(main)

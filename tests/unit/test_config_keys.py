@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 from common.config import schema
+from common.entry import run as run_recipe_in_process
 from helpers import ROOT, load_recipe
 
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
@@ -81,7 +82,7 @@ def run(name, tmp_path, *overrides):
         argv.append("eval.classifier=none")
     with record_reads(mod.Config) as reads:
         try:
-            mod.task.main(argv)
+            run_recipe_in_process(mod.task, mod.task.script, argv)
         except SystemExit:
             pass  # a data error (mnist files absent) still shows which keys were read on the way
     return set(reads), set(schema(mod.Config))
