@@ -10,7 +10,7 @@ import torch
 
 from helpers import ROOT, final_weights, free_port, last_checkpoint_step, metrics, recipe_command, run_recipe
 
-from common.loop import PREEMPT_CHECK_STEPS
+from common.train.preempt import PREEMPT_CHECK_STEPS
 
 pytestmark = pytest.mark.slow
 EXIT_PREEMPTED = 75  # the documented exit code (README), not the constant: a changed constant must fail here
