@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common import dist
+from common.config import ranged
 from common.data.datasets import DataError, synthetic_tree
 from common.data.memory import Loaders
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
@@ -266,8 +267,8 @@ class FolderEvalLoader:
 class FolderDataConfig:
     name: Literal["imagefolder", "synthetic"] = "imagefolder"  # imagefolder = data.root/train and data.root/val; synthetic = a small generated tree made in data.root on first use (offline debugging)
     root: str = "data/imagenet"  # dataset directory with train/ and val/ class sub-directories
-    image_size: int = 224  # training crop and eval crop side, pixels
-    workers: int = 8  # decoding worker processes per rank (persistent, pinned memory)
+    image_size: int = ranged(224, ge=1)  # training crop and eval crop side, pixels
+    workers: int = ranged(8, ge=0)  # decoding worker processes per rank (persistent, pinned memory)
     drop_last: bool = True  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from common import dist
-from common.config import UserError, to_dict
+from common.config import UserError, best_metric, to_dict
 from common.cli import dump_yaml
 from common.engines.base import unwrap
 from common.train import report
@@ -53,7 +53,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
             raise UserError(f"weights are not finite at step {state.step}; not writing a checkpoint "
                             f"(newest: step {saved_step if saved_step >= 0 else 'none'}). Try a lower optim.lr "
                             "or train.clip_grad_norm=1.0")
-        split, _, key = cfg.ckpt.best_metric.partition("/")
+        split, key = best_metric(cfg) or (None, None)
         value = last_eval.get(key) if split == "val" and eval_step == state.step else None
         is_best = value is not None and ckpt.is_better(value, state.best)
         state.best = value if is_best else state.best
