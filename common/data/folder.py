@@ -15,6 +15,7 @@ transforms, and keeping them in one module is what stops the two from drifting a
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -195,6 +196,12 @@ class EpochBatches(Sampler):
             yield [(order[p % n], params[p % n]) for p in range(lo, hi)]
 
 
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group: the workers leave it to the training
+    process, which checkpoints and then shuts them down (common/train/preempt.py)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _loader(ds: ImageFiles, batches, workers: int, rt, prefetch: int = 4) -> DataLoader:
     """One DataLoader per run: persistent workers (warm file caches); each pass re-reads the sampler.
 
@@ -206,7 +213,8 @@ def _loader(ds: ImageFiles, batches, workers: int, rt, prefetch: int = 4) -> Dat
     """
     return DataLoader(ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=rt.device.type == "cuda", multiprocessing_context="spawn" if workers > 0 else None,
-                      prefetch_factor=prefetch if workers > 0 else None, generator=torch.Generator().manual_seed(0))
+                      prefetch_factor=prefetch if workers > 0 else None, generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=_ignore_ctrl_c if workers > 0 else None)
 
 
 def _to_device(ds: ImageFiles, x: torch.Tensor, rt) -> torch.Tensor:
