@@ -5,7 +5,8 @@ so defaults, units and meaning live in one place. YAML files hold only the
 differences from what they layer on (a `base:` key names the YAML they extend);
 `key=value` arguments on the command line win. Where each value came from is kept
 (Cli.sources) for `--dry-run`.
-Unknown keys and wrong types are errors that name the key and the fix.
+Unknown keys, wrong types and values outside a field's declared range (`ranged(...)`) are errors that
+name the key and the fix.
 The command line and YAML files (layering, base:, provenance, --help) are common/cli.py.
 """
 from __future__ import annotations
