@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 
-from common.config import ConfigError, _flatten, _type_name, apply, schema, to_dict
+from common.config import ConfigError, _flatten, _type_name, apply, ranges, schema, to_dict
 
 @dataclass
 class Cli:
@@ -88,10 +88,16 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
         "",
         "config keys (default) meaning:",
     ]
-    rows = schema(cls)
+    rows, limits = schema(cls), ranges(cls)
     width = max(len(k) for k in rows)
     for key, (tp, default, text) in rows.items():
-        lines.append(f"  {key:<{width}}  ({default!r}) {text} [{_type_name(tp)}]")
+        rng = limits.get(key)
+        extra = ""
+        if rng is not None:
+            extra = ", ".join(([f"{rng.length} items"] if rng.length is not None else []) +
+                              ([("each " if rng.length is not None or isinstance(default, list) else "") + rng.describe()]
+                               if rng.bounded() else []))
+        lines.append(f"  {key:<{width}}  ({default!r}) {text} [{_type_name(tp)}{', ' + extra if extra else ''}]")
     return "\n".join(lines)
 
 
@@ -144,10 +150,9 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
 
 
 def validate(cfg) -> None:
+    # Each value's own range (train.batch_size >= 1, optim.lr > 0, ...) is checked as it is set
+    # (common.config.ranged); here only what involves several keys.
     t = cfg.train
-    for key in ("batch_size", "grad_accum", "eval_batch_size", "log_every_steps"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
     if t.max_steps <= 0 and t.epochs <= 0:
         raise ConfigError("set train.epochs >= 1 or train.max_steps >= 1")
     if cfg.resume not in ("auto", "none") and not Path(cfg.resume).exists():

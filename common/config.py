@@ -5,7 +5,8 @@ so defaults, units and meaning live in one place. YAML files hold only the
 differences from what they layer on (a `base:` key names the YAML they extend);
 `key=value` arguments on the command line win. Where each value came from is kept
 (Cli.sources) for `--dry-run`.
-Unknown keys and wrong types are errors that name the key and the fix.
+Unknown keys, wrong types and values outside a field's declared range (`ranged(...)`) are errors that
+name the key and the fix.
 The command line and YAML files (layering, base:, provenance, --help) are common/cli.py.
 """
 from __future__ import annotations
@@ -16,9 +17,9 @@ import inspect
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+import math
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
-
 
 
 class UserError(Exception):
@@ -29,6 +30,50 @@ class ConfigError(UserError, ValueError):
     """A config problem the user can fix; the message says how."""
 
 
+# ----------------------------------------------------------------------------- ranges
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number (or each item of a list of numbers) may take, and a list's length.
+
+    Declared next to its field with `ranged(...)`; `apply` checks every value it sets, so a
+    recipe's own config dataclasses (model.dropout, model.channels) are checked the same way."""
+    ge: float | None = None  # value >= ge
+    gt: float | None = None  # value > gt
+    le: float | None = None  # value <= le
+    lt: float | None = None  # value < lt
+    length: int | None = None  # a list holds exactly this many items
+
+    def describe(self) -> str:
+        lo = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        hi = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if lo and hi:
+            return f"in {lo}, {hi}"
+        if lo:
+            return f"{'>=' if self.ge is not None else '>'} {lo[1:]}"
+        if hi:
+            return f"{'<=' if self.le is not None else '<'} {hi[:-1]}"
+        return "finite"
+
+    def ok(self, v: float) -> bool:
+        return (math.isfinite(v) and (self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def bounded(self) -> bool:
+        return any(b is not None for b in (self.ge, self.gt, self.le, self.lt))
+
+
+def ranged(default: Any = MISSING, *, factory: Any = MISSING, ge=None, gt=None, le=None, lt=None,
+           length: int | None = None):
+    """A dataclass field whose value (each item, for a list) must lie in a range; `length`: a list's size.
+
+        lr: float = ranged(0.1, gt=0)  # peak learning rate
+        betas: list[float] = ranged(factory=lambda: [0.9, 0.999], length=2, ge=0, lt=1)  # Adam betas
+    """
+    return field(default=default, default_factory=factory,
+                 metadata={"range": Range(ge=ge, gt=gt, le=le, lt=lt, length=length)})
+
+
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | cifar100 | synthetic
@@ -37,64 +82,64 @@ class DataConfig:
     augment: bool = False  # random crop (padding 4) + horizontal flip, done on the device
     drop_last: bool = True  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
     in_memory: bool = True  # keep the whole dataset as one uint8 tensor on the GPU when it fits in a quarter of its free memory (else pinned host memory, batches copied without blocking); false = always host
-    synthetic_train: int = 4096  # synthetic dataset: number of training samples
-    synthetic_test: int = 1024  # synthetic dataset: number of test samples
-    synthetic_shape: list[int] = field(default_factory=lambda: [1, 28, 28])  # synthetic dataset: C, H, W
-    synthetic_classes: int = 10  # synthetic dataset: number of classes
+    synthetic_train: int = ranged(4096, ge=1)  # synthetic dataset: number of training samples
+    synthetic_test: int = ranged(1024, ge=1)  # synthetic dataset: number of test samples
+    synthetic_shape: list[int] = ranged(factory=lambda: [1, 28, 28], length=3, ge=1)  # synthetic dataset: C, H, W
+    synthetic_classes: int = ranged(10, ge=1)  # synthetic dataset: number of classes
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1  # passes over the training set (ignored when max_steps > 0)
-    max_steps: int = 0  # stop after this many optimizer steps; 0 = run `epochs` epochs
-    batch_size: int = 128  # GLOBAL batch per optimizer step, summed over ranks and accumulation
-    grad_accum: int = 1  # micro-batches per optimizer step
-    eval_batch_size: int = 1024  # global evaluation batch
-    clip_grad_norm: float = 0.0  # clip the global grad norm to this value after unscaling; 0 = off
-    ema_decay: float = 0.0  # EMA of weights, evaluated and checkpointed; 0 = off
-    log_every_steps: int = 50  # reduce and log training metrics every N optimizer steps
-    eval_every_steps: int = 0  # evaluate every N steps; 0 = at the end of each epoch
-    ckpt_every_steps: int = 0  # checkpoint every N steps; 0 = at the end of each epoch
+    epochs: int = ranged(1, ge=0)  # passes over the training set (ignored when max_steps > 0)
+    max_steps: int = ranged(0, ge=0)  # stop after this many optimizer steps; 0 = run `epochs` epochs
+    batch_size: int = ranged(128, ge=1)  # GLOBAL batch per optimizer step, summed over ranks and accumulation
+    grad_accum: int = ranged(1, ge=1)  # micro-batches per optimizer step
+    eval_batch_size: int = ranged(1024, ge=1)  # global evaluation batch
+    clip_grad_norm: float = ranged(0.0, ge=0)  # clip the global grad norm to this value after unscaling; 0 = off
+    ema_decay: float = ranged(0.0, ge=0, lt=1)  # EMA of weights, evaluated and checkpointed; 0 = off
+    log_every_steps: int = ranged(50, ge=1)  # reduce and log training metrics every N optimizer steps
+    eval_every_steps: int = ranged(0, ge=0)  # evaluate every N steps; 0 = at the end of each epoch
+    ckpt_every_steps: int = ranged(0, ge=0)  # checkpoint every N steps; 0 = at the end of each epoch
     compile: bool = False  # torch.compile the model(s)
     channels_last: bool | Literal["auto"] = "auto"  # NHWC memory format for models and image batches; auto = on for CUDA (faster convolutions), off elsewhere
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     progress: bool = True  # tqdm progress bar on rank 0 when stderr is a terminal
-    max_nonfinite_steps: int = 5  # stop when train_step returns NaN/inf this many optimizer steps in a row
+    max_nonfinite_steps: int = ranged(5, ge=1)  # stop when train_step returns NaN/inf this many optimizer steps in a row
 
 
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "adamw", "adam"] = "sgd"  # optimizer
-    lr: float = 0.1  # peak learning rate
-    momentum: float = 0.9  # SGD momentum
+    lr: float = ranged(0.1, gt=0)  # peak learning rate
+    momentum: float = ranged(0.9, ge=0, lt=1)  # SGD momentum
     nesterov: bool = False  # SGD Nesterov momentum
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam betas
-    weight_decay: float = 0.0  # decoupled for AdamW, L2 for SGD
+    betas: list[float] = ranged(factory=lambda: [0.9, 0.999], length=2, ge=0, lt=1)  # Adam betas
+    weight_decay: float = ranged(0.0, ge=0)  # decoupled for AdamW, L2 for SGD
     decay_norm_and_bias: bool = False  # also apply weight decay to norm layers and biases
     schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"  # LR schedule, stepped per optimizer step
-    warmup_steps: int = 0  # linear warmup from 0 to lr (constant/cosine/step)
-    step_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step schedule: fractions of training
-    step_gamma: float = 0.1  # step schedule: LR factor at each milestone
-    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
+    warmup_steps: int = ranged(0, ge=0)  # linear warmup from 0 to lr (constant/cosine/step)
+    step_milestones: list[float] = ranged(factory=lambda: [0.5, 0.75], ge=0, le=1)  # step schedule: fractions of training
+    step_gamma: float = ranged(0.1, gt=0)  # step schedule: LR factor at each milestone
+    min_lr_ratio: float = ranged(0.0, ge=0, le=1)  # cosine: final lr as a fraction of lr
 
 
 @dataclass
 class CkptConfig:
-    keep_last: int = 3  # keep the newest N checkpoints (plus the best)
-    best_metric: str = "val/acc1"  # metric that decides the best checkpoint ("" = none)
+    keep_last: int = ranged(3, ge=1)  # keep the newest N checkpoints (plus the best)
+    best_metric: str | None = "val/acc1"  # metric that decides the best checkpoint, e.g. val/acc1; none (or empty) = no best checkpoint
     best_mode: Literal["max", "min"] = "max"  # whether larger or smaller best_metric is better
 
 
 @dataclass
 class BaseConfig:
-    seed: int = 0  # seeds weights, data order and augmentation
+    seed: int = ranged(0, ge=0)  # seeds weights, data order and augmentation
     out_dir: str = "runs/{recipe}"  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/; {recipe} = the script's name
     resume: str = "auto"  # auto (newest valid checkpoint in out_dir) | none | path to a checkpoint
     engine: str = "auto"  # ddp | accelerate | deepspeed (common/engines/__init__.py lists them); auto = from the launcher (accelerate launch, deepspeed), else ddp
     deepspeed_config: str = "launch/deepspeed/zero2.json"  # engine=deepspeed: DeepSpeed JSON (ZeRO stage, bf16/fp16); relative to the working directory or the repo
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto = cuda if present, else mps, else cpu
-    dist_timeout_s: int = 600  # collective timeout: a hung rank fails the job instead of blocking forever
+    dist_timeout_s: int = ranged(600, ge=1)  # collective timeout: a hung rank fails the job instead of blocking forever
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -149,8 +194,28 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def best_metric(cfg) -> tuple[str, str] | None:
+    """cfg.ckpt.best_metric as (split, metric), e.g. ("val", "acc1"); None when there is no best checkpoint
+    (none, empty, or null in YAML)."""
+    name = cfg.ckpt.best_metric
+    if name is None or name.strip().lower() in ("", "none", "null"):
+        return None
+    split, _, key = name.partition("/")
+    return split, key
+
+
+def _number(text: str) -> float | None:
+    """A string YAML left as text but that is a number in common notation (PyYAML reads 1e-3 and 3e-4
+    as strings: YAML 1.1 wants a dot and a signed exponent), else None."""
+    try:
+        return float(text.strip().replace("_", ""))
+    except ValueError:
+        return None
+
+
 def _coerce(key: str, value: Any, tp) -> Any:
-    """Check `value` against the field type; the only conversions are int -> float and scalars -> str."""
+    """Check `value` against the field type; the only conversions are int -> float, scalars -> str,
+    and a number written as text (1e-3, which YAML leaves a string) -> float, or -> int when whole (1e4)."""
     origin = typing.get_origin(tp)
     bad = ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     if origin is Literal:
@@ -176,10 +241,14 @@ def _coerce(key: str, value: Any, tp) -> Any:
             raise bad
         return value
     if tp is int:
+        if isinstance(value, str) and _number(value) is not None and float(_number(value)).is_integer():
+            return int(_number(value))
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
         return value
     if tp is float:
+        if isinstance(value, str) and _number(value) is not None:
+            return _number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)
@@ -188,6 +257,44 @@ def _coerce(key: str, value: Any, tp) -> Any:
             raise bad
         return str(value)
     raise bad
+
+
+def ranges(cls, prefix: str = "") -> dict[str, Range]:
+    """Flat map dotted key -> Range for every leaf field declared with ranged(...)."""
+    hints, out = _hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if _is_dataclass_type(hints[f.name]):
+            out.update(ranges(hints[f.name], prefix + f.name + "."))
+        elif "range" in f.metadata:
+            out[prefix + f.name] = f.metadata["range"]
+    return out
+
+
+def _yaml_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_range(key: str, value: Any, rng: Range | None, default: Any, source: str, meaning: str = "") -> None:
+    """Raise ConfigError naming the key, the value, the allowed range and a fix when `value` (already
+    coerced to its field type) lies outside `rng`. Floats must be finite even without a declared range."""
+    fix = (f" ({meaning})" if meaning else "") + (
+        f"; set a value in range, e.g. {key}={_yaml_text(default)} (the default)" if default is not MISSING else "")
+    rng = rng or Range()
+    if isinstance(value, list):
+        if rng.length is not None and len(value) != rng.length:
+            raise ConfigError(f"config key '{key}' (from {source}) must hold exactly {rng.length} "
+                              f"item{'s' if rng.length != 1 else ''}, got {len(value)}: {_yaml_text(value)}{fix}")
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        items = [(key, value)]
+    for name, v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, int) and not rng.bounded()):
+            continue
+        if not rng.ok(v):
+            finite = " and finite" if isinstance(v, float) and rng.bounded() else ""
+            raise ConfigError(f"config key '{name}' (from {source}) must be {rng.describe()}{finite}, got {v!r}{fix}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -202,7 +309,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def apply(cfg, flat: dict[str, Any], source: str, sources: dict[str, str] | None = None):
     """Set dotted keys on a config instance, strictly; `sources` (if given) records key -> source."""
-    keys = schema(type(cfg))
+    keys, limits = schema(type(cfg)), ranges(type(cfg))
     for key, value in flat.items():
         if key not in keys:
             close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
@@ -211,7 +318,9 @@ def apply(cfg, flat: dict[str, Any], source: str, sources: dict[str, str] | None
         target = cfg
         for part in key.split(".")[:-1]:
             target = getattr(target, part)
-        setattr(target, key.split(".")[-1], _coerce(key, value, keys[key][0]))
+        value = _coerce(key, value, keys[key][0])
+        check_range(key, value, limits.get(key), keys[key][1], source, keys[key][2])
+        setattr(target, key.split(".")[-1], value)
         if sources is not None:
             sources[key] = source
     return cfg

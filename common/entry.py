@@ -8,7 +8,10 @@ launch, deepspeed, srun):
     2   a problem the user can fix (config, batch arithmetic, process layout, data, checkpoint):
         one message on stderr naming it and the fix, no traceback
     75  preempted: the checkpoint is written, re-run or requeue to continue (common.train.preempt)
-    1   any other error (traceback on stderr); 130 interrupted (Ctrl-C)
+    130 interrupted (Ctrl-C): the first Ctrl-C, like a preemption signal, stops every rank at a step
+        boundary after writing a checkpoint (re-run to continue); a second Ctrl-C exits at once
+        (KeyboardInterrupt, traceback, no new checkpoint)
+    1   any other error (traceback on stderr)
 
 run() is the whole run, in-process (tests call it); Task.main() is the script's entry: run(),
 then exit_after() ends the process.
@@ -47,6 +50,7 @@ from common.engines import make_engine, resolve_engine
 from common.env import Env
 from common.train import checks
 from common.train.loop import fit, total_steps
+from common.train.preempt import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
 
 @contextlib.contextmanager
@@ -59,8 +63,8 @@ def runtime(cfg):
     try:
         yield make_engine(cfg, env)
         clean = True
-    except SystemExit as e:  # an agreed exit (preemption): every rank is here
-        clean = e.code in (0, None) or e.code == 75
+    except SystemExit as e:  # an agreed exit (preemption, Ctrl-C): every rank is here
+        clean = e.code in (0, None, EXIT_PREEMPTED, EXIT_INTERRUPTED)
         raise
     finally:
         env.close(clean)
@@ -107,7 +111,7 @@ def run(task, script: str, argv=None):
 
 # ----------------------------------------------------------------------------- ending the process
 
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_ERROR = 0, 1  # EXIT_INTERRUPTED (130), EXIT_PREEMPTED (75): common.train.preempt
 
 
 def exit_after(main: Callable[[], object]) -> NoReturn:

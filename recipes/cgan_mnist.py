@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.config import ranged
 from common.models.maxout import Maxout
 from common.tasks import gan
 from common.train.log import Grid
@@ -33,17 +34,17 @@ from common.train.log import Grid
 
 @dataclass
 class ModelConfig:
-    z_dim: int = 100  # noise dimensions, z ~ U(0, 1) (the paper's unit hypercube)
-    g_z_hidden: int = 200  # generator: ReLU units for z
-    g_y_hidden: int = 1000  # generator: ReLU units for the one-hot label
-    g_joint_hidden: int = 1200  # generator: joint ReLU layer
-    g_dropout: float = 0.5  # generator: dropout after the joint layer, active when sampling too (docstring)
-    d_x_units: int = 240  # discriminator: maxout units for the image
-    d_y_units: int = 50  # discriminator: maxout units for the label
-    d_joint_units: int = 240  # discriminator: joint maxout units
-    d_pieces: int = 5  # pieces of the image and label maxout layers
-    d_joint_pieces: int = 4  # pieces of the joint maxout layer
-    d_dropout: float = 0.5  # discriminator dropout before and after the joint maxout layer
+    z_dim: int = ranged(100, ge=1)  # noise dimensions, z ~ U(0, 1) (the paper's unit hypercube)
+    g_z_hidden: int = ranged(200, ge=1)  # generator: ReLU units for z
+    g_y_hidden: int = ranged(1000, ge=1)  # generator: ReLU units for the one-hot label
+    g_joint_hidden: int = ranged(1200, ge=1)  # generator: joint ReLU layer
+    g_dropout: float = ranged(0.5, ge=0, lt=1)  # generator: dropout after the joint layer, active when sampling too (docstring)
+    d_x_units: int = ranged(240, ge=1)  # discriminator: maxout units for the image
+    d_y_units: int = ranged(50, ge=1)  # discriminator: maxout units for the label
+    d_joint_units: int = ranged(240, ge=1)  # discriminator: joint maxout units
+    d_pieces: int = ranged(5, ge=1)  # pieces of the image and label maxout layers
+    d_joint_pieces: int = ranged(4, ge=1)  # pieces of the joint maxout layer
+    d_dropout: float = ranged(0.5, ge=0, lt=1)  # discriminator dropout before and after the joint maxout layer
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch.nn as nn
 
+from common.config import ranged
 from common.data.images import gan_data
 from common.tasks import gan
 
@@ -37,9 +38,9 @@ from common.tasks import gan
 class ModelConfig:
     image_size: Literal[32, 64] = 32  # generated image side in pixels; sets the number of layers
     kernel: Literal[4, 5] = 5  # kernel of every stride-2 (transposed) conv: 5 as in the paper, 4 as in most ports
-    z_dim: int = 100  # noise dimensions, z ~ U(-1, 1)
-    g_width: int = 64  # generator channels at the last stage (doubling towards 4x4)
-    d_width: int = 64  # discriminator channels at the first stage (doubling towards 4x4)
+    z_dim: int = ranged(100, ge=1)  # noise dimensions, z ~ U(-1, 1)
+    g_width: int = ranged(64, ge=1)  # generator channels at the last stage (doubling towards 4x4)
+    d_width: int = ranged(64, ge=1)  # discriminator channels at the first stage (doubling towards 4x4)
 
 
 @dataclass

@@ -20,19 +20,20 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from common.config import ranged
 from common.models.maxout import Maxout
 from common.tasks import gan
 
 
 @dataclass
 class ModelConfig:
-    z_dim: int = 100  # noise dimensions, z ~ U(-1, 1)
-    g_hidden: list[int] = field(default_factory=lambda: [1200, 1200])  # generator ReLU layer widths
-    d_units: int = 240  # maxout units per discriminator layer
-    d_pieces: int = 5  # linear pieces per maxout unit
-    d_layers: int = 2  # maxout layers in the discriminator
-    d_input_dropout: float = 0.2  # dropout on the discriminator's input pixels
-    d_dropout: float = 0.5  # dropout after each maxout layer
+    z_dim: int = ranged(100, ge=1)  # noise dimensions, z ~ U(-1, 1)
+    g_hidden: list[int] = ranged(factory=lambda: [1200, 1200], ge=1)  # generator ReLU layer widths
+    d_units: int = ranged(240, ge=1)  # maxout units per discriminator layer
+    d_pieces: int = ranged(5, ge=1)  # linear pieces per maxout unit
+    d_layers: int = ranged(2, ge=1)  # maxout layers in the discriminator
+    d_input_dropout: float = ranged(0.2, ge=0, lt=1)  # dropout on the discriminator's input pixels
+    d_dropout: float = ranged(0.5, ge=0, lt=1)  # dropout after each maxout layer
 
 
 @dataclass

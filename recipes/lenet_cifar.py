@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
+from common.config import ranged
 from common.tasks.classifier import Classifier, ClassifierConfig
 
 
 @dataclass
 class ModelConfig:
-    channels: list[int] = field(default_factory=lambda: [6, 16])  # output channels of the two conv layers
-    hidden: list[int] = field(default_factory=lambda: [120, 84])  # widths of the two hidden FC layers
+    channels: list[int] = ranged(factory=lambda: [6, 16], length=2, ge=1)  # output channels of the two conv layers
+    hidden: list[int] = ranged(factory=lambda: [120, 84], length=2, ge=1)  # widths of the two hidden FC layers
 
 
 @dataclass

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
+from common.config import ranged
 from common.tasks.classifier import Classifier, ClassifierConfig
 
 
 @dataclass
 class ModelConfig:
-    hidden: list[int] = field(default_factory=lambda: [1024, 1024])  # widths of the hidden layers
-    dropout: float = 0.2  # dropout after each hidden layer
+    hidden: list[int] = ranged(factory=lambda: [1024, 1024], ge=1)  # widths of the hidden layers
+    dropout: float = ranged(0.2, ge=0, lt=1)  # dropout after each hidden layer
 
 
 @dataclass

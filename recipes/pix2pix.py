@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.config import CkptConfig
+from common.config import CkptConfig, ranged
 from common.data.images import head, paired_data
 from common.tasks import gan
 from common.tasks.fid import frechet_distance
@@ -43,12 +43,12 @@ from common.train.log import Grid
 
 @dataclass
 class ModelConfig:
-    image_size: int = 32  # side of A and B in pixels, a power of two (256 in the paper); sets the U-Net depth
-    g_width: int = 64  # U-Net channels at the first layer (doubling to at most 8x)
-    d_width: int = 64  # PatchGAN channels at the first layer (doubling to at most 8x)
-    d_layers: int = 3  # PatchGAN stride-2 layers: 3 = 70x70 patches, 2 = 34x34, 1 = 16x16
-    dropout: float = 0.5  # decoder dropout on the 2x2, 4x4 and 8x8 maps
-    l1_weight: float = 100.0  # lambda of the L1 term
+    image_size: int = ranged(32, ge=1)  # side of A and B in pixels, a power of two (256 in the paper); sets the U-Net depth
+    g_width: int = ranged(64, ge=1)  # U-Net channels at the first layer (doubling to at most 8x)
+    d_width: int = ranged(64, ge=1)  # PatchGAN channels at the first layer (doubling to at most 8x)
+    d_layers: int = ranged(3, ge=1)  # PatchGAN stride-2 layers: 3 = 70x70 patches, 2 = 34x34, 1 = 16x16
+    dropout: float = ranged(0.5, ge=0, lt=1)  # decoder dropout on the 2x2, 4x4 and 8x8 maps
+    l1_weight: float = ranged(100.0, ge=0)  # lambda of the L1 term
 
 
 @dataclass

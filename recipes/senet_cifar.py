@@ -16,13 +16,14 @@ Result: see the README's results table.
 from dataclasses import dataclass, field
 import torch.nn as nn
 
+from common.config import ranged
 from common.models.resnet import ResNetConfig, resnet
 from common.tasks.classifier import Classifier, ClassifierConfig
 
 
 @dataclass
 class ModelConfig(ResNetConfig):
-    se_reduction: int = 16  # squeeze-and-excitation reduction ratio r (bottleneck C/r)
+    se_reduction: int = ranged(16, ge=1)  # squeeze-and-excitation reduction ratio r (bottleneck C/r)
 
 
 @dataclass

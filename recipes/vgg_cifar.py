@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch.nn as nn
 
+from common.config import ranged
 from common.tasks.classifier import Classifier, ClassifierConfig
 
 
@@ -31,7 +32,7 @@ LAYOUTS = {  # conv widths per stage; "M" = 2x2 max pool (configurations A, B, D
 @dataclass
 class ModelConfig:
     depth: Literal[11, 13, 16, 19] = 16  # VGG variant
-    width_mult: float = 1.0  # scales every conv's channels (debug configs shrink the net)
+    width_mult: float = ranged(1.0, gt=0)  # scales every conv's channels (debug configs shrink the net)
 
 
 @dataclass

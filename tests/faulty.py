@@ -11,7 +11,7 @@ Faults (N = optimizer step being computed, 1-based):
     kill=R@N          rank R SIGKILLs itself at step N (after the checkpoints before N were written)
     SIGUSR1=R@N       rank R gets SIGUSR1 (or SIGTERM=R@N: SIGTERM) at step N, as if from the cluster
     pause=N           every rank prints "faulty: rank R paused at step N" and waits there until it gets
-                      SIGUSR1 or SIGTERM (at most 300 s): a test can signal a run certain not to have finished
+                      SIGUSR1, SIGTERM or SIGINT (at most 300 s): a test can signal a run certain not to have finished
 kill, the signals and pause fire only in a run that started from scratch, not in its resumed or restarted
 continuation: the fault happens at a known step, with no test polling a running process.
 """
@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pause_until_signal(rank: int, step: int, limit_s: float = 300) -> None:
-    """Wait for SIGUSR1/SIGTERM, passing it on to the handler the run installed (its preemption flag)."""
+    """Wait for SIGUSR1/SIGTERM/SIGINT, passing it on to the handler the run installed (its preemption flag)."""
     got = []
-    old = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    old = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
     for s, handler in old.items():
         signal.signal(s, lambda signum, frame, handler=handler: (got.append(signum), handler(signum, frame)))
     print(f"faulty: rank {rank} paused at step {step}", flush=True)

@@ -15,6 +15,7 @@ transforms, and keeping them in one module is what stops the two from drifting a
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common import dist
+from common.config import ranged
 from common.data.datasets import DataError, synthetic_tree
 from common.data.memory import Loaders
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
@@ -194,6 +196,12 @@ class EpochBatches(Sampler):
             yield [(order[p % n], params[p % n]) for p in range(lo, hi)]
 
 
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group: the workers leave it to the training
+    process, which checkpoints and then shuts them down (common/train/preempt.py)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _loader(ds: ImageFiles, batches, workers: int, rt, prefetch: int = 4) -> DataLoader:
     """One DataLoader per run: persistent workers (warm file caches); each pass re-reads the sampler.
 
@@ -205,7 +213,8 @@ def _loader(ds: ImageFiles, batches, workers: int, rt, prefetch: int = 4) -> Dat
     """
     return DataLoader(ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=rt.device.type == "cuda", multiprocessing_context="spawn" if workers > 0 else None,
-                      prefetch_factor=prefetch if workers > 0 else None, generator=torch.Generator().manual_seed(0))
+                      prefetch_factor=prefetch if workers > 0 else None, generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=_ignore_ctrl_c if workers > 0 else None)
 
 
 def _to_device(ds: ImageFiles, x: torch.Tensor, rt) -> torch.Tensor:
@@ -266,8 +275,8 @@ class FolderEvalLoader:
 class FolderDataConfig:
     name: Literal["imagefolder", "synthetic"] = "imagefolder"  # imagefolder = data.root/train and data.root/val; synthetic = a small generated tree made in data.root on first use (offline debugging)
     root: str = "data/imagenet"  # dataset directory with train/ and val/ class sub-directories
-    image_size: int = 224  # training crop and eval crop side, pixels
-    workers: int = 8  # decoding worker processes per rank (persistent, pinned memory)
+    image_size: int = ranged(224, ge=1)  # training crop and eval crop side, pixels
+    workers: int = ranged(8, ge=0)  # decoding worker processes per rank (persistent, pinned memory)
     drop_last: bool = True  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
 
 

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from common.config import DataConfig
+from common.config import DataConfig, ranged
 from common.data.folder import FolderEvalLoader, folder_data
 from common.data.datasets import load_split
 from common.data.memory import Loaders, TensorEvalLoader, TensorTrainLoader, tensor_loader_args
@@ -26,7 +26,7 @@ from common.data.memory import Loaders, TensorEvalLoader, TensorTrainLoader, ten
 @dataclass
 class ImageDataConfig(DataConfig):
     name: str = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | cifar100 | synthetic | folder (image files under data.root)
-    workers: int = 4  # data.name=folder: decoding worker processes per rank (0 = in the training process)
+    workers: int = ranged(4, ge=0)  # data.name=folder: decoding worker processes per rank (0 = in the training process)
     direction: Literal["AtoB", "BtoA"] = "AtoB"  # pix2pix AB folders: AtoB = left half is the input, right half the target
 
 

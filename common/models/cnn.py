@@ -6,16 +6,18 @@ the input of its last Linear layer as features.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from common.config import ranged
 
 import torch.nn as nn
 
 
 @dataclass
 class CNNConfig:
-    channels: list[int] = field(default_factory=lambda: [24, 32])  # output channels of the two conv layers
-    hidden: int = 256  # width of the hidden fully connected layer; 0 = straight to the logits
-    dropout: float = 0.25  # dropout before the fully connected layers
+    channels: list[int] = ranged(factory=lambda: [24, 32], length=2, ge=1)  # output channels of the two conv layers
+    hidden: int = ranged(256, ge=0)  # width of the hidden fully connected layer; 0 = straight to the logits
+    dropout: float = ranged(0.25, ge=0, lt=1)  # dropout before the fully connected layers
 
 
 def small_cnn(m: CNNConfig, in_shape, num_classes: int) -> nn.Sequential:

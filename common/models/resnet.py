@@ -10,6 +10,8 @@ addition; se_reduction = 0 leaves the gate out, and the state_dict is then the p
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from common.config import ranged
 from typing import Literal
 
 import torch
@@ -27,7 +29,7 @@ ARCHS = {  # name: (blocks per stage, channels per stage)
 @dataclass
 class ResNetConfig:
     arch: Literal["resnet20", "resnet32", "resnet56", "resnet18"] = "resnet20"  # network depth/width
-    width_mult: float = 1.0  # scales every stage's channels (debug configs shrink the net)
+    width_mult: float = ranged(1.0, gt=0)  # scales every stage's channels (debug configs shrink the net)
 
 
 class SqueezeExcite(nn.Module):

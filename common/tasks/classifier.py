@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 
-from common.config import BaseConfig, DataConfig, TrainConfig
+from common.config import BaseConfig, DataConfig, TrainConfig, ranged
 from common.data.memory import classification_data
 from common.entry import exit_after, run
 from common.tasks.metrics import accuracy, evaluate_classifier
@@ -23,9 +23,9 @@ from common.train.state import TrainState, build_state
 
 @dataclass
 class ClassifierDataConfig(DataConfig):
-    pad_to: int = 0  # zero-pad images to this square size (e.g. 32 for 28x28 data on CIFAR nets); 0 = off
-    mixup_alpha: float = 0.0  # MixUp Beta(alpha, alpha) on training batches (soft targets); 0 = off
-    cutmix_alpha: float = 0.0  # CutMix Beta(alpha, alpha); with MixUp too, each batch picks one at random; 0 = off
+    pad_to: int = ranged(0, ge=0)  # zero-pad images to this square size (e.g. 32 for 28x28 data on CIFAR nets); 0 = off
+    mixup_alpha: float = ranged(0.0, ge=0)  # MixUp Beta(alpha, alpha) on training batches (soft targets); 0 = off
+    cutmix_alpha: float = ranged(0.0, ge=0)  # CutMix Beta(alpha, alpha); with MixUp too, each batch picks one at random; 0 = off
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ClassifierTrainConfig(TrainConfig):
 class ClassifierConfig(BaseConfig):
     data: ClassifierDataConfig = field(default_factory=ClassifierDataConfig)
     train: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    label_smoothing: float = ranged(0.0, ge=0, lt=1)  # cross-entropy label smoothing
 
 
 class Classifier:

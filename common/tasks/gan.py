@@ -26,7 +26,7 @@ import torch.distributed
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.config import BaseConfig, CkptConfig, OptimConfig
+from common.config import BaseConfig, CkptConfig, OptimConfig, ranged
 from common.data.images import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
 from common.entry import exit_after, run
@@ -38,8 +38,8 @@ from common.train.state import TrainState, build_state
 @dataclass
 class GanEvalConfig:
     classifier: str = "runs/fid_classifier"  # mnist_cnn run dir (or checkpoint) whose features give val/fd; none = off
-    samples: int = 10000  # generated samples per evaluation (and cap on the real reference set) for val/fd
-    grid: int = 64  # images in the sample grid written to TensorBoard and out_dir/samples/ at each evaluation
+    samples: int = ranged(10000, ge=1)  # generated samples per evaluation (and cap on the real reference set) for val/fd
+    grid: int = ranged(64, ge=1)  # images in the sample grid written to TensorBoard and out_dir/samples/ at each evaluation
 
 
 @dataclass

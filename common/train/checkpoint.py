@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import socket
 import warnings
 from pathlib import Path
 
@@ -44,6 +47,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def writer_tag() -> str:
+    """Who is writing: `PID@HOST`. Temporary names end in it (.tmp-step_N-PID@HOST, .old-..., .shards-...),
+    so a later run can tell the leftovers of a dead writer from the files of a live one."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+_TEMP = re.compile(r"^\.(?P<kind>tmp|old|shards)-(?P<name>step_\d+)(?:-(?P<pid>\d+)(?:@(?P<host>.+))?)?$")
+
+
+def writer_dead(pid: int | None, host: str | None) -> bool:
+    """True only when the writer is certainly gone: a process id on this host (or a name without a host,
+    as versions before the host was recorded wrote) that no longer exists. Another host's, an unknown
+    or a live writer (including another user's process) is never judged dead."""
+    if pid is None or (host is not None and host != socket.gethostname()):
+        return False
+    if pid == os.getpid():
+        return True  # our own leftover: this process writes one checkpoint at a time and is done with it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # PermissionError: alive, another user's
+        return False
+    return False
+
+
 def verify(ckpt_dir: Path) -> str | None:
     """None if the checkpoint is complete and its checksums match, else the reason."""
     try:
@@ -66,7 +95,7 @@ def verify(ckpt_dir: Path) -> str | None:
 def write_checkpoint(final: Path, payload: dict, meta: dict, shards: Path | None = None) -> None:
     """Atomically create `final` (a directory) holding payload as state.pt, plus the files
     under `shards` (engine files every rank wrote, e.g. DeepSpeed's), moved in and checksummed."""
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    tmp = final.parent / f".tmp-{final.name}-{writer_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
@@ -84,7 +113,7 @@ def write_checkpoint(final: Path, payload: dict, meta: dict, shards: Path | None
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        old = final.parent / f".old-{final.name}-{writer_tag()}"
         if final.exists():
             final.rename(old)
         tmp.rename(final)
@@ -118,7 +147,13 @@ class Checkpointer:
             return None
 
     def is_better(self, value: float, best: float | None) -> bool:
-        return best is None or (value > best if self.best_mode == "max" else value < best)
+        """A NaN (or inf) value is never the best; any finite value beats a missing or non-finite best
+        (a best recorded as NaN by an older version is replaced by the next finite value)."""
+        if value is None or not math.isfinite(value):
+            return False
+        if best is None or not math.isfinite(best):
+            return True
+        return value > best if self.best_mode == "max" else value < best
 
     def save(self, payload: dict, step: int, is_best: bool = False, metric: float | None = None,
              shards=None) -> Path:
@@ -128,12 +163,13 @@ class Checkpointer:
         rank its own) into a staging directory that becomes part of the checkpoint.
         """
         final, error = self.path_for(step), None
-        staging = self.dir / f".shards-{final.name}" if shards is not None else None
-        if staging is not None:
+        staging = None
+        if shards is not None:
             if dist.rank() == 0:
+                staging = self.dir / f".shards-{final.name}-{writer_tag()}"  # rank 0's name: see clean_stale
                 shutil.rmtree(staging, ignore_errors=True)
                 staging.mkdir(parents=True)
-            dist.broadcast_object(None)  # the staging directory exists before any rank writes
+            staging = Path(dist.broadcast_object(str(staging) if staging else None))  # exists before any rank writes
             shards(staging)
             dist.broadcast_object(None)  # every rank's files are written
         if dist.rank() == 0:
@@ -163,11 +199,36 @@ class Checkpointer:
         for p in self.all()[self.keep_last:]:
             if p.name != best:
                 shutil.rmtree(p, ignore_errors=True)
-        for p in [*self.dir.glob(".tmp-*"), *self.dir.glob(".shards-*")]:  # left by a crash mid-write
-            shutil.rmtree(p, ignore_errors=True)
+        self.clean_stale()
+
+    def clean_stale(self) -> list[str]:
+        """Remove what a writer killed mid-write left (.tmp-*, .old-*, .shards-*), only when that writer
+        is certainly dead (writer_dead): never another live run's files. An .old-step_N whose step_N is
+        missing (killed between the two renames of a same-step rewrite) is a complete checkpoint: it is
+        renamed back into place when it verifies. Returns what it did, one line each."""
+        done = []
+        if not self.dir.is_dir():
+            return done
+        for p in sorted(self.dir.iterdir()):
+            m = _TEMP.match(p.name)
+            if not m or not p.is_dir() or not writer_dead(m["pid"] and int(m["pid"]), m["host"]):
+                continue
+            final = self.dir / m["name"]
+            if m["kind"] == "old" and not final.exists() and verify(p) is None:
+                p.rename(final)
+                done.append(f"restored {final.name} from {p.name}")
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+                done.append(f"removed {p.name}")
+        return done
 
     def latest_valid(self) -> Path | None:
-        """Newest checkpoint that passes verification; warns about each newer one that fails."""
+        """Newest checkpoint that passes verification; warns about each newer one that fails.
+        Leftovers of dead writers are cleaned first (clean_stale)."""
+        try:
+            self.clean_stale()
+        except OSError as e:
+            warnings.warn(f"could not clean temporary checkpoint files in {self.dir}: {e}", stacklevel=2)
         for p in self.all():
             reason = verify(p)
             if reason is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from common import dist
-from common.config import UserError, to_dict
+from common.config import UserError, best_metric, to_dict
 from common.cli import dump_yaml
 from common.engines.base import unwrap
 from common.train import report
@@ -23,7 +23,7 @@ from common.train.checks import schedule_after_resume
 from common.train.checkpoint import Checkpointer, load_file
 from common.train.log import Logger
 from common.train.meter import Meter, NonFiniteGuard
-from common.train.preempt import EXIT_PREEMPTED, PREEMPT_CHECK_STEPS, Preemption
+from common.train.preempt import EXIT_INTERRUPTED, PREEMPT_CHECK_STEPS, Preemption
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
             raise UserError(f"weights are not finite at step {state.step}; not writing a checkpoint "
                             f"(newest: step {saved_step if saved_step >= 0 else 'none'}). Try a lower optim.lr "
                             "or train.clip_grad_norm=1.0")
-        split, _, key = cfg.ckpt.best_metric.partition("/")
+        split, key = best_metric(cfg) or (None, None)
         value = last_eval.get(key) if split == "val" and eval_step == state.step else None
         is_best = value is not None and ckpt.is_better(value, state.best)
         state.best = value if is_best else state.best
@@ -94,8 +94,10 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                     saved_step = save()
                 if (rt.world_size == 1 or state.step % PREEMPT_CHECK_STEPS == 0) and preempt.agreed(rt):
                     saved_step = save() if saved_step != state.step else saved_step
-                    rt.log(f"preempted: checkpoint at step {state.step} written; exiting with code {EXIT_PREEMPTED}")
-                    raise SystemExit(EXIT_PREEMPTED)
+                    why = "interrupted (Ctrl-C)" if preempt.code == EXIT_INTERRUPTED else "preempted"
+                    rt.log(f"{why}: checkpoint at step {state.step} written; exiting with code {preempt.code}; "
+                           "the same command resumes from it")
+                    raise SystemExit(preempt.code)
                 if epoch_end:
                     break
         preempt.finish()

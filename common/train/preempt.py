@@ -1,16 +1,25 @@
-"""Preemption: SIGUSR1/SIGTERM set a flag; every rank stops at the same step boundary."""
+"""Preemption and Ctrl-C: SIGUSR1/SIGTERM/SIGINT set a flag; every rank stops at the same step
+boundary after writing a checkpoint. Preempted runs exit 75, Ctrl-C exits 130 (a second Ctrl-C exits
+at once, without the checkpoint)."""
 from __future__ import annotations
 
+import os
 import signal
 
 import torch
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after a preemption signal; re-run (or requeue) to continue
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C: checkpointed after Ctrl-C; re-run to continue
 PREEMPT_CHECK_STEPS = 10  # multi-process runs share their preemption flags every N steps (one tiny all-reduce)
 
 
 class Preemption:
-    """SIGUSR1/SIGTERM only set a flag; the loop acts on it at a step boundary.
+    """SIGUSR1/SIGTERM/SIGINT only set a flag; the loop acts on it at a step boundary.
+
+    Ctrl-C (SIGINT) takes the same path as a preemption signal: checkpoint, then exit, with
+    EXIT_INTERRUPTED (130) instead of EXIT_PREEMPTED (75); if any rank got SIGINT every rank exits 130.
+    A second Ctrl-C raises KeyboardInterrupt at once (exit 130 with a traceback, no new checkpoint;
+    the previous checkpoints are intact: writes are atomic).
 
     One process acts at the next step. Several processes must stop at the same step, so
     they combine their flags with an all-reduce every PREEMPT_CHECK_STEPS steps. It is
@@ -20,25 +29,42 @@ class Preemption:
     A signal is acted on within 2 x PREEMPT_CHECK_STEPS steps, on every rank at the same step.
     """
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.flag = False
+        self.flag = False  # a stop was asked for (any of SIGNALS)
+        self.interrupted = False  # ... by Ctrl-C (SIGINT)
+        self.code = EXIT_PREEMPTED  # once agreed() is True: the exit code every rank uses
         self._pending = None  # (work, tensor, host copy or None, event or None) of the last check
         self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                raise KeyboardInterrupt  # the second Ctrl-C: stop now
+            self.interrupted = True
+            # os.write: safe in a handler that may interrupt a print on the same stream
+            os.write(2, b"\nCtrl-C: stopping after the current step and writing a checkpoint "
+                        b"(press Ctrl-C again to exit at once, without it)\n")
         self.flag = True
 
+    def _level(self) -> float:
+        return 2.0 if self.interrupted else 1.0 if self.flag else 0.0
+
+    def _agree(self, level: float) -> bool:
+        if level > 0:
+            self.code = EXIT_INTERRUPTED if level >= 2 else EXIT_PREEMPTED
+        return level > 0
+
     def agreed(self, rt) -> bool:
-        """True on every rank if any rank got the signal before the previous check (a collective:
-        call it on all ranks at the same steps)."""
+        """True on every rank if any rank got a signal before the previous check (a collective:
+        call it on all ranks at the same steps); then `code` is the exit code, the same on every rank."""
         if rt.world_size == 1:
-            return self.flag
-        if self._read():
+            return self._agree(self._level())
+        if self._agree(self._read()):
             return True
-        t = torch.tensor([float(self.flag)], device=rt.device)
-        work = torch.distributed.all_reduce(t, async_op=True)
+        t = torch.tensor([self._level()], device=rt.device)
+        work = torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, async_op=True)
         host = event = None
         if t.is_cuda:
             work.wait()  # orders the compute stream after the all-reduce; does not block the host
@@ -49,16 +75,17 @@ class Preemption:
         self._pending = (work, t, host, event)
         return False
 
-    def _read(self) -> bool:
+    def _read(self) -> float:
+        """The highest level (0 none, 1 preempted, 2 Ctrl-C) over the ranks at the previous check."""
         if self._pending is None:
-            return False
+            return 0.0
         work, t, host, event = self._pending
         self._pending = None
         if event is not None:
             event.synchronize()  # recorded PREEMPT_CHECK_STEPS steps ago: long complete
-            return bool(host[0] > 0)
+            return float(host[0])
         work.wait()
-        return bool(t[0] > 0)
+        return float(t[0])
 
     def finish(self) -> None:
         """At the normal end of training: collect the last all-reduce, which every rank started."""

@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+from common.config import best_metric
 from common.engines.base import unwrap
 
 
@@ -55,7 +56,7 @@ def final_metrics(rows: list[dict]) -> dict[str, float]:
 
 
 def summary(cfg, ckpt, rows: list[dict], headline: str) -> str:
-    split, _, key = cfg.ckpt.best_metric.partition("/")
+    split, key = best_metric(cfg) or (None, None)
     seen = [(r[key], r["step"]) for r in rows if r.get("split") == split and isinstance(r.get(key), (int, float))
             and math.isfinite(r[key])]
     lines = [headline]
