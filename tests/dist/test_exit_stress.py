@@ -1,7 +1,7 @@
 """Finished runs and dry runs exit 0 on every rank, back to back under CPU load (bench/exit_stress.py).
 
 Before common/entry.py, 2-process runs could end in gloo's abort at interpreter exit
-("terminate called without an active exception", rc -6 / 250) now and then, more often on a
+(std::terminate at interpreter exit, rc -6 / 250) now and then, more often on a
 loaded machine. The full figure is `python bench/exit_stress.py` (50 runs); this is a short
 version of the same loop. It counts exits, it does not time anything.
 """
