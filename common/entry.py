@@ -49,6 +49,7 @@ from common.data.sampling import check_batch
 from common.engines import make_engine, resolve_engine
 from common.env import Env
 from common.train import checks
+from common.train.report import batch_split
 from common.train.loop import fit, total_steps
 from common.train.preempt import EXIT_INTERRUPTED, EXIT_PREEMPTED
 
@@ -77,12 +78,9 @@ def dry_run(cli, rt) -> None:
     if rt.is_main:
         print(f"# resolved config for {cli.recipe}; a value without '# from' is the schema default\n"
               f"{dump_yaml(cfg, cli.sources)}", flush=True)
-    lines = rt.env.describe()
-    t = cfg.train
-    rt.log("\n".join([*lines[:rt.world_size],
-                      f"global batch {t.batch_size} = world {rt.world_size} x grad_accum {t.grad_accum} "
-                      f"x micro-batch {t.batch_size // (rt.world_size * t.grad_accum)}",
-                      *lines[rt.world_size:-1], f"engine {cfg.engine}: {rt.describe()}", lines[-1]]))
+    t, (*notes, verdict) = cfg.train, rt.env.layout()
+    rt.log("\n".join([*rt.env.mapping(), f"global batch {batch_split(cfg, rt.world_size)}", *notes,
+                      f"engine {cfg.engine}: {rt.describe()}", verdict]))
     if t.max_steps <= 0:
         rt.log(f"run length: train.epochs={t.epochs} epochs (steps per epoch need the data: the warnings about "
                "warmup and cadences come at the start of the real run)")

@@ -34,11 +34,14 @@ class Env:
             self.close(clean=True)  # every rank saw the same rows and stops here
             raise UserError("process layout is wrong:\n  " + "\n  ".join(errors))
 
-    def describe(self) -> list[str]:
-        """Every rank's mapping, in rank order (a collective), then the layout notes."""
-        lines = dist.all_gather_object(self.info.describe())
+    def mapping(self) -> list[str]:
+        """Every rank's mapping, in rank order (a collective: call it on every rank)."""
+        return dist.all_gather_object(self.info.describe())
+
+    def layout(self) -> list[str]:
+        """The layout notes, then the verdict."""
         hosts = len({r["host"] for r in self.layout_rows})
-        return [*lines, *(f"layout note: {n}" for n in self.layout_notes),
+        return [*(f"layout note: {n}" for n in self.layout_notes),
                 f"layout ok: {self.world_size} process(es) on {hosts} host(s)"]
 
     def seed(self, seed: int) -> None:

@@ -31,6 +31,7 @@ from common.data.images import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
 from common.entry import exit_after, run
 from common.tasks.fid import frechet_distance, load_judge
+from common.train.log import Grid
 from common.train.loop import total_steps
 from common.train.state import TrainState, build_state
 
@@ -213,7 +214,6 @@ def quality(rt, judge, loader, generate, n: int, real_labels: bool = False) -> d
 def evaluate_from_noise(state, rt, loader, judge) -> dict:
     """An unconditional G (z ~ U(-1, 1)) on a fixed noise bank: val/fd against the real eval
     images, and the first eval.grid samples as a grid."""
-    from common.train.log import Grid
     cfg, G = rt.cfg, state.eval_model("G")
     sync_buffers(rt, state.models["G"], G)  # rank 0's BatchNorm statistics, as DDP would use next
     z = noise_bank(max(cfg.eval.samples, cfg.eval.grid), (cfg.model.z_dim,), "uniform", cfg.seed, rt.device)

@@ -25,6 +25,20 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def read_metrics(out_dir: Path) -> list[dict]:
+    """The records of out_dir/metrics.jsonl; a line cut by a crash mid-write is skipped."""
+    f = Path(out_dir) / "metrics.jsonl"
+    rows = []
+    for line in (f.read_text().splitlines() if f.exists() else []):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 @dataclass
 class Grid:
     """Images an evaluation returns to be shown as one grid: [N, C, H, W] in [-1, 1]."""
@@ -48,14 +62,8 @@ class Logger:
         self.tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=resume_step if resume_step > 0 else None)
 
     def _truncate_after(self, step: int) -> None:
-        keep = []
-        for line in self.jsonl.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (ValueError, KeyError, TypeError):
-                pass  # a line cut by a crash mid-write
-        self.jsonl.write_text("".join(k + "\n" for k in keep))
+        keep = [r for r in read_metrics(self.out_dir) if isinstance(r.get("step"), int) and r["step"] <= step]
+        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def log(self, split: str, step: int, epoch: int, values: dict) -> dict[str, float]:
         """Numbers go to metrics.jsonl, TensorBoard and the console; Grid values (an evaluation's

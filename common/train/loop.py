@@ -21,7 +21,7 @@ from common.engines.base import unwrap
 from common.train import report
 from common.train.checks import schedule_after_resume
 from common.train.checkpoint import Checkpointer, load_file
-from common.train.log import Logger
+from common.train.log import Logger, read_metrics
 from common.train.meter import Meter, NonFiniteGuard
 from common.train.preempt import EXIT_INTERRUPTED, PREEMPT_CHECK_STEPS, Preemption
 
@@ -105,7 +105,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
             save()
         logger.hparams(to_dict(cfg), last_eval)
         if rt.is_main:
-            rt.log(report.summary(cfg, ckpt, report.history(out), f"run {recipe} finished: step {state.step} of "
+            rt.log(report.summary(cfg, ckpt, read_metrics(out), f"run {recipe} finished: step {state.step} of "
                                   f"{total} in {time.perf_counter() - started:.1f} s"))
         return last_eval
     finally:
@@ -125,7 +125,7 @@ def start(cfg, state, rt, train, recipe: str):
     for warning in schedule_after_resume(state, total):
         rt.log(f"warning: {warning}")
     if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
-        rows = report.history(out) if rt.is_main else []
+        rows = read_metrics(out) if rt.is_main else []
         rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: step {state.step} of {total}; "
                                                "nothing to train (a new out_dir or resume=none starts over)"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))

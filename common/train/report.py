@@ -5,9 +5,7 @@ a finished run (nothing left to train) can print it too.
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 from common.config import best_metric
 from common.engines.base import unwrap
@@ -18,10 +16,14 @@ def count_parameters(models: dict) -> dict[str, int]:
     return {k: sum(getattr(p, "ds_numel", p.numel()) for p in unwrap(m).parameters()) for k, m in models.items()}
 
 
+def batch_split(cfg, world: int) -> str:
+    t = cfg.train
+    return f"{t.batch_size} = world {world} x grad_accum {t.grad_accum} x micro-batch {t.batch_size // (world * t.grad_accum)}"
+
+
 def banner(cfg, state, rt, recipe: str, total: int, steps_per_epoch: int) -> str:
     t = cfg.train
     params = count_parameters(state.models)
-    micro = t.batch_size // (rt.world_size * t.grad_accum)
     if t.max_steps > 0:
         length = f"{total} steps (train.max_steps; an epoch is {steps_per_epoch} steps)"
     else:
@@ -29,24 +31,11 @@ def banner(cfg, state, rt, recipe: str, total: int, steps_per_epoch: int) -> str
     return "\n".join([
         f"run {recipe}: " + (f"resumed from step {state.step}" if state.step else "fresh"),
         f"  parameters    {sum(params.values()):,} (" + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ")",
-        f"  global batch  {t.batch_size} = world {rt.world_size} x grad_accum {t.grad_accum} x micro-batch {micro}",
+        f"  global batch  {batch_split(cfg, rt.world_size)}",
         f"  length        {length}",
         f"  out_dir       {cfg.out_dir}",
         f"  engine        {cfg.engine}: {rt.describe()}",
     ])
-
-
-def history(out_dir: Path) -> list[dict]:
-    f = Path(out_dir) / "metrics.jsonl"
-    if not f.exists():
-        return []
-    rows = []
-    for line in f.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass  # a line cut by a crash mid-write
-    return rows
 
 
 def final_metrics(rows: list[dict]) -> dict[str, float]:
