@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.config import CkptConfig, ranged
+from common.config import CkptConfig, ConfigError, ranged
 from common.data.images import head, paired_data
 from common.tasks import gan
 from common.tasks.fid import frechet_distance
@@ -63,7 +63,7 @@ class UNet(nn.Module):
         super().__init__()
         depth = int(math.log2(m.image_size))
         if 2 ** depth != m.image_size:
-            raise ValueError(f"model.image_size={m.image_size} must be a power of two for the U-Net")
+            raise ConfigError(f"model.image_size={m.image_size} must be a power of two for the U-Net (e.g. 64 or 256)")
         widths = [m.g_width * min(2 ** i, 8) for i in range(depth)]  # encoder maps: size/2, size/4, ..., 1
         self.down = nn.ModuleList([nn.Conv2d(c_in, widths[0], 4, 2, 1)])
         for i in range(1, depth):

@@ -37,20 +37,23 @@ def fit_size(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     if images.shape[-1] == 28 and size >= 32:
         images = F.pad(images, (2, 2, 2, 2))
-    if images.shape[-1] != size:
-        x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        images = x.round().clamp(0, 255).to(torch.uint8)
+    if images.shape[-1] != size:  # in chunks: a float copy of a whole 60k-image set at 256 px is 15 GiB
+        images = torch.cat([F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True,
+                                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
+                            for chunk in images.split(1024)])
     return images
 
 
 def edges(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> uint8 binary edge maps (Sobel magnitude of the grey image > 1/4 of full scale)."""
-    x = images.float().mean(1, keepdim=True) / 255
+    """uint8 images -> uint8 binary edge maps (Sobel magnitude of the grey image > 1/4 of full scale).
+    In chunks, like fit_size: the float temporaries of a whole dataset would not fit in memory."""
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]).view(1, 1, 3, 3)
-    gx = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kx)
-    gy = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kx.transpose(2, 3))
-    mag = (gx.square() + gy.square()).sqrt() / 4  # a full-scale step gives 1
-    return ((mag > 0.25).to(torch.uint8) * 255).expand_as(images).contiguous()
+
+    def chunk_edges(chunk):
+        x = F.pad(chunk.float().mean(1, keepdim=True) / 255, (1, 1, 1, 1), mode="replicate")
+        mag = (F.conv2d(x, kx).square() + F.conv2d(x, kx.transpose(2, 3)).square()).sqrt() / 4  # full-scale step: 1
+        return (mag > 0.25).to(torch.uint8) * 255
+    return torch.cat([chunk_edges(c) for c in images.split(1024)]).expand_as(images).contiguous()
 
 
 def _tanh_stats(channels: int):

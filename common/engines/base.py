@@ -57,6 +57,10 @@ class Engine:
         # its own format, instead of as plain state_dicts in state.pt.
         self.owned: set[str] = set()
 
+    # Config keys (patterns) a checkpoint of this engine fixes, beyond common/train/resume.py's FIXED:
+    # key -> what it decides. A resume that changes one stops before anything is written.
+    resume_fixed: dict[str, str] = {}
+
     # -- the environment, as recipes read it ------------------------------------------------
     device = property(lambda self: self.env.device)
     rank = property(lambda self: self.env.rank)
@@ -147,7 +151,9 @@ class Engine:
         return {"scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
-        self.scaler.load_state_dict(sd["scaler"])
+        # A checkpoint from an fp32/bf16 run has an empty scaler state: an fp16 resume starts a fresh scale.
+        if self.scaler.is_enabled() and sd.get("scaler"):
+            self.scaler.load_state_dict(sd["scaler"])
 
     save_shards = None  # or a callable(dir) that every rank calls to write its files into a checkpoint
 

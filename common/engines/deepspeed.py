@@ -129,6 +129,8 @@ def _leaf_params(loss: torch.Tensor):
 
 class DeepSpeedEngine(Engine):
     name = "deepspeed"
+    resume_fixed = {"precision": "DeepSpeed's saved optimizer and loss-scaler state is for one precision",
+                    "deepspeed_config": "the ZeRO stage and precision DeepSpeed saved its partitions with"}
 
     def __init__(self, cfg, env):
         # DeepSpeed picks its accelerator at import time; device=cpu must win on a GPU machine too.

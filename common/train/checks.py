@@ -7,7 +7,7 @@ an error instead (ConfigError: the key and the fix).
 """
 from __future__ import annotations
 
-from common.config import ConfigError, UserError
+from common.config import ConfigError
 
 
 def warnings(cfg, total: int | None, n_train: int | None = None) -> list[str]:
@@ -32,22 +32,4 @@ def warnings(cfg, total: int | None, n_train: int | None = None) -> list[str]:
         out.append(f"train.batch_size={t.batch_size} is larger than the training set ({n_train} samples): with "
                    f"data.drop_last=false every step is the whole set, padded with repeats to equal shards; "
                    f"set train.batch_size <= {n_train}")
-    return out
-
-
-def schedule_after_resume(state, total: int) -> list[str]:
-    """A schedule restored from a checkpoint keeps the length it was built for (OneCycleLR stores
-    total_steps; the other schedules are recomputed from this run's length). Shorter than the run is an
-    error before training (OneCycleLR raises when stepped past its end); longer is a warning."""
-    out = []
-    for name, sched in state.scheds.items():
-        built = getattr(sched, "total_steps", None)
-        if built is None or built == total:
-            continue
-        if built < total:
-            raise UserError(f"the checkpoint's one-cycle LR schedule ('{name}') ends at step {built}, but this run "
-                            f"goes to step {total} (train.max_steps or train.epochs changed): resume with the old "
-                            f"length (train.max_steps={built}), or start a new out_dir / resume=none")
-        out.append(f"the checkpoint's one-cycle LR schedule ('{name}') was built for {built} steps; this run "
-                   f"stops at step {total}, before the LR has annealed (train.max_steps={built} finishes it)")
     return out

@@ -19,11 +19,11 @@ from common.config import UserError, best_metric, to_dict
 from common.cli import dump_yaml
 from common.engines.base import unwrap
 from common.train import report
-from common.train.checks import schedule_after_resume
-from common.train.checkpoint import Checkpointer, load_file
+from common.train.checkpoint import Checkpointer
 from common.train.log import Logger, read_metrics
 from common.train.meter import Meter, NonFiniteGuard
 from common.train.preempt import EXIT_INTERRUPTED, PREEMPT_CHECK_STEPS, Preemption
+from common.train.resume import resume
 
 
 @dataclass(frozen=True)
@@ -120,15 +120,14 @@ def start(cfg, state, rt, train, recipe: str):
     final metrics in place of None when the resumed checkpoint is already the last step."""
     out = prepare_run_dir(cfg, rt)
     ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
-    resume(cfg, state, rt, ckpt, recipe)
     total = total_steps(cfg, train)
-    for warning in schedule_after_resume(state, total):
-        rt.log(f"warning: {warning}")
+    resume(cfg, state, rt, ckpt, recipe)
     if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
         rows = read_metrics(out) if rt.is_main else []
         rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: step {state.step} of {total}; "
                                                "nothing to train (a new out_dir or resume=none starts over)"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
+    record_config(out, cfg, state.step, rt)  # only now: a refused resume leaves the old config.yaml as it was
     rt.log(report.banner(cfg, state, rt, recipe, total, train.plan.steps))
     return out, ckpt, total, None
 
@@ -167,7 +166,6 @@ def prepare_run_dir(cfg, rt) -> Path:
     if rt.is_main:
         try:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(dump_yaml(cfg))
         except OSError as e:
             error = f"out_dir={cfg.out_dir!r} is not writable ({e}); choose another out_dir"
     error = dist.broadcast_object(error)
@@ -176,28 +174,28 @@ def prepare_run_dir(cfg, rt) -> Path:
     return out
 
 
-def resume(cfg, state, rt, ckpt: Checkpointer, recipe: str) -> None:
-    if cfg.resume == "none":
-        return
-    if cfg.resume == "auto":
-        found = ckpt.latest_valid() if rt.is_main else None
-        path = dist.broadcast_object(str(found) if found else None)
-        if path is None:
-            return
-    else:
-        path = cfg.resume
-    sd = load_file(Path(path))
-    saved_batch = sd.get("config", {}).get("train", {}).get("batch_size")
-    if saved_batch not in (None, cfg.train.batch_size):
-        # The data position is counted in global batches: another batch size cannot continue it.
-        raise UserError(f"checkpoint {path} was trained with train.batch_size={saved_batch} (global); this run asks "
-                        f"for {cfg.train.batch_size}. Resume with train.batch_size={saved_batch} (the number of "
-                        "processes may change), or start a new out_dir / resume=none")
-    for warning in state.load_state_dict(sd, recipe, rt.owned):
-        rt.log(f"warning: {warning}")
-    rt.load_state_dict(sd.get("engine") or {"scaler": sd["scaler"]})  # "scaler": checkpoints before engines saved their own
-    rt.load_shards(Path(path))
-    rt.log(f"resumed from {path}: step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch} of the epoch")
+def record_config(out: Path, cfg, step: int, rt) -> None:
+    """out/config.yaml is the config the run trains with from now on. When a resume changed it, the
+    one it replaces goes to out/config_history/<UTC time>-step_<N>.yaml (in effect until step N), so
+    the run directory tells how every step was trained."""
+    error = None
+    if rt.is_main:
+        text, current = dump_yaml(cfg), out / "config.yaml"
+        try:
+            old = current.read_text() if current.is_file() else None
+            if old is not None and old != text:
+                history = out / "config_history"
+                history.mkdir(exist_ok=True)
+                (history / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-step_{step:08d}.yaml").write_text(old)
+            if old != text:
+                tmp = out / ".config.yaml.tmp"
+                tmp.write_text(text)
+                tmp.replace(current)
+        except OSError as e:
+            error = f"could not write {current} ({e}); free space or fix permissions on {out}, then re-run"
+    error = dist.broadcast_object(error)
+    if error:
+        raise UserError(error)
 
 
 def _progress(cfg, rt, total: int, start: int):

@@ -12,14 +12,16 @@ from common.engines.base import unwrap
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
     """Weight decay on weight matrices and conv kernels only: decaying norm scales and
-    biases hurts accuracy and buys no regularization (switch back with decay_norm_and_bias)."""
-    if decay_norm_and_bias or weight_decay == 0:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    biases hurts accuracy and buys no regularization (switch back with decay_norm_and_bias).
+    Always the same two groups, whatever the values: a resume that changes weight_decay or
+    decay_norm_and_bias loads the saved optimizer state into the same parameter layout."""
     decay, no_decay = [], []
     for p in unwrap(model).parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": weight_decay if decay_norm_and_bias else 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def kernel_options(groups: list[dict]) -> dict:

@@ -110,7 +110,8 @@ class TrainState:
         }
 
     def load_state_dict(self, sd: dict, recipe: str, owned: set[str] = frozenset()) -> list[str]:
-        """Restore in place; returns warnings (e.g. RNG not restorable on a new world size)."""
+        """Restore in place (the LR schedulers excepted: see common/train/resume.py); returns warnings
+        (e.g. RNG not restorable on a new world size)."""
         if sd.get("format_version", 0) > FORMAT_VERSION:
             raise StateMismatch(f"checkpoint format version {sd['format_version']} is newer than this code "
                                 f"understands ({FORMAT_VERSION}): update dtrain, or resume=none to start fresh")
@@ -139,9 +140,13 @@ class TrainState:
                                     "matching model config") from None
         for k, o in self.optims.items():
             if k not in owned:
-                o.load_state_dict(sd["optims"][k])
-        for k, s in self.scheds.items():
-            s.load_state_dict(sd["scheds"][k])
+                try:
+                    o.load_state_dict(sd["optims"][k])
+                except ValueError as e:  # another number or size of parameter groups
+                    raise StateMismatch(f"checkpoint optimizer state for '{k}' does not fit this optimizer ({e}); "
+                                        "use the checkpoint's model and optimizer config, or start a new out_dir "
+                                        "with init_from= its weights") from None
+        # Schedulers are not loaded: common/train/resume.py positions this run's schedule at the step.
         for k, e in self.ema.items():
             if k in sd["ema"]:
                 e.load_state_dict(sd["ema"][k])

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from common.train.checkpoint import CheckpointError, Checkpointer, load_file, verify
 from common.train.optim import build_scheduler
+from common.train.resume import position
 from common.config import OptimConfig
 from common.train.state import StateMismatch, TrainState, make_ema
 
@@ -45,6 +46,7 @@ def test_round_trip_restores_everything(tmp_path, schedule):
     torch.manual_seed(123)
     b = make_state(seed=1, schedule=schedule)
     b.load_state_dict(load_file(ck.latest_valid()), "test")
+    position(b.scheds["net"], b.step)  # what resume does: this run's schedule, at the checkpoint's step
     assert torch.equal(torch.get_rng_state(), saved_rng)
     assert b.step == 3
     for k, v in a.models["net"].state_dict().items():

@@ -3,12 +3,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from torch.optim.lr_scheduler import OneCycleLR
 
-from common.config import BaseConfig, ConfigError, UserError, apply
-from common.train.checks import schedule_after_resume, warnings
-from common.train.state import TrainState
+from common.config import BaseConfig, ConfigError, apply
+from common.train.checks import warnings
 from helpers import ROOT
 
 
@@ -49,19 +46,6 @@ def test_global_batch_larger_than_the_dataset_without_drop_last():
 
 def test_unknown_length_skips_what_needs_it():
     assert warnings(cfg(**{"optim.warmup_steps": 10 ** 9, "train.eval_every_steps": 10 ** 9}), total=None) == []
-
-
-def _onecycle_state(total):
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    return TrainState(models={}, optims={"net": opt}, scheds={"net": OneCycleLR(opt, max_lr=0.1, total_steps=total)})
-
-
-def test_a_resumed_onecycle_schedule_shorter_than_the_run_is_an_error():
-    with pytest.raises(UserError, match=r"ends at step 100, but this run goes to step 200.*train.max_steps=100"):
-        schedule_after_resume(_onecycle_state(100), 200)
-    (w,) = schedule_after_resume(_onecycle_state(300), 200)
-    assert "built for 300 steps; this run stops at step 200" in w
-    assert schedule_after_resume(_onecycle_state(200), 200) == []
 
 
 def test_dry_run_prints_the_warnings_it_can_compute():
