@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from common import dist
-from common.config import ConfigError, UserError
+from common.config import ConfigError
+from common.data.files import DataError, class_labels, decode, list_images
 
 SYSTEM_DIRS = {"fashion_mnist": [Path("/usr/share/datasets/fashion-mnist")]}  # Debian: dataset-fashion-mnist
 STATS = {  # per-channel mean/std of the training split, in [0, 1] units
@@ -24,10 +25,6 @@ STATS = {  # per-channel mean/std of the training split, in [0, 1] units
     "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
     "synthetic": ([0.5], [0.25]),
 }
-
-
-class DataError(UserError):
-    """A dataset problem the user can fix; the message says how."""
 
 
 # ----------------------------------------------------------------------------- readers
@@ -131,14 +128,51 @@ def _where_to_put(name: str, root: Path) -> str:
     return f"Put the files in {where}, or run on a connected machine with data.download=true, or try data.name=synthetic."
 
 
+def read_folder(root: Path, split: str, shape: list[int]):
+    """An ImageFolder tree's split as uint8 [N, C, H, W] (the recipe's input shape: each image resized and
+    centre-cropped to H x W, grey or RGB by C) and its labels. Training images come from root/train;
+    evaluation from root/val, else root/test. Decoded with threads (PIL releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from PIL import Image, ImageOps
+    names = ["train"] if split == "train" else ["val", "test"]
+    d = next((root / n for n in names if (root / n).is_dir()), None)
+    if d is None:
+        raise DataError(f"data.name=folder: {root.resolve()} has no {' or '.join(n + '/' for n in names)}; data.root "
+                        "must hold train/ and val/, each with one sub-directory of images per class")
+    files = [f for f in list_images(d) if len(Path(f).parts) > 1]
+    if not files:
+        raise DataError(f"data.name=folder found no images in class sub-directories of {d.resolve()}")
+    labels, classes = class_labels(files)
+    c, h, w = shape
+
+    def load(f):
+        img = ImageOps.fit(decode(d / f).convert("L" if c == 1 else "RGB"), (w, h), Image.BICUBIC)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).reshape(h, w, -1).permute(2, 0, 1)
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        images = torch.stack(list(pool.map(load, files)))
+    return images, torch.tensor(labels), classes
+
+
+def channel_stats(name: str, train_images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std in [0, 1] units: the published figures for a named dataset, measured on the
+    training images for a user's folder."""
+    if name in STATS:
+        return STATS[name]
+    x = train_images.float().div_(255).transpose(0, 1).flatten(1)
+    return x.mean(1).tolist(), x.std(1).clamp_min(1e-3).tolist()
+
+
 def load_split(cfg_data, split: str):
     """(uint8 images [N, C, H, W], int64 labels [N]) on the CPU."""
     name, root = cfg_data.name, Path(cfg_data.root)
     if name == "synthetic":
         n = cfg_data.synthetic_train if split == "train" else cfg_data.synthetic_test
         return synthetic(n, cfg_data.synthetic_shape, cfg_data.synthetic_classes, split)
+    if name == "folder":
+        images, labels, classes = read_folder(root, split, cfg_data.folder_shape)
+        return images, labels
     if name not in TV_FOLDER:
-        raise ConfigError(f"data.name={name!r} is not one of {', '.join([*TV_FOLDER, 'synthetic'])}")
+        raise ConfigError(f"data.name={name!r} is not one of {', '.join([*TV_FOLDER, 'synthetic', 'folder'])}")
     reader = _read_cifar if name in CIFAR else _read_mnist_like
     found = reader(name, root, split)
     if found is None and cfg_data.download:

@@ -14,7 +14,6 @@ transforms, and keeping them in one module is what stops the two from drifting a
 """
 from __future__ import annotations
 
-import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,40 +25,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from common import dist
 from common.config import ranged
 from common.data.datasets import DataError, synthetic_tree
+from common.data.files import EXTENSIONS, class_labels, decode, list_images
 from common.data.memory import Loaders
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 # ----------------------------------------------------------------------------- files
-
-def list_images(root: Path) -> list[str]:
-    """Image files under root (symlinked directories followed), relative, sorted directory by directory."""
-    found = []
-    for d, _, names in os.walk(root, followlinks=True):
-        rel = Path(d).relative_to(root)
-        found += [(rel / f).as_posix() for f in names if Path(f).suffix.lower() in EXTENSIONS]
-    return sorted(found, key=lambda f: Path(f).parts)
-
-
-def class_labels(files: list[str]) -> tuple[list[int], list[str]]:
-    """Class = first sub-directory (the ImageFolder layout), sorted; files at the top level get class 0."""
-    classes = sorted({Path(f).parts[0] for f in files if len(Path(f).parts) > 1})
-    index = {c: i for i, c in enumerate(classes)}
-    return [index[Path(f).parts[0]] if len(Path(f).parts) > 1 else 0 for f in files], classes
-
-
-def decode(path: Path):
-    """The file as an RGB PIL image; a truncated, empty or non-image file is a DataError naming it."""
-    from PIL import Image
-    try:
-        with Image.open(path) as f:
-            return f.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace the file") from None
-
 
 def _listing(rt, dirs: list[Path]) -> list[list[str]]:
     """Rank 0 walks the tree once (slow on network filesystems); the others get its listing."""
@@ -77,33 +50,37 @@ def _listing(rt, dirs: list[Path]) -> list[list[str]]:
 
 # ----------------------------------------------------------------------------- transforms
 
-class Presets:
-    """torchvision's reference presets: RandomResizedCrop + flip; eval resize to size/0.875, center crop.
+class Seeded:
+    """A per-sample function whose randomness comes from the sampler: a seed per training sample, drawn
+    by epoch position from augment_generator(seed, epoch) (None for evaluation). It runs under fork_rng,
+    so a sample gets the same augmentation whatever the workers, world size or resume, and the
+    caller's RNG is untouched."""
 
-    A training sample's randomness comes from its seed, under fork_rng: the caller's RNG is untouched.
-    """
-
-    def __init__(self, size: int, train: bool):
-        from torchvision.transforms import v2
-        head = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if train else \
-            [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
-        self.train = train
-        self.t = v2.Compose([v2.ToImage(), *head, v2.ToDtype(torch.float32, scale=True),
-                             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    def __init__(self, fn, train: bool):
+        self.fn, self.train = fn, train
 
     def draw(self, n: int, g: torch.Generator) -> list:
         return torch.randint(0, 2**62, (n,), generator=g).tolist() if self.train else [None] * n
 
-    def __call__(self, img, seed):
+    def __call__(self, x, seed):
         if seed is None:
-            return self.t(img)
+            return self.fn(x)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.t(img)
+            return self.fn(x)
 
     @staticmethod
     def on_device(x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+def presets(size: int, train: bool) -> Seeded:
+    """torchvision's reference presets: RandomResizedCrop + flip; eval resize to size/0.875, center crop."""
+    from torchvision.transforms import v2
+    head = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if train else \
+        [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+    return Seeded(v2.Compose([v2.ToImage(), *head, v2.ToDtype(torch.float32, scale=True),
+                              v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]), train)
 
 
 class SquareCrop:
@@ -303,8 +280,8 @@ def imagefolder_data(cfg, rt) -> Loaders:
         raise DataError(f"train/ has classes {classes[:5]}... but val/ has {val_classes[:5]}...: "
                         "both need the same class folders")
     size, workers = cfg.data.image_size, cfg.data.workers
-    train_ds = ImageFiles(dirs[0], train_files, train_labels, Presets(size, train=True))
-    val_ds = ImageFiles(dirs[1], val_files, val_labels, Presets(size, train=False))
+    train_ds = ImageFiles(dirs[0], train_files, train_labels, presets(size, train=True))
+    val_ds = ImageFiles(dirs[1], val_files, val_labels, presets(size, train=False))
     train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
                               seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers)
     evaluate = FolderEvalLoader(val_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)

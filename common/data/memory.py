@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from common.config import ConfigError
-from common.data.datasets import STATS, load_split
+from common.data.datasets import channel_stats, load_split
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
 def _augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
@@ -177,7 +177,7 @@ def classification_data(cfg, rt) -> Loaders:
     train_x, train_y = load_split(d, "train")
     test_x, test_y = load_split(d, "test")
     train_x, test_x = _pad(train_x, d.pad_to), _pad(test_x, d.pad_to)
-    mean, std = STATS[d.name]
+    mean, std = channel_stats(d.name, train_x)
     mean, std = mean * (train_x.shape[1] // len(mean)), std * (train_x.shape[1] // len(std))
     common = tensor_loader_args(cfg, rt, train_x, train_y, test_x, test_y)
     num_classes = int(max(train_y.max(), test_y.max())) + 1

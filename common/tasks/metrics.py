@@ -13,14 +13,15 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_classifier(model, rt, loader, tta_flip: bool = False) -> dict[str, float]:
-    """Loss and top-1 accuracy over the whole eval split, each sample counted once.
+    """Loss, top-1 and (with more than 5 classes) top-5 accuracy over the whole eval split, each
+    sample counted once.
 
     Each rank sums over its unpadded shard; one all-reduce adds the shards; the total
     count must equal the dataset size, or the sharding is wrong and we say so.
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, device=rt.device, dtype=torch.float64)  # loss sum, correct, count
+    sums = torch.zeros(5, device=rt.device, dtype=torch.float64)  # loss sum, correct, count, top-5 correct, top-5 batches
     for x, y in loader:
         with rt.autocast():
             logits = model(x).float()
@@ -29,8 +30,11 @@ def evaluate_classifier(model, rt, loader, tta_flip: bool = False) -> dict[str, 
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)
+        if logits.shape[1] > 5:  # counted in the same all-reduce, so a rank with an empty shard agrees
+            sums[3] += (logits.topk(5, dim=1).indices == y[:, None]).any(1).sum()
+            sums[4] += 1
     model.train(was_training)
-    loss, correct, count = rt.all_reduce_sum(sums).tolist()
+    loss, correct, count, correct5, top5 = rt.all_reduce_sum(sums).tolist()
     if int(count) != loader.total:
         raise RuntimeError(f"evaluation saw {int(count)} samples, the split has {loader.total}: sharding bug")
-    return {"loss": loss / count, "acc1": 100.0 * correct / count}
+    return {"loss": loss / count, "acc1": 100.0 * correct / count, **({"acc5": 100.0 * correct5 / count} if top5 else {})}

@@ -1,0 +1,48 @@
+"""A user's own torch.utils.data.Dataset as a classifier's data, sharded and resumable like the built-in sets.
+
+    task = Classifier(Config, build_model, __file__, build_data=dataset_data(make_dataset))
+
+`make_dataset(cfg, split)` returns a map-style Dataset for split "train" or "val" whose items are
+(float image tensor [C, H, W], int label). The loaders are common/data/folder.py's: the sampler
+shards every global batch over the ranks by TrainPlan (drop_last handled as for every recipe), the
+order depends only on (seed, epoch), a resume continues at the step it stopped, and evaluation counts
+every sample of "val" exactly once. Random transforms inside the Dataset (torchvision's, or anything
+drawing from torch's RNG) get a seed per sample by epoch position, so they too repeat after a resume.
+See docs/data.md, "Your own Dataset".
+"""
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+from common.data.files import DataError
+from common.data.folder import FolderEvalLoader, FolderTrainLoader, Seeded
+from common.data.memory import Loaders
+
+
+class Indexed(Dataset):
+    """The loaders' item (index, seed) -> the user dataset's (image, label) at that index, seeded."""
+
+    def __init__(self, ds: Dataset, train: bool):
+        self.ds, self.transform = ds, Seeded(ds.__getitem__, train)  # a bound method pickles to spawned workers
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, item):
+        x, y = self.transform(*item)
+        return x, int(y)
+
+
+def dataset_data(make_dataset, num_classes: int | None = None, workers: int = 2):
+    """build_data for Classifier from make_dataset(cfg, split). num_classes: else the train set's
+    `classes` (as torchvision datasets have). workers: loader processes per rank (0 = in the training process)."""
+    def build_data(cfg, rt) -> Loaders:
+        train, val = Indexed(make_dataset(cfg, "train"), True), Indexed(make_dataset(cfg, "val"), False)
+        classes = num_classes or len(getattr(train.ds, "classes", []))
+        if not classes:
+            raise DataError(f"{type(train.ds).__name__} has no `classes`: pass dataset_data(..., num_classes=N)")
+        loader = FolderTrainLoader(train, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
+                                   seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers)
+        evaluate = FolderEvalLoader(val, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
+        return Loaders(loader, evaluate, classes, tuple(train.ds[0][0].shape))
+    return build_data
