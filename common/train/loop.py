@@ -18,7 +18,7 @@ from common import dist
 from common.config import UserError, best_metric, to_dict
 from common.cli import dump_yaml
 from common.engines.base import unwrap
-from common.train import report
+from common.train import report, rundir
 from common.train.checks import schedule_after_resume
 from common.train.checkpoint import Checkpointer, load_file
 from common.train.log import Logger, read_metrics
@@ -118,8 +118,8 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
 def start(cfg, state, rt, train, recipe: str):
     """Run directory, resume, the banner: (out_dir, checkpointer, total steps, None), or with the
     final metrics in place of None when the resumed checkpoint is already the last step."""
-    out = prepare_run_dir(cfg, rt)
-    ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
+    out, ckpt = rundir.prepare(cfg, rt)  # locked, and not another run's: before anything is written
+    prepare_run_dir(cfg, rt)
     resume(cfg, state, rt, ckpt, recipe)
     total = total_steps(cfg, train)
     for warning in schedule_after_resume(state, total):
