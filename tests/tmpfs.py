@@ -2,7 +2,8 @@
 
     def test_x(tmpfs):
         fs = tmpfs("40m")          # mounted at fs.path, unmounted when the test ends
-        fs.remount("size=200m")    # free space; fs.remount("ro") makes it read-only
+        fs.remount("size=200m")    # free space; fs.remount("ro") makes it read-only (no file open for writing)
+        tmpfs("40m", path)         # mounted at path
 """
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ class Tmpfs:
 def tmpfs(tmp_path):
     mounted = []
 
-    def mount(size: str) -> Tmpfs:
-        path = tmp_path / f"tmpfs{len(mounted)}"
-        path.mkdir()
+    def mount(size: str, path: Path | None = None) -> Tmpfs:
+        path = path or tmp_path / f"tmpfs{len(mounted)}"
+        path.mkdir(parents=True)
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                            capture_output=True, text=True)
         if r.returncode:
