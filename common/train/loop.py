@@ -23,7 +23,7 @@ from common.train.checks import schedule_after_resume
 from common.train.checkpoint import Checkpointer, load_file
 from common.train.log import Logger, read_metrics
 from common.train.meter import Meter, NonFiniteGuard
-from common.train.preempt import EXIT_INTERRUPTED, PREEMPT_CHECK_STEPS, Preemption
+from common.train.preempt import PREEMPT_CHECK_STEPS, Preemption
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                     saved_step = save()
                 if (rt.world_size == 1 or state.step % PREEMPT_CHECK_STEPS == 0) and preempt.agreed(rt):
                     saved_step = save() if saved_step != state.step else saved_step
-                    why = "interrupted (Ctrl-C)" if preempt.code == EXIT_INTERRUPTED else "preempted"
-                    rt.log(f"{why}: checkpoint at step {state.step} written; exiting with code {preempt.code}; "
+                    rt.log(f"{preempt.reason}: checkpoint at step {state.step} written; exiting with code {preempt.code}; "
                            "the same command resumes from it")
                     raise SystemExit(preempt.code)
                 if epoch_end:

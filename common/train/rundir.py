@@ -63,6 +63,7 @@ def prepare(cfg, rt) -> tuple[Path, Checkpointer]:
 
 def _prepare_main(cfg, rt, out: Path, ckpt: Checkpointer) -> str:
     """Rank 0: lock, decide fresh vs continued, return the run id."""
+    overwrite = cfg.overwrite
     out.mkdir(parents=True, exist_ok=True)
     taken_over = lock(out)
     if taken_over:
@@ -71,7 +72,7 @@ def _prepare_main(cfg, rt, out: Path, ckpt: Checkpointer) -> str:
     if mine is not None:
         return mine
     others = [p.name for p in ckpt.all()]
-    if others and not cfg.overwrite:
+    if others and not overwrite:
         why = "resume=none" if cfg.resume == "none" else "no usable checkpoint was found to resume"
         raise RunDirError(
             f"out_dir {out} holds checkpoints of another run ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}) "
