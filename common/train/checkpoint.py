@@ -8,6 +8,7 @@ rank learns the outcome, so a failed write stops all ranks together.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -165,7 +166,7 @@ class Checkpointer:
         `shards(dir)`, if given, is called on every rank first to write engine files (each
         rank its own) into a staging directory that becomes part of the checkpoint.
         """
-        final, error = self.path_for(step), None
+        final = self.path_for(step)
         staging = None
         if shards is not None:
             if dist.rank() == 0:
@@ -175,8 +176,8 @@ class Checkpointer:
             staging = Path(dist.broadcast_object(str(staging) if staging else None))  # exists before any rank writes
             shards(staging)
             dist.broadcast_object(None)  # every rank's files are written
-        if dist.rank() == 0:
-            try:
+        with writes_agreed(f"write checkpoint {final}", self.dir, self.dir):
+            if dist.rank() == 0:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 self._latest = []
                 write_checkpoint(final, payload, {"step": step, "format_version": payload.get("format_version"),
@@ -188,16 +189,6 @@ class Checkpointer:
                     tmp.write_text(json.dumps({"name": final.name, "step": step, "metric": metric}))
                     tmp.replace(self.dir / "best.json")
                 self._prune()
-            except (OSError, RuntimeError) as e:
-                reason = write_failure(e, self.dir)
-                if reason is None:
-                    raise
-                error = (f"could not write checkpoint {final}: {reason}. The newest intact checkpoint is "
-                         f"{newest_intact(self.dir)}. Free space or fix permissions on {self.dir}, "
-                         "then re-run the same command to resume from it.")
-        error = dist.broadcast_object(error)
-        if error:
-            raise CheckpointError(error)
         return final
 
     def _prune(self) -> None:
@@ -265,6 +256,25 @@ def newest_intact(directory: Path) -> str:
         if verify(p) is None:
             return str(p)
     return "none (no checkpoint was written yet)"
+
+
+@contextlib.contextmanager
+def writes_agreed(what: str, where: Path, checkpoints: Path):
+    """Collective: run the block (the writes, normally rank 0's), then every rank learns whether a write
+    failed and raises the same CheckpointError, naming the fault and the newest intact checkpoint in
+    `checkpoints`. A failure that is no write failure (write_failure) propagates unchanged."""
+    error = None
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        reason = write_failure(e, where)
+        if reason is None:
+            raise
+        error = (f"could not {what}: {reason}. The newest intact checkpoint is {newest_intact(checkpoints)}. "
+                 f"Free space or fix permissions on {where}, then re-run the same command to resume from it.")
+    error = dist.broadcast_object(error)
+    if error:
+        raise CheckpointError(error)
 
 
 def write_failure(e: BaseException, where: Path) -> str | None:

@@ -7,7 +7,6 @@ without overlap.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 import math
@@ -83,25 +82,10 @@ class Logger:
             self._write(split, step, epoch, values, metrics)
         return metrics
 
-    @contextlib.contextmanager
     def _writes(self, what: str):
-        """Collective: run the block (rank 0's writes), then every rank learns whether a write failed."""
-        from common import dist
-        from common.train.checkpoint import CheckpointError, newest_intact, write_failure
-
-        error = None
-        try:
-            yield
-        except (OSError, RuntimeError) as e:
-            reason = write_failure(e, self.out_dir)
-            if reason is None:
-                raise
-            error = (f"could not {what} in {self.out_dir}: {reason}. The newest intact checkpoint is "
-                     f"{newest_intact(self.out_dir / 'checkpoints')}. Free space or fix permissions, then re-run "
-                     "the same command to resume from it.")
-        error = dist.broadcast_object(error) if dist.world_size() > 1 else error
-        if error:
-            raise CheckpointError(error)
+        """Collective (every rank calls it at the same points): rank 0's write failure stops every rank."""
+        from common.train.checkpoint import writes_agreed
+        return writes_agreed(f"{what} in {self.out_dir}", self.out_dir, self.out_dir / "checkpoints")
 
     def _write(self, split: str, step: int, epoch: int, values: dict, metrics: dict) -> None:
         if not self.enabled:

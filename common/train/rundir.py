@@ -73,15 +73,16 @@ def _prepare_main(cfg, rt, out: Path, ckpt: Checkpointer) -> str:
         return mine
     others = [p.name for p in ckpt.all()]
     if others and not overwrite:
-        why = "resume=none" if cfg.resume == "none" else "no usable checkpoint was found to resume"
+        why = {"none": "resume=none", "auto": "none of them verifies (see the warnings above)"}.get(
+            cfg.resume, f"resume={cfg.resume} is not one of them")
         raise RunDirError(
             f"out_dir {out} holds checkpoints of another run ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}) "
-            f"and this run starts from scratch ({why}). Choose one: resume it (resume=auto), use another out_dir, "
-            f"or overwrite=true to move that run's files to {out}/{PREVIOUS}<time>/ and start fresh")
+            f"and this run would start beside them ({why}). Choose one: continue that run (resume=auto), use another "
+            f"out_dir, or overwrite=true to move that run's files to {out}/{PREVIOUS}<time>/ and start here")
     if others:
         aside = move_aside(out)
         rt.log(f"overwrite=true: the previous run's files were moved to {aside}")
-    return new_run_id()
+    return _continues(cfg, out, ckpt) or new_run_id()  # after a move: a resume=path's run, or a new one
 
 
 def _continues(cfg, out: Path, ckpt: Checkpointer) -> str | None:
