@@ -34,8 +34,12 @@ def test_a_second_run_into_a_used_out_dir_is_refused_naming_the_holder(tmp_path)
     try:
         wait_for_line(first.stdout, "paused at step 5")  # it holds the lock and is training
         before = snapshot(out)
-        second = run_recipe("mnist_mlp", f"out_dir={out}", check=False)
-        assert second.returncode == 2, second.stderr[-3000:]
+        cmd2, env2 = recipe_command("mnist_mlp", f"out_dir={out}", nproc=2)  # torchrun: rank 0 locks
+        cmd2[3:3] = ["--monitor-interval=5"]  # both ranks end on their own before torchrun reacts
+        second = subprocess.run(cmd2, capture_output=True, text=True, env=env2, cwd=ROOT, timeout=300)
+        assert second.returncode != 0 and second.stderr.count("exitcode  : 2") == 2, second.stderr[-3000:]
+        refusals = [line for line in second.stderr.splitlines() if line.startswith(f"error: out_dir {out} is in use")]
+        assert len(refusals) == 2, second.stderr[-3000:]  # rank 1 learns it from rank 0
         assert f"in use by another run (pid {first.pid} on host {socket.gethostname()}" in second.stderr
         assert "faulty.py mnist_mlp pause=5" in second.stderr  # the holder's command
         assert "use another out_dir" in second.stderr
