@@ -19,10 +19,10 @@ mkdir -p "$out"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 for p in fp32 bf16 fp16; do
   check "mnist_cnn_$p" python3 recipes/mnist_cnn.py --config recipes/configs/mnist_cnn_debug.yaml \
-    "out_dir=$out/cnn_$p" resume=none precision=$p
+    "out_dir=$out/cnn_$p" resume=none overwrite=true precision=$p
 done
 check resnet_compile_cl_bf16 python3 recipes/resnet_cifar.py --config recipes/configs/resnet_cifar_debug.yaml \
-  "out_dir=$out/resnet_compile" resume=none precision=bf16 train.compile=true train.channels_last=true
+  "out_dir=$out/resnet_compile" resume=none overwrite=true precision=bf16 train.compile=true train.channels_last=true
 check torchrun_nccl_1gpu torchrun --nproc_per_node=1 recipes/mnist_mlp.py --config recipes/configs/mnist_mlp_debug.yaml \
-  "out_dir=$out/mlp_nccl" resume=none
+  "out_dir=$out/mlp_nccl" resume=none overwrite=true
 exit $fails

@@ -53,7 +53,7 @@ def hardware(gpu: bool) -> str:
 
 def run_one(name: str, gpu: bool, data_root: str | None, out_root: Path) -> dict:
     recipe, overrides, target = RUNS[name]
-    args = [*overrides, *(GPU_FAST if gpu else ["device=cpu"]), f"out_dir={out_root / name}", "resume=none",
+    args = [*overrides, *(GPU_FAST if gpu else ["device=cpu"]), f"out_dir={out_root / name}", "resume=none", "overwrite=true",
             "train.progress=false"]
     if data_root:
         args.append(f"data.root={data_root}")

@@ -137,6 +137,7 @@ class BaseConfig:
     seed: int = ranged(0, ge=0)  # seeds weights, data order and augmentation
     out_dir: str = "runs/{recipe}"  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/; {recipe} = the script's name
     resume: str = "auto"  # auto (newest valid checkpoint in out_dir) | none | path to a checkpoint
+    overwrite: bool = False  # starting from scratch in an out_dir holding another run's checkpoints: true = move that run's files to out_dir/previous-<time>/ first; false = refuse
     engine: str = "auto"  # ddp | accelerate | deepspeed (common/engines/__init__.py lists them); auto = from the launcher (accelerate launch, deepspeed), else ddp
     deepspeed_config: str = "launch/deepspeed/zero2.json"  # engine=deepspeed: DeepSpeed JSON (ZeRO stage, bf16/fp16); relative to the working directory or the repo
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler

@@ -29,6 +29,7 @@ deepspeed/<name>/zero_to_fp32.py in the checkpoint exports plain fp32 weights.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -41,9 +42,16 @@ import torch.nn as nn
 from common import dist
 from common.config import UserError
 from common.engines.base import Engine, unwrap
+from common.train.checkpoint import refuse_code
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "state"  # DeepSpeed's tag (sub-folder) inside checkpoints/step_N/deepspeed/<name>/
+# The classes (by name) DeepSpeed 0.19 pickles into its checkpoint files besides tensors and plain values,
+# found by inspecting real ZeRO-2 checkpoints (torch.serialization.get_unsafe_globals_in_checkpoint).
+# Each is plain data: an Enum, a dataclass, loss scalers whose state is attributes. Allowing them lets
+# weights_only=True construct them, nothing more; any other global in a file is refused.
+SAFE_TYPES = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+              "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler", "deepspeed.utils.tensor_fragment.fragment_address")
 
 
 def _strip_comments(text: str) -> str:
@@ -125,6 +133,17 @@ def _leaf_params(loss: torch.Tensor):
         if hasattr(fn, "variable"):  # AccumulateGrad: its variable is a leaf that requires grad
             yield fn.variable
         todo.extend(f for f, _ in fn.next_functions)
+
+
+def _safe_types() -> list[type]:
+    found = []
+    for name in SAFE_TYPES:
+        module, _, attr = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):  # another DeepSpeed version: that class is refused like any other
+            pass
+    return found
 
 
 class DeepSpeedEngine(Engine):
@@ -242,6 +261,8 @@ class DeepSpeedEngine(Engine):
                 raise UserError(f"{where} holds ZeRO partitions for {len(parts)} ranks, this run has {self.world_size}: "
                                 "resume with the same world size, or export weights with its zero_to_fp32.py and "
                                 "start a new run from them")
+            # DeepSpeed loads with weights_only=False: check every file it may read first.
+            refuse_code(sorted(f for f in (where / TAG).rglob("*") if f.is_file()), _safe_types())
             path, _ = engine.load_checkpoint(str(where), tag=TAG, load_optimizer_states=True,
                                              load_lr_scheduler_states=False)
             if path is None:

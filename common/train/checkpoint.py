@@ -8,6 +8,7 @@ rank learns the outcome, so a failed write stops all ranks together.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -125,10 +126,13 @@ def write_checkpoint(final: Path, payload: dict, meta: dict, shards: Path | None
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, keep_last: int = 3, best_mode: str = "max"):
+    def __init__(self, directory: Path, keep_last: int = 3, best_mode: str = "max", run_id: str | None = None):
         self.dir = Path(directory)
         self.keep_last = max(1, keep_last)
         self.best_mode = best_mode
+        # Written into each MANIFEST.json; pruning deletes only checkpoints with this id (common/train/rundir.py).
+        self.run_id = run_id
+        self._latest: list[Path | None] = []  # latest_valid's answer, until the next save
 
     def all(self) -> list[Path]:
         """Checkpoint directories, newest first."""
@@ -162,7 +166,7 @@ class Checkpointer:
         `shards(dir)`, if given, is called on every rank first to write engine files (each
         rank its own) into a staging directory that becomes part of the checkpoint.
         """
-        final, error = self.path_for(step), None
+        final = self.path_for(step)
         staging = None
         if shards is not None:
             if dist.rank() == 0:
@@ -172,11 +176,12 @@ class Checkpointer:
             staging = Path(dist.broadcast_object(str(staging) if staging else None))  # exists before any rank writes
             shards(staging)
             dist.broadcast_object(None)  # every rank's files are written
-        if dist.rank() == 0:
-            try:
+        with writes_agreed(f"write checkpoint {final}", self.dir, self.dir):
+            if dist.rank() == 0:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                write_checkpoint(final, payload, {"step": step, "format_version": payload.get("format_version")},
-                                 shards=staging)
+                self._latest = []
+                write_checkpoint(final, payload, {"step": step, "format_version": payload.get("format_version"),
+                                                  "run_id": self.run_id}, shards=staging)
                 if staging is not None:
                     shutil.rmtree(staging, ignore_errors=True)
                 if is_best:
@@ -184,19 +189,14 @@ class Checkpointer:
                     tmp.write_text(json.dumps({"name": final.name, "step": step, "metric": metric}))
                     tmp.replace(self.dir / "best.json")
                 self._prune()
-            except OSError as e:
-                previous = next((p.name for p in self.all() if p != final), None)
-                error = (f"could not write checkpoint {final}: {e}. The previous checkpoint "
-                         f"({previous or 'none'}) is untouched. Free space or fix permissions on {self.dir}, "
-                         "then re-run the same command to resume.")
-        error = dist.broadcast_object(error)
-        if error:
-            raise CheckpointError(error)
         return final
 
     def _prune(self) -> None:
+        """Keep this run's newest keep_last (plus the best); never touch another run's checkpoints,
+        nor one without a run id (written before ids, or by someone else)."""
         best = self.best_name()
-        for p in self.all()[self.keep_last:]:
+        ours = [p for p in self.all() if read_run_id(p) == self.run_id]
+        for p in ours[self.keep_last:]:
             if p.name != best:
                 shutil.rmtree(p, ignore_errors=True)
         self.clean_stale()
@@ -224,17 +224,114 @@ class Checkpointer:
 
     def latest_valid(self) -> Path | None:
         """Newest checkpoint that passes verification; warns about each newer one that fails.
-        Leftovers of dead writers are cleaned first (clean_stale)."""
+        Leftovers of dead writers are cleaned first (clean_stale). Remembered until the next save: the
+        run directory's check and the resume both ask, and each answer hashes every file."""
+        if self._latest:
+            return self._latest[0]
         try:
             self.clean_stale()
         except OSError as e:
             warnings.warn(f"could not clean temporary checkpoint files in {self.dir}: {e}", stacklevel=2)
+        self._latest = [None]
         for p in self.all():
             reason = verify(p)
             if reason is None:
+                self._latest = [p]
                 return p
             warnings.warn(f"skipping checkpoint {p}: {reason}; trying the previous one", stacklevel=2)
         return None
+
+
+def read_run_id(ckpt_dir: Path) -> str | None:
+    """The id of the run that wrote a checkpoint (its MANIFEST.json), None when it has none."""
+    try:
+        return json.loads((Path(ckpt_dir) / MANIFEST).read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def newest_intact(directory: Path) -> str:
+    """The newest checkpoint in `directory` that verifies, as a path, or a sentence saying there is none."""
+    for p in Checkpointer(directory).all():
+        if verify(p) is None:
+            return str(p)
+    return "none (no checkpoint was written yet)"
+
+
+@contextlib.contextmanager
+def writes_agreed(what: str, where: Path, checkpoints: Path):
+    """Collective: run the block (the writes, normally rank 0's), then every rank learns whether a write
+    failed and raises the same CheckpointError, naming the fault and the newest intact checkpoint in
+    `checkpoints`. A failure that is no write failure (write_failure) propagates unchanged."""
+    error = None
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        reason = write_failure(e, where)
+        if reason is None:
+            raise
+        error = (f"could not {what}: {reason}. The newest intact checkpoint is {newest_intact(checkpoints)}. "
+                 f"Free space or fix permissions on {where}, then re-run the same command to resume from it.")
+    error = dist.broadcast_object(error)
+    if error:
+        raise CheckpointError(error)
+
+
+def write_failure(e: BaseException, where: Path) -> str | None:
+    """What a failed write ran into, or None when `e` is no write failure (a bug: let it propagate).
+
+    An OSError says it (ENOSPC, EROFS, EDQUOT, EACCES). torch.save does not: a failed write inside its
+    zip writer comes back as RuntimeError("[enforce fail at inline_container.cc:...] unexpected pos ...")
+    or "PytorchStreamWriter failed writing file ...", the errno lost; the file system is asked instead."""
+    if isinstance(e, OSError):
+        return str(e)
+    text = str(e)
+    if not isinstance(e, RuntimeError) or not ("inline_container" in text or "PytorchStreamWriter" in text):
+        return None
+    return f"{file_system_state(where)} (torch.save: {text.splitlines()[0][:200]})"
+
+
+def file_system_state(where: Path) -> str:
+    """Why writes under `where` fail, as far as statvfs tells: read-only, full, or neither."""
+    where = Path(where)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        st = os.statvfs(where)
+    except OSError as e:
+        return f"the file system of {where} cannot be examined ({e})"
+    if st.f_flag & os.ST_RDONLY:
+        return f"read-only file system ({where})"
+    free = st.f_bavail * st.f_frsize
+    if free < 16 << 20:
+        return f"no space left on device ({free / 2**20:.1f} MiB free on the file system of {where})"
+    return f"write failed on {where} ({free / 2**30:.1f} GiB free: a quota or a failing device?)"
+
+
+def refuse_code(files: list[Path], allowed=()) -> None:
+    """Raise CheckpointError naming the first of `files` that does not load with torch.load(weights_only=True)
+    (a pickled object other than tensors, plain values and the `allowed` classes): for files a library loads
+    itself with pickle's full power (DeepSpeed's engine.load_checkpoint), checked before it touches them.
+    Collective: each rank checks a share of the files (mmap: tensor data is not read), all learn the verdict."""
+    error = None
+    with torch.serialization.safe_globals(list(allowed)):
+        for f in files[dist.rank()::dist.world_size()]:
+            try:
+                torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:
+                error = (f"checkpoint file {f} could not be loaded safely (it holds something other than tensors "
+                         f"and plain values: {_first_line(e)}); refusing to resume from it. Use another checkpoint "
+                         "(resume=path/to/step_N) or resume=none")
+                break
+    errors = [e for e in dist.all_gather_object(error) if e]
+    if errors:
+        raise CheckpointError(errors[0])
+
+
+def _first_line(e: Exception) -> str:
+    """The line of torch's weights_only refusal that names what was refused."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else repr(e))
 
 
 def load_file(ckpt_dir: Path) -> dict:

@@ -47,30 +47,49 @@ class Grid:
 
 
 class Logger:
+    """Writes happen on rank 0; a failed write (disk full, read-only, quota) stops every rank with the
+    same CheckpointError at the end of the call, which every rank makes (see `_writes`)."""
+
     def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
-        if not enabled:
-            return
         self.out_dir = Path(out_dir)
+        with self._writes("open the logs"):
+            self._open(resume_step)
+
+    def _open(self, resume_step: int) -> None:
+        if not self.enabled:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.jsonl = Path(out_dir) / "metrics.jsonl"
+        self.jsonl = self.out_dir / "metrics.jsonl"
         if resume_step > 0 and self.jsonl.exists():
             self._truncate_after(resume_step)
         elif resume_step == 0 and self.jsonl.exists():
             self.jsonl.unlink()  # a fresh run owns the directory's history
-        self.tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=resume_step if resume_step > 0 else None)
+        self.tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=resume_step if resume_step > 0 else None)
 
     def _truncate_after(self, step: int) -> None:
         keep = [r for r in read_metrics(self.out_dir) if isinstance(r.get("step"), int) and r["step"] <= step]
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp = self.jsonl.with_name(".metrics.jsonl.tmp")  # replaced whole: a full disk cannot cut the history
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.replace(self.jsonl)
 
     def log(self, split: str, step: int, epoch: int, values: dict) -> dict[str, float]:
         """Numbers go to metrics.jsonl, TensorBoard and the console; Grid values (an evaluation's
         sample images) become PNG grids. Returns the numbers. Call it on every rank; only rank 0 writes."""
         metrics = {k: v for k, v in values.items() if not isinstance(v, Grid)}
+        with self._writes(f"log {split} metrics at step {step}"):
+            self._write(split, step, epoch, values, metrics)
+        return metrics
+
+    def _writes(self, what: str):
+        """Collective (every rank calls it at the same points): rank 0's write failure stops every rank."""
+        from common.train.checkpoint import writes_agreed
+        return writes_agreed(f"{what} in {self.out_dir}", self.out_dir, self.out_dir / "checkpoints")
+
+    def _write(self, split: str, step: int, epoch: int, values: dict, metrics: dict) -> None:
         if not self.enabled:
-            return metrics
+            return
         with open(self.jsonl, "a") as f:
             f.write(json.dumps({"step": step, "epoch": epoch, "split": split, **metrics}) + "\n")
         for k, v in metrics.items():
@@ -80,7 +99,7 @@ class Logger:
         for tag, grid in values.items():
             if isinstance(grid, Grid):
                 self.images(tag, step, grid)
-        return metrics
+        self.tb.flush()  # TensorBoard writes from a thread: flushing here surfaces its write errors now
 
     def images(self, tag: str, step: int, g: "Grid") -> None:
         """The grid to TensorBoard (samples/<tag>) and to out_dir/samples/<tag>_<step>.png."""
@@ -93,11 +112,19 @@ class Logger:
         save_image(grid, self.out_dir / "samples" / f"{tag}_{step:08d}.png")
 
     def hparams(self, config: dict, final: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        metrics = {f"hparam/{k}": v for k, v in final.items() if isinstance(v, float) and math.isfinite(v)}
-        self.tb.add_hparams(_flat(config), metrics, run_name="hparams")
+        with self._writes("write TensorBoard hparams"):
+            if self.enabled:
+                metrics = {f"hparam/{k}": v for k, v in final.items() if isinstance(v, float) and math.isfinite(v)}
+                self.tb.add_hparams(_flat(config), metrics, run_name="hparams")
+                self.tb.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            self.tb.close()
+        """In a `finally`: a write error here (the disk filled since the last log) must not hide the
+        error that is ending the run, so it is reported, not raised."""
+        if self.enabled and hasattr(self, "tb"):
+            try:
+                self.tb.close()
+            except (OSError, RuntimeError) as e:
+                import sys
+                print(f"warning: TensorBoard events in {self.out_dir / 'tb'} could not be flushed: {e}",
+                      file=sys.stderr, flush=True)

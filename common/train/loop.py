@@ -10,19 +10,16 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from common import dist
 from common.config import UserError, best_metric, to_dict
-from common.cli import dump_yaml
 from common.engines.base import unwrap
-from common.train import report
-from common.train.checkpoint import Checkpointer
+from common.train import report, rundir
 from common.train.log import Logger, read_metrics
 from common.train.meter import Meter, NonFiniteGuard
-from common.train.preempt import EXIT_INTERRUPTED, PREEMPT_CHECK_STEPS, Preemption
+from common.train.preempt import PREEMPT_CHECK_STEPS, Preemption
 from common.train.resume import resume
 
 
@@ -94,8 +91,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                     saved_step = save()
                 if (rt.world_size == 1 or state.step % PREEMPT_CHECK_STEPS == 0) and preempt.agreed(rt):
                     saved_step = save() if saved_step != state.step else saved_step
-                    why = "interrupted (Ctrl-C)" if preempt.code == EXIT_INTERRUPTED else "preempted"
-                    rt.log(f"{why}: checkpoint at step {state.step} written; exiting with code {preempt.code}; "
+                    rt.log(f"{preempt.reason}: checkpoint at step {state.step} written; exiting with code {preempt.code}; "
                            "the same command resumes from it")
                     raise SystemExit(preempt.code)
                 if epoch_end:
@@ -118,16 +114,15 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
 def start(cfg, state, rt, train, recipe: str):
     """Run directory, resume, the banner: (out_dir, checkpointer, total steps, None), or with the
     final metrics in place of None when the resumed checkpoint is already the last step."""
-    out = prepare_run_dir(cfg, rt)
-    ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
+    out, ckpt = rundir.prepare(cfg, rt)  # locked, and not another run's: before anything is written
     total = total_steps(cfg, train)
     resume(cfg, state, rt, ckpt, recipe)
     if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
         rows = read_metrics(out) if rt.is_main else []
         rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: step {state.step} of {total}; "
-                                               "nothing to train (a new out_dir or resume=none starts over)"))
+                                               "nothing to train (a new out_dir, or resume=none overwrite=true, starts over)"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
-    record_config(out, cfg, state.step, rt)  # only now: a refused resume leaves the old config.yaml as it was
+    rundir.record_config(out, cfg, state.step, rt)  # only now: a refused resume leaves the old config.yaml as it was
     rt.log(report.banner(cfg, state, rt, recipe, total, train.plan.steps))
     return out, ckpt, total, None
 
@@ -158,44 +153,6 @@ def weights_finite(state) -> bool:
 
 def total_steps(cfg, train_loader) -> int:
     return cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * train_loader.plan.steps
-
-
-def prepare_run_dir(cfg, rt) -> Path:
-    out = Path(cfg.out_dir)
-    error = None
-    if rt.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            error = f"out_dir={cfg.out_dir!r} is not writable ({e}); choose another out_dir"
-    error = dist.broadcast_object(error)
-    if error:
-        raise UserError(error)
-    return out
-
-
-def record_config(out: Path, cfg, step: int, rt) -> None:
-    """out/config.yaml is the config the run trains with from now on. When a resume changed it, the
-    one it replaces goes to out/config_history/<UTC time>-step_<N>.yaml (in effect until step N), so
-    the run directory tells how every step was trained."""
-    error = None
-    if rt.is_main:
-        text, current = dump_yaml(cfg), out / "config.yaml"
-        try:
-            old = current.read_text() if current.is_file() else None
-            if old is not None and old != text:
-                history = out / "config_history"
-                history.mkdir(exist_ok=True)
-                (history / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-step_{step:08d}.yaml").write_text(old)
-            if old != text:
-                tmp = out / ".config.yaml.tmp"
-                tmp.write_text(text)
-                tmp.replace(current)
-        except OSError as e:
-            error = f"could not write {current} ({e}); free space or fix permissions on {out}, then re-run"
-    error = dist.broadcast_object(error)
-    if error:
-        raise UserError(error)
 
 
 def _progress(cfg, rt, total: int, start: int):

@@ -1,12 +1,15 @@
-"""Preemption and Ctrl-C: SIGUSR1/SIGTERM/SIGINT set a flag; every rank stops at the same step
-boundary after writing a checkpoint. Preempted runs exit 75, Ctrl-C exits 130 (a second Ctrl-C exits
-at once, without the checkpoint)."""
+"""Preemption, Ctrl-C and a dead launcher: SIGUSR1/SIGTERM/SIGINT set a flag, a worker whose launcher
+(torchrun's agent, accelerate launch, deepspeed, srun) died sees its parent change; every rank stops
+at the same step boundary after writing a checkpoint. Preempted and orphaned runs exit 75, Ctrl-C
+exits 130 (a second Ctrl-C exits at once, without the checkpoint)."""
 from __future__ import annotations
 
 import os
 import signal
 
 import torch
+
+from common.dist import launcher_of
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after a preemption signal; re-run (or requeue) to continue
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C: checkpointed after Ctrl-C; re-run to continue
@@ -37,6 +40,18 @@ class Preemption:
         self.code = EXIT_PREEMPTED  # once agreed() is True: the exit code every rank uses
         self._pending = None  # (work, tensor, host copy or None, event or None) of the last check
         self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        # A launcher's worker is its child: if the launcher dies (SIGKILL, OOM killer, a lost node's
+        # agent) the worker is re-parented and nothing else would stop it training on as an orphan.
+        # Plain `python` is left alone: its parent shell may exit normally (nohup, a closed terminal).
+        self._parent = os.getppid() if launcher_of() != "none" else None
+        self.orphaned = False
+
+    @property
+    def reason(self) -> str:
+        """Why the run stops, once agreed() is True (for the log line)."""
+        if self.orphaned:
+            return f"the launcher (pid {self._parent}) is gone, so this worker is an orphan"
+        return "interrupted (Ctrl-C)" if self.code == EXIT_INTERRUPTED else "preempted"
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT:
@@ -49,11 +64,15 @@ class Preemption:
         self.flag = True
 
     def _level(self) -> float:
+        """0 nothing, 1 preempted, 2 Ctrl-C, 3 orphaned (one getppid() call: cheap at a step boundary)."""
+        if self._parent is not None and os.getppid() != self._parent:
+            return 3.0
         return 2.0 if self.interrupted else 1.0 if self.flag else 0.0
 
     def _agree(self, level: float) -> bool:
         if level > 0:
-            self.code = EXIT_INTERRUPTED if level >= 2 else EXIT_PREEMPTED
+            self.orphaned = level >= 3
+            self.code = EXIT_INTERRUPTED if level == 2 else EXIT_PREEMPTED
         return level > 0
 
     def agreed(self, rt) -> bool:
@@ -76,7 +95,7 @@ class Preemption:
         return False
 
     def _read(self) -> float:
-        """The highest level (0 none, 1 preempted, 2 Ctrl-C) over the ranks at the previous check."""
+        """The highest level (_level) over the ranks at the previous check."""
         if self._pending is None:
             return 0.0
         work, t, host, event = self._pending

@@ -1,6 +1,8 @@
 import pickle
 import warnings
 
+from tmpfs import tmpfs  # noqa: F401 (a fixture)
+
 import pytest
 import torch
 import torch.nn as nn
@@ -124,20 +126,36 @@ def test_checkpoint_from_another_recipe_or_model_is_refused(tmp_path):
         make_state().load_state_dict(sd, "test")
 
 
-def test_interrupted_write_leaves_previous_intact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_interrupted_write_leaves_previous_intact(tmpfs, fault):
+    """A real full (or read-only) tmpfs: torch.save fails (ENOSPC comes back wrapped in a RuntimeError);
+    the error names the fault and the intact previous checkpoint, which is untouched."""
+    fs = tmpfs("1m")
     s = make_state()
-    ck = Checkpointer(tmp_path)
+    ck = Checkpointer(fs.path)
     ck.save(payload(s), 1)
-    before = (tmp_path / "step_00000001" / "state.pt").read_bytes()
-
-    def disk_full(*a, **k):
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(CheckpointError, match="No space left.*step_00000001\\) is untouched"):
-        ck.save(payload(s), 2)
+    before = (fs.path / "step_00000001" / "state.pt").read_bytes()
+    if fault == "full":
+        fs.fill(leave_bytes=64 << 10)  # state.pt opens, torch.save fails half-way (its RuntimeError)
+    else:
+        fs.remount("ro")
+    big = {**payload(s), "padding": torch.zeros(64 << 10)}  # 256 KiB
+    expected = "no space left on device" if fault == "full" else "read-only file system"
+    with pytest.raises(CheckpointError, match=f"(?i){expected}.*newest intact checkpoint is {fs.path}/step_00000001\\."):
+        ck.save(big, 2)
     assert [p.name for p in ck.all()] == ["step_00000001"]
-    assert (tmp_path / "step_00000001" / "state.pt").read_bytes() == before
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert (fs.path / "step_00000001" / "state.pt").read_bytes() == before
+    assert not list(fs.path.glob(".tmp-*"))
+
+
+def test_pruning_deletes_only_this_runs_checkpoints(tmp_path):
+    s = make_state()
+    Checkpointer(tmp_path, run_id="old").save(payload(s), 100)
+    Checkpointer(tmp_path, run_id=None).save(payload(s), 90)  # no run id: written before ids existed
+    ck = Checkpointer(tmp_path, keep_last=1, run_id="new")
+    for step in (1, 2, 3):
+        ck.save(payload(s), step)
+    assert [p.name for p in ck.all()] == ["step_00000100", "step_00000090", "step_00000003"]
 
 
 def test_no_wrapper_prefixes_in_saved_weights(tmp_path):

@@ -1,0 +1,232 @@
+"""The run directory: created, locked for the run's life, and told apart from another run's.
+
+One run owns an out_dir. Rank 0 takes `out_dir/run.lock`, an exclusive fcntl (POSIX) lock held
+until the process ends, and writes who holds it (host, pid, start time, command) into the file;
+every rank learns the outcome. A second run into the same out_dir stops with exit code 2 naming the
+holder. The kernel (or, on NFS, the lock manager: NLM for v3, the server's state for v4) drops the
+lock when its holder dies, however it dies, so a lock file left behind by a dead run is taken over
+with a log line. That is what this relies on: a file system with working POSIX locks (local
+file systems, NFSv3 with lockd, NFSv4, Lustre mounted with `flock`, GPFS). Where locking is not
+supported the run goes on with a warning and without the lock. A dead host's lock on NFS is
+released when the server's lease runs out (NFSv4: about 90 s); the refusal message says how to
+remove the file if the holder is certainly dead.
+
+Fresh vs continued: starting from scratch (resume=none, or resume=auto with no usable checkpoint)
+where checkpoints of another run exist is refused, because that run's checkpoints would be
+resumed by the next plain rerun and its metrics.jsonl rows dropped. `overwrite=true` moves that
+run's files to out_dir/previous-<time>/ first. Each run has an id, kept in every checkpoint's
+MANIFEST.json and carried on by a resumed run, so pruning deletes only this run's checkpoints.
+"""
+from __future__ import annotations
+
+import atexit
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from common import dist
+from common.cli import dump_yaml
+from common.config import UserError
+from common.train.checkpoint import Checkpointer, read_run_id
+
+LOCK = "run.lock"
+PREVIOUS = "previous-"  # overwrite=true moves another run's files to out_dir/previous-<time>/
+
+
+class RunDirError(UserError):
+    """The run directory is taken, not writable, or holds another run; the message says what to do."""
+
+
+def prepare(cfg, rt) -> tuple[Path, Checkpointer]:
+    """Create and lock out_dir, check it holds no other run's checkpoints (or move them aside with
+    overwrite=true), and return it with its Checkpointer, whose run_id is this run's. Collective."""
+    out = Path(cfg.out_dir)
+    ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
+    error = run_id = None
+    if rt.is_main:
+        try:
+            run_id = _prepare_main(cfg, rt, out, ckpt)
+        except RunDirError as e:
+            error = str(e)
+        except OSError as e:
+            error = f"out_dir={cfg.out_dir!r} is not writable ({e}); choose another out_dir"
+    error, ckpt.run_id = dist.broadcast_object((error, run_id))
+    if error:
+        raise RunDirError(error)
+    return out, ckpt
+
+
+def _prepare_main(cfg, rt, out: Path, ckpt: Checkpointer) -> str:
+    """Rank 0: lock, decide fresh vs continued, return the run id."""
+    overwrite = cfg.overwrite
+    out.mkdir(parents=True, exist_ok=True)
+    taken_over = lock(out)
+    if taken_over:
+        rt.log(f"out_dir {out}: took over {LOCK} of a run that is no longer running ({taken_over})")
+    mine = _continues(cfg, out, ckpt)
+    if mine is not None:
+        return mine
+    others = [p.name for p in ckpt.all()]
+    if others and not overwrite:
+        why = {"none": "resume=none", "auto": "none of them verifies (see the warnings above)"}.get(
+            cfg.resume, f"resume={cfg.resume} is not one of them")
+        raise RunDirError(
+            f"out_dir {out} holds checkpoints of another run ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''}) "
+            f"and this run would start beside them ({why}). Choose one: continue that run (resume=auto), use another "
+            f"out_dir, or overwrite=true to move that run's files to {out}/{PREVIOUS}<time>/ and start here")
+    if others:
+        aside = move_aside(out)
+        rt.log(f"overwrite=true: the previous run's files were moved to {aside}")
+    return _continues(cfg, out, ckpt) or new_run_id()  # after a move: a resume=path's run, or a new one
+
+
+def _continues(cfg, out: Path, ckpt: Checkpointer) -> str | None:
+    """The run id this run continues: that of the checkpoint it will resume from, or a new one when
+    that checkpoint has none (written before run ids); None when it starts from scratch."""
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        found = ckpt.latest_valid()
+        return None if found is None else read_run_id(found) or new_run_id()
+    path = Path(cfg.resume)
+    inside = path.resolve().is_relative_to(ckpt.dir.resolve())
+    if not inside and ckpt.all():  # a checkpoint of elsewhere, into an out_dir holding another run
+        return None
+    return read_run_id(path.parent if path.is_file() else path) or new_run_id()
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def move_aside(out: Path) -> Path:
+    """Move everything of the previous run (all but the lock and earlier previous-*) into previous-<time>/."""
+    aside = out / f"{PREVIOUS}{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 0
+    while aside.exists():
+        n += 1
+        aside = aside.with_name(f"{PREVIOUS}{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    aside.mkdir()
+    for entry in out.iterdir():
+        if entry.name != LOCK and not entry.name.startswith(PREVIOUS):
+            entry.rename(aside / entry.name)
+    return aside
+
+
+# ----------------------------------------------------------------------------- the lock
+
+_held: dict[Path, int] = {}  # lock file -> open descriptor, for the life of this process
+
+
+def holder_text() -> str:
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                       "command": " ".join([os.path.basename(sys.executable), *sys.argv])})
+
+
+def describe(text: str) -> str:
+    try:
+        h = json.loads(text)
+        return f"pid {h['pid']} on host {h['host']}, started {h['started']}: {h['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "unknown holder"
+
+
+def lock(out: Path) -> str | None:
+    """Take out_dir's lock for the rest of this process's life. Returns the description of a dead
+    holder whose lock file was taken over, else None. Raises RunDirError when a live run holds it."""
+    path = out / LOCK
+    if path in _held:
+        return None  # this process already holds it (a second run() in one interpreter)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            previous = _read(fd)
+            os.close(fd)
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                raise RunDirError(_held_message(path, previous)) from None
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                print(f"warning: the file system of {out} does not support locks ({e}): this run does not lock "
+                      "it; make sure no other run uses this out_dir", file=sys.stderr, flush=True)
+                return None
+            raise
+        # Locked. The file may have been removed (by a holder releasing it) between open and lock:
+        # then the lock is on an orphaned inode, and the path is free to try again.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    previous = _read(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, holder_text().encode() + b"\n", 0)
+    os.fsync(fd)
+    _held[path] = fd
+    atexit.register(unlock, path)
+    return describe(previous) if previous.strip() else None
+
+
+def _read(fd: int) -> str:
+    return os.pread(fd, 4096, 0).decode(errors="replace")
+
+
+def _held_message(path: Path, text: str) -> str:
+    msg = (f"out_dir {path.parent} is in use by another run ({describe(text)}). Two runs in one out_dir would "
+           "delete each other's checkpoints: wait for that run to finish (or stop it), or use another out_dir")
+    try:
+        other_host = json.loads(text)["host"] != socket.gethostname()
+    except (ValueError, KeyError, TypeError):
+        other_host = False
+    if other_host:
+        msg += (f". It runs on another host: if that job is dead, the file server releases its lock when it notices "
+                f"(NFSv4: within about 90 s); if it does not, remove {path} by hand, only when that job is certainly dead")
+    return msg
+
+
+def unlock(path: Path) -> None:
+    """Release at the end of the process: remove the file while still holding the lock (so a waiting
+    run that opens the old file sees it replaced and retries), then close."""
+    fd = _held.pop(path, None)
+    if fd is None:
+        return
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    os.close(fd)
+
+
+# ----------------------------------------------------------------------------- config.yaml
+
+def record_config(out: Path, cfg, step: int, rt) -> None:
+    """out/config.yaml is the config the run trains with from now on. When a resume changed it, the
+    one it replaces goes to out/config_history/<UTC time>-step_<N>.yaml (in effect until step N), so
+    the run directory tells how every step was trained."""
+    error = None
+    if rt.is_main:
+        text, current = dump_yaml(cfg), out / "config.yaml"
+        try:
+            old = current.read_text() if current.is_file() else None
+            if old is not None and old != text:
+                history = out / "config_history"
+                history.mkdir(exist_ok=True)
+                (history / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-step_{step:08d}.yaml").write_text(old)
+            if old != text:
+                tmp = out / ".config.yaml.tmp"
+                tmp.write_text(text)
+                tmp.replace(current)
+        except OSError as e:
+            error = f"could not write {current} ({e}); free space or fix permissions on {out}, then re-run"
+    error = dist.broadcast_object(error)
+    if error:
+        raise RunDirError(error)
