@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 
-from common.config import ConfigError, _flatten, _type_name, apply, ranges, schema, to_dict
+from common.config import ConfigError, flatten, _type_name, apply, ranges, schema, to_dict
 
 @dataclass
 class Cli:
@@ -72,7 +72,7 @@ def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> list[tuple[Path, dic
                               f"'base: resnet_cifar.yaml' (relative to {_show(path.parent)})")
         base_path = Path(base).expanduser()
         layers = load_yaml(base_path if base_path.is_absolute() else path.parent / base_path, (*_chain, resolved))
-    return [*layers, (path, _flatten(data))]
+    return [*layers, (path, flatten(data))]
 
 
 def help_text(cls, prog: str, default_file: Path | None) -> str:

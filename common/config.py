@@ -300,11 +300,11 @@ def check_range(key: str, value: Any, rng: Range | None, default: Any, source: s
             raise ConfigError(f"config key '{name}' (from {source}) must be {rng.describe()}{finite}, got {v!r}{fix}")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -334,4 +334,4 @@ def to_dict(cfg) -> dict:
 
 
 def from_dict(cls, d: dict):
-    return apply(cls(), _flatten(d), "checkpoint")
+    return apply(cls(), flatten(d), "checkpoint")

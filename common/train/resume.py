@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 
 from common import dist
-from common.config import UserError, to_dict
+from common.config import UserError, flatten, to_dict
 from common.train.checkpoint import Checkpointer, load_file
 
 FIXED = {  # key pattern -> what it decides
@@ -34,16 +34,6 @@ FIXED = {  # key pattern -> what it decides
     "data.direction": "which image is the input and which the target",
 }
 NOT_SETTINGS = {"out_dir", "resume"}  # where the run lives and what it continues, not how it trains
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = list(v) if isinstance(v, tuple) else v
-    return out
 
 
 def changes(saved: dict, now: dict) -> list[tuple[str, object, object]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.config import flatten
 from helpers import ROOT, assert_finished, final_weights, last_checkpoint_step, metrics, recipe_command, run_recipe
 
 RECIPES = ["gan_mnist", "cgan_mnist", "dcgan", "pix2pix"]
@@ -137,7 +138,7 @@ def test_resume_is_exact(recipe, judge_dir, tmp_path):
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 16
     for kind in ("models", "optims", "ema", "engine"):
-        flat_a, flat_b = _flatten(a[kind]), _flatten(b[kind])
+        flat_a, flat_b = flatten(a[kind]), flatten(b[kind])
         assert flat_a.keys() == flat_b.keys(), kind
         for k in flat_a:
             if torch.is_tensor(flat_a[k]):
@@ -147,16 +148,6 @@ def test_resume_is_exact(recipe, judge_dir, tmp_path):
     val_a = [r for r in metrics(tmp_path / "full") if r["split"] == "val"]
     val_b = [r for r in metrics(tmp_path / "split") if r["split"] == "val"]
     assert [r["fd"] for r in val_a] == [r["fd"] for r in val_b]
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @pytest.mark.parametrize("recipe,precision", [("gan_mnist", "fp16"), ("dcgan", "bf16")])

@@ -57,7 +57,7 @@ def test_the_documented_dataset_recipe_shards_and_resumes_bitwise(tmp_path):
     try:
         def go(out, *extra, nproc=1):
             cmd, env = recipe_command("_test_my_data", f"out_dir={out}", "train.batch_size=32", "train.log_every_steps=4",
-                                      "train.eval_every_steps=16", "train.ckpt_every_steps=8", "optim.schedule=constant", *extra,
+                                      "train.eval_every_steps=16", "train.ckpt_every_steps=8", "optim.schedule=constant", "optim.lr=0.02", *extra,
                                       nproc=nproc, config=None)
             import subprocess
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
