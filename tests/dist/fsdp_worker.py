@@ -44,8 +44,8 @@ def loaded(ckpt: str, argv) -> dict:
         worst = max((mine[k] - saved[k]).abs().max().item() for k in saved)
         exact = mine.keys() == saved.keys() and all(torch.equal(mine[k], saved[k]) for k in saved)
         local = sum(p.to_local().numel() for p in state.models["net"].parameters())
-        return {"world": rt.world_size, "step": state.step, "exact": exact, "max_abs_diff": worst,
-                "local_numel": local, "full_numel": sum(v.numel() for v in saved.values())}
+        return rt.is_main, {"world": rt.world_size, "step": state.step, "exact": exact, "max_abs_diff": worst,
+                            "local_numel": local, "full_numel": sum(v.numel() for v in saved.values())}
 
 
 def accum(argv) -> dict:
@@ -61,13 +61,13 @@ def accum(argv) -> dict:
                 task.train_step(batch, state, rt)
             per_micro.append(dict(Counter(e.name for e in prof.events() if e.name in COLLECTIVES)))
         grads = [p.grad is None for p in state.models["net"].parameters()]
-        return {"micro_steps": per_micro, "grads_cleared_after_step": all(grads)}
+        return rt.is_main, {"micro_steps": per_micro, "grads_cleared_after_step": all(grads)}
 
 
 def main():
     mode, *rest = sys.argv[1:]
-    out = loaded(rest[0], rest[1:]) if mode == "loaded" else accum(rest)
-    if torch.distributed.get_rank() == 0:
+    is_main, out = loaded(rest[0], rest[1:]) if mode == "loaded" else accum(rest)
+    if is_main:
         print("fsdp_worker: " + json.dumps(out), flush=True)
 
 
