@@ -114,6 +114,15 @@ def test_resume_on_another_world_size(runs, tmp_path, nproc):
                         read_full_weights(ckpt(runs["fsdp"], STEPS))["net"]) <= 1e-5
 
 
+def test_activation_checkpointing_under_fsdp_is_bitwise(runs, tmp_path):
+    """The blocks are recomputed inside FSDP's gathered forward/backward: the same run, bit for bit."""
+    proc = run_recipe("mnist_mlp", f"out_dir={tmp_path}", "engine=fsdp", *BASE, "train.activation_checkpointing=true",
+                      nproc=2)
+    assert "activation checkpointing: 3 blocks" in proc.stdout
+    a, b = read_full_weights(ckpt(tmp_path, STEPS))["net"], read_full_weights(ckpt(runs["fsdp"], STEPS))["net"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
 def test_kill_inside_an_async_write_leaves_no_checkpoint_and_rerun_finishes_identically(runs, tmp_path):
     """ckpt.async_save: rank 0 is SIGKILLed inside the write of step 8, after its shard is on disk. Step 8
     must not become a checkpoint; the same command resumes from step 4 and ends where the uninterrupted run did."""
