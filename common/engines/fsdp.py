@@ -107,8 +107,8 @@ class FSDPEngine(Engine):
         self.optims: dict[str, tuple[str, torch.optim.Optimizer]] = {}  # optimizer name -> (model name, optimizer)
 
     def describe(self) -> str:
-        return (f"fsdp (FSDP2 fully_shard over {self.world_size} rank(s), "
-                f"{sum(len(find_blocks(m)) for m in self.models.values()) or 'no'} blocks + root per model), "
+        blocks = f"{sum(len(find_blocks(m)) for m in self.models.values())} blocks" if self.models else "per block"
+        return (f"fsdp (FSDP2 fully_shard over {self.world_size} rank(s), {blocks} + root of each model), "
                 + (f"{self.cfg.precision} parameters and autocast, fp32 gradient reduction" if self.dtype else "fp32")
                 + (", CPU offload" if self.cfg.fsdp.cpu_offload else ""))
 
