@@ -4,6 +4,8 @@
                                                         equal the checkpoint's, read alone by read_full_weights
     fsdp_worker.py accum [recipe overrides...]         one optimizer step of train.grad_accum micro-batches
                                                         under torch.profiler: the collectives each micro-step ran
+    fsdp_worker.py overflow [recipe overrides...]      precision=fp16: one step whose gradient is inf in one element
+                                                        of rank 0's shard only; did each rank step, and its loss scale
 
 Each prints one JSON line prefixed `fsdp_worker:` on rank 0.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from common import dist
 from common.cli import parse_cli
 from common.engines.base import full_tensor
 from common.engines.fsdp import read_full_weights
@@ -64,9 +67,32 @@ def accum(argv) -> dict:
         return rt.is_main, {"micro_steps": per_micro, "grads_cleared_after_step": all(grads)}
 
 
+def overflow(argv) -> dict:
+    task, cli = build(argv)
+    with runtime(cli.cfg) as rt:
+        loaders = task.build_data(cli.cfg, rt)
+        state = task.build_state(cli.cfg, rt, loaders)
+        loaders.train.set_epoch(0, 0)
+        (batch,) = next(iter(loaders.train))
+        params = list(state.models["net"].parameters())
+        before = [p.to_local().clone() for p in params]
+        scale = rt.scaler.get_scale()
+        with rt.micro_step(0, 1):
+            with rt.autocast():
+                loss = torch.nn.functional.cross_entropy(state.models["net"](batch[0]), batch[1])
+            rt.backward(loss)
+            if rt.rank == 0:
+                params[0].grad.to_local().view(-1)[0] = float("inf")  # an overflow only this rank's shard sees
+            rt.step(state.optims["net"])
+        rt.end_step()
+        moved = any(not torch.equal(p.to_local(), b) for p, b in zip(params, before))
+        seen = dist.all_gather_object({"rank": rt.rank, "stepped": moved, "scale": rt.scaler.get_scale()})
+        return rt.is_main, {"scale_before": scale, "ranks": seen}
+
+
 def main():
     mode, *rest = sys.argv[1:]
-    is_main, out = loaded(rest[0], rest[1:]) if mode == "loaded" else accum(rest)
+    is_main, out = loaded(rest[0], rest[1:]) if mode == "loaded" else accum(rest) if mode == "accum" else overflow(rest)
     if is_main:
         print("fsdp_worker: " + json.dumps(out), flush=True)
 

@@ -160,6 +160,16 @@ def test_accumulation_reduce_scatters_only_on_the_final_micro_step():
     assert got["grads_cleared_after_step"], got
 
 
+def test_fp16_overflow_on_one_rank_skips_the_step_on_every_rank():
+    """precision=fp16: an inf in one element of rank 0's gradient shard (rank 1 sees finite gradients)
+    must skip the optimizer step on both ranks and halve the loss scale on both, or the ranks' shards
+    stop belonging to one model. (The engine's ShardedGradScaler all-reduces found_inf; on torch 2.14
+    a plain GradScaler also passes, its unscale op on DTensor gradients reducing found_inf over the mesh.)"""
+    got = worker("overflow", *debug_args("engine=fsdp", "precision=fp16"), nproc=2)
+    assert [r["stepped"] for r in got["ranks"]] == [False, False], got
+    assert [r["scale"] for r in got["ranks"]] == [got["scale_before"] / 2] * 2, got
+
+
 def test_gan_on_fsdp_equals_ddp(tmp_path):
     """Two sharded models, two optimizers, the frozen-D G step: the same curves as under ddp."""
     curves = {}
