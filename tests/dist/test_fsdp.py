@@ -157,6 +157,10 @@ def test_accumulation_reduce_scatters_only_on_the_final_micro_step():
     got = worker("accum", *debug_args("engine=fsdp", "train.grad_accum=4"), nproc=2)
     rs = [m.get("c10d::_reduce_scatter_base_", 0) + m.get("c10d::reduce_scatter_", 0) for m in got["micro_steps"]]
     assert rs[:3] == [0, 0, 0] and rs[3] > 0, got  # mnist_mlp: 3 Linear blocks (the root holds no parameters)
+    # Weights stay gathered after a non-final backward: later forwards all-gather nothing (measured: 6, then 3
+    # per micro-step, the backward's re-gather under fsdp.reshard_after_forward=true).
+    ag = [m.get("c10d::_allgather_base_", 0) + m.get("c10d::allgather_", 0) for m in got["micro_steps"]]
+    assert all(a < ag[0] for a in ag[1:]), got
     assert got["grads_cleared_after_step"], got
 
 
