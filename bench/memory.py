@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -48,7 +50,7 @@ def tensor_bytes() -> int:
     """Bytes of the distinct storages of every tensor the garbage collector can see."""
     seen = {}
     for o in gc.get_objects():
-        if not isinstance(o, __import__("torch").Tensor):
+        if not isinstance(o, torch.Tensor):
             continue
         t = getattr(o, "_local_tensor", o)  # a DTensor holds its shard in _local_tensor
         try:
@@ -61,8 +63,6 @@ def tensor_bytes() -> int:
 
 
 def worker(recipe: str, steps: int, argv: list[str]) -> None:
-    import torch
-
     from bench.harness import load_recipe
     from common import dist
     from common.cli import parse_cli

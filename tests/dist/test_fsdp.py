@@ -13,7 +13,6 @@ reduced twice, or an optimizer left pointing at the unsharded parameters (no upd
 """
 import json
 import shutil
-import signal
 import subprocess
 import sys
 
