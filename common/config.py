@@ -105,6 +105,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model(s)
     channels_last: bool | Literal["auto"] = "auto"  # NHWC memory format for models and image batches; auto = on for CUDA (faster convolutions), off elsewhere
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
+    activation_checkpointing: bool = False  # recompute each block's activations in backward instead of storing them (less memory, ~1/3 more compute); engines ddp, accelerate, fsdp
     progress: bool = True  # tqdm progress bar on rank 0 when stderr is a terminal
     max_nonfinite_steps: int = ranged(5, ge=1)  # stop when train_step returns NaN/inf this many optimizer steps in a row
 
@@ -130,6 +131,13 @@ class CkptConfig:
     keep_last: int = ranged(3, ge=1)  # keep the newest N checkpoints (plus the best)
     best_metric: str | None = "val/acc1"  # metric that decides the best checkpoint, e.g. val/acc1; none (or empty) = no best checkpoint
     best_mode: Literal["max", "min"] = "max"  # whether larger or smaller best_metric is better
+    async_save: bool = False  # engine=fsdp: write the sharded checkpoint in the background while training continues; it becomes a checkpoint only once every rank's write is complete
+
+
+@dataclass
+class FsdpConfig:
+    reshard_after_forward: bool = True  # free each block's gathered parameters after its forward and gather again in backward (less memory, one more all-gather per block); false = keep them until backward (ZeRO-2-like)
+    cpu_offload: bool = False  # keep sharded parameters, gradients and optimizer state in host memory (CUDA only); the optimizer steps on the CPU
 
 
 @dataclass
@@ -138,7 +146,7 @@ class BaseConfig:
     out_dir: str = "runs/{recipe}"  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/; {recipe} = the script's name
     resume: str = "auto"  # auto (newest valid checkpoint in out_dir) | none | path to a checkpoint
     overwrite: bool = False  # starting from scratch in an out_dir holding another run's checkpoints: true = move that run's files to out_dir/previous-<time>/ first; false = refuse
-    engine: str = "auto"  # ddp | accelerate | deepspeed (common/engines/__init__.py lists them); auto = from the launcher (accelerate launch, deepspeed), else ddp
+    engine: str = "auto"  # ddp | accelerate | deepspeed | fsdp (common/engines/__init__.py lists them); auto = from the launcher (accelerate launch, deepspeed), else ddp
     deepspeed_config: str = "launch/deepspeed/zero2.json"  # engine=deepspeed: DeepSpeed JSON (ZeRO stage, bf16/fp16); relative to the working directory or the repo
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto = cuda if present, else mps, else cpu
@@ -147,6 +155,7 @@ class BaseConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ckpt: CkptConfig = field(default_factory=CkptConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # engine=fsdp (common/engines/fsdp.py)
 
 
 # ----------------------------------------------------------------------------- schema

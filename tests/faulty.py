@@ -10,6 +10,8 @@ Faults (N = optimizer step being computed, 1-based):
     raise=R@N         rank R raises RuntimeError("injected fault") at step N
     kill=R@N          rank R SIGKILLs itself at step N (after the checkpoints before N were written)
     SIGUSR1=R@N       rank R gets SIGUSR1 (or SIGTERM=R@N: SIGTERM) at step N, as if from the cluster
+    kill_in_write=R@N rank R SIGKILLs itself inside the sharded write (torch.distributed.checkpoint) of the
+                      step-N checkpoint, after its shard file is written and before the write completes
     pause=N           every rank prints "faulty: rank R paused at step N" and waits there until it gets
                       SIGUSR1, SIGTERM or SIGINT (at most 300 s): a test can signal a run certain not to have finished
 kill, the signals and pause fire only in a run that started from scratch, not in its resumed or restarted
@@ -40,6 +42,22 @@ def pause_until_signal(rank: int, step: int, limit_s: float = 300) -> None:
         time.sleep(0.05)
     for s, handler in old.items():
         signal.signal(s, handler)
+
+
+def kill_inside_write(rank: int, step: int) -> None:
+    """Wrap DCP's file writer (it runs in the writer thread under ckpt.async_save) to SIGKILL this process
+    once its shard of the step-`step` checkpoint is on disk: a kill at a known point mid-write, every time."""
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    original = FileSystemWriter.write_data
+
+    def write_data(self, plan, planner):
+        result = original(self, plan, planner)
+        if int(os.environ.get("RANK", 0)) == rank and f".shards-step_{step:08d}-" in str(self.path):
+            result.wait()
+            print(f"faulty: rank {rank} killed inside the write of step {step}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    FileSystemWriter.write_data = write_data
 
 
 def main():
@@ -73,6 +91,8 @@ def main():
         return original(batch, state, rt)
 
     mod.task.train_step = train_step
+    if kind == "kill_in_write":
+        kill_inside_write(*map(int, arg.split("@")))
     run(mod.task, mod.task.script, argv)
 
 

@@ -1,8 +1,9 @@
-"""The training engines, and which one a run gets: `engine=ddp|accelerate|deepspeed`, or `auto`.
+"""The training engines, and which one a run gets: `engine=ddp|accelerate|deepspeed|fsdp`, or `auto`.
 
     engine=ddp         common/engines/ddp.py         torch DDP + autocast/GradScaler (python, torchrun, srun)
     engine=accelerate  common/engines/accelerate.py  HF Accelerator: DDP, mixed precision, accumulation
     engine=deepspeed   common/engines/deepspeed.py   deepspeed.initialize per model: ZeRO 1/2/3, bf16/fp16
+    engine=fsdp        common/engines/fsdp.py        torch FSDP2 fully_shard per block, DCP checkpoints that reshard
 
 Adding an engine: one module with an Engine subclass (common/engines/base.py) and one line in
 ENGINES. `accelerate launch` and the `deepspeed` command each leave their own variables in
@@ -24,6 +25,7 @@ ENGINES = {
     "ddp": "common.engines.ddp:DDPEngine",
     "accelerate": "common.engines.accelerate:AccelerateEngine",
     "deepspeed": "common.engines.deepspeed:DeepSpeedEngine",
+    "fsdp": "common.engines.fsdp:FSDPEngine",
 }
 BY_LAUNCHER = {"accelerate": "accelerate", "deepspeed": "deepspeed"}
 COMMANDS = {"accelerate": "accelerate launch", "deepspeed": "the `deepspeed` launcher"}

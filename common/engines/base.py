@@ -10,7 +10,7 @@ After `backward` the gradients of this micro-batch exist under every engine; `st
 only on the final micro-step of an optimizer step. The task builds state with
 `rt.place(model)` (device, SyncBatchNorm, memory format, compile) and
 `models, optims = rt.prepare(models, optims)` (the engine's wrappers, returned, never
-written into the caller's objects). The loop calls `micro_step`, `end_step`,
+written into the caller's objects). The loop calls `micro_step`, `end_step`, `whole` (around evaluation),
 `state_dict`/`load_state_dict` and `save_shards`/`load_shards`.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from common.config import UserError
+from common.models.blocks import checkpoint_blocks
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -29,6 +30,11 @@ def _is_engine_wrapper(model) -> bool:
     """DDP, or a DeepSpeed engine (checked by class name: importing deepspeed here costs seconds)."""
     return isinstance(model, nn.parallel.DistributedDataParallel) or \
         any(c.__name__ == "DeepSpeedEngine" for c in type(model).__mro__)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a DTensor (a sharded engine's parameter) is gathered, a collective; others as they are."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -56,6 +62,11 @@ class Engine:
         # Names of models and optimizers whose state this engine saves itself (save_shards), in
         # its own format, instead of as plain state_dicts in state.pt.
         self.owned: set[str] = set()
+        if cfg.ckpt.async_save and not self.async_save:
+            raise UserError(f"ckpt.async_save=true needs engine=fsdp (engine={self.name} writes its checkpoints "
+                            "synchronously); set ckpt.async_save=false or engine=fsdp")
+
+    async_save = False  # whether save_shards can leave its write in flight (ckpt.async_save)
 
     # Config keys (patterns) a checkpoint of this engine fixes, beyond common/train/resume.py's FIXED:
     # key -> what it decides. A resume that changes one stops before anything is written.
@@ -90,11 +101,19 @@ class Engine:
                                 "kernel); set train.sync_bn=false on CPU")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device, memory_format=self.memory_format)
+        if self.cfg.train.activation_checkpointing:
+            self.log(f"activation checkpointing: {checkpoint_blocks(model)} blocks of {type(model).__name__} "
+                     "recompute their activations in backward")
         return torch.compile(model) if self.cfg.train.compile else model
 
     def prepare(self, models: dict[str, nn.Module], optims: dict[str, torch.optim.Optimizer]):
         """(models, optims) as this engine trains them; called once, after place() and optimizers."""
         return dict(models), dict(optims)
+
+    def whole(self, models):
+        """A context in which each model can run forward any number of times on one rank alone
+        (evaluation shards differ in length); a sharded engine gathers the weights for it."""
+        return contextlib.nullcontext()
 
     def autocast(self):
         if self.dtype is None:
@@ -155,7 +174,9 @@ class Engine:
         if self.scaler.is_enabled() and sd.get("scaler"):
             self.scaler.load_state_dict(sd["scaler"])
 
-    save_shards = None  # or a callable(dir) that every rank calls to write its files into a checkpoint
+    # Or a callable(dir) that every rank calls to write its files into a checkpoint; it may return a
+    # callable that waits for a write left in flight (async_save; common/train/checkpoint.py).
+    save_shards = None
 
     def load_shards(self, ckpt_dir) -> None:
         """Restore what save_shards wrote (after the plain state is loaded)."""

@@ -101,6 +101,10 @@ def resolve_config(path: Path, cfg, world_size: int) -> dict:
     if stage == 3 and t.ema_decay > 0:
         raise UserError("train.ema_decay needs the full weights on every rank after each step; ZeRO stage 3 "
                         "partitions them: use ZeRO-1/2 (launch/deepspeed/zero2.json) or train.ema_decay=0")
+    if t.activation_checkpointing:
+        raise UserError("train.activation_checkpointing=true is not wired for engine=deepspeed (ZeRO-3 gathers "
+                        "parameters in module hooks that recomputation bypasses; DeepSpeed has its own "
+                        "activation_checkpointing section): use engine=fsdp or ddp, or set it to false")
     if t.compile:
         raise UserError("train.compile=true is not wired for engine=deepspeed (DeepSpeed has its own "
                         "compile: engine.compile()); use train.compile=false")

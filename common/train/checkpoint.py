@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import warnings
 from pathlib import Path
 
@@ -133,6 +134,7 @@ class Checkpointer:
         # Written into each MANIFEST.json; pruning deletes only checkpoints with this id (common/train/rundir.py).
         self.run_id = run_id
         self._latest: list[Path | None] = []  # latest_valid's answer, until the next save
+        self._pending: threading.Thread | None = None  # a checkpoint write in flight (_finish_later)
 
     def all(self) -> list[Path]:
         """Checkpoint directories, newest first."""
@@ -164,9 +166,11 @@ class Checkpointer:
         """Rank 0 writes; all ranks return together or raise the same CheckpointError.
 
         `shards(dir)`, if given, is called on every rank first to write engine files (each
-        rank its own) into a staging directory that becomes part of the checkpoint.
+        rank its own) into a staging directory that becomes part of the checkpoint. If it
+        returns a callable, the engine's write is still in flight: see _finish_later.
         """
         final = self.path_for(step)
+        self.wait()  # one write at a time: the previous one becomes a checkpoint (or an error) first
         staging = None
         if shards is not None:
             if dist.rank() == 0:
@@ -174,22 +178,68 @@ class Checkpointer:
                 shutil.rmtree(staging, ignore_errors=True)
                 staging.mkdir(parents=True)
             staging = Path(dist.broadcast_object(str(staging) if staging else None))  # exists before any rank writes
-            shards(staging)
-            dist.broadcast_object(None)  # every rank's files are written
+            in_flight = shards(staging)
+            dist.broadcast_object(None)  # every rank's files are written (or, in flight, staged in memory)
+            if in_flight is not None:
+                return self._finish_later(in_flight, final, payload, step, is_best, metric, staging)
         with writes_agreed(f"write checkpoint {final}", self.dir, self.dir):
             if dist.rank() == 0:
-                self.dir.mkdir(parents=True, exist_ok=True)
-                self._latest = []
-                write_checkpoint(final, payload, {"step": step, "format_version": payload.get("format_version"),
-                                                  "run_id": self.run_id}, shards=staging)
-                if staging is not None:
-                    shutil.rmtree(staging, ignore_errors=True)
-                if is_best:
-                    tmp = self.dir / ".best.json.tmp"
-                    tmp.write_text(json.dumps({"name": final.name, "step": step, "metric": metric}))
-                    tmp.replace(self.dir / "best.json")
-                self._prune()
+                self._write(final, payload, step, is_best, metric, staging)
         return final
+
+    def _write(self, final: Path, payload: dict, step: int, is_best: bool, metric, staging: Path | None) -> None:
+        """Rank 0: the checkpoint directory, best.json and pruning."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._latest = []
+        write_checkpoint(final, payload, {"step": step, "format_version": payload.get("format_version"),
+                                          "run_id": self.run_id}, shards=staging)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if is_best:
+            tmp = self.dir / ".best.json.tmp"
+            tmp.write_text(json.dumps({"name": final.name, "step": step, "metric": metric}))
+            tmp.replace(self.dir / "best.json")
+        self._prune()
+
+    def _finish_later(self, in_flight, final: Path, payload: dict, step: int, is_best: bool, metric,
+                      staging: Path) -> Path:
+        """An engine write in flight (engine=fsdp, ckpt.async_save): training goes on while every rank
+        writes its shard. `in_flight()` blocks until this rank's write is complete; on rank 0 that
+        includes the metadata the coordinator writes after every rank reported, so rank 0 alone can
+        then finish the checkpoint, in a thread. Until then it is a staging directory, which resume
+        never trusts (a kill mid-write leaves no checkpoint). The payload is copied now: training
+        changes the tensors it references. The next save() or wait() collects the outcome."""
+        payload = torch.utils._pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, payload)
+        outcome: dict = {}
+
+        def finish():
+            try:
+                in_flight()
+            except Exception as e:  # noqa: BLE001 - reported to every rank by wait()
+                outcome["error"] = f"could not write checkpoint {final}: the sharded write failed: {e}"
+                return
+            if dist.rank() == 0:
+                try:
+                    self._write(final, payload, step, is_best, metric, staging)
+                except (OSError, RuntimeError) as e:
+                    reason = write_failure(e, self.dir) or f"{type(e).__name__}: {e}"
+                    outcome["error"] = failed_write(f"write checkpoint {final}", reason, self.dir, self.dir)
+
+        self._pending = threading.Thread(target=finish, name=f"checkpoint-{final.name}", daemon=True)
+        self._pending.outcome = outcome
+        self._pending.start()
+        return final
+
+    def wait(self) -> None:
+        """Collective: the checkpoint write in flight, if any, is finished (or failed) on every rank."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        pending.join()
+        errors = dist.all_gather_object(pending.outcome.get("error"))
+        error = next((e for e in errors if e), None)
+        if error:
+            raise CheckpointError(error)
 
     def _prune(self) -> None:
         """Keep this run's newest keep_last (plus the best); never touch another run's checkpoints,
@@ -270,11 +320,15 @@ def writes_agreed(what: str, where: Path, checkpoints: Path):
         reason = write_failure(e, where)
         if reason is None:
             raise
-        error = (f"could not {what}: {reason}. The newest intact checkpoint is {newest_intact(checkpoints)}. "
-                 f"Free space or fix permissions on {where}, then re-run the same command to resume from it.")
+        error = failed_write(what, reason, where, checkpoints)
     error = dist.broadcast_object(error)
     if error:
         raise CheckpointError(error)
+
+
+def failed_write(what: str, reason: str, where: Path, checkpoints: Path) -> str:
+    return (f"could not {what}: {reason}. The newest intact checkpoint is {newest_intact(checkpoints)}. "
+            f"Free space or fix permissions on {where}, then re-run the same command to resume from it.")
 
 
 def write_failure(e: BaseException, where: Path) -> str | None:

@@ -15,7 +15,7 @@ import torch
 
 from common import dist
 from common.config import UserError, best_metric, to_dict
-from common.engines.base import unwrap
+from common.engines.base import full_tensor, unwrap
 from common.train import report, rundir
 from common.train.log import Logger, read_metrics
 from common.train.meter import Meter, NonFiniteGuard
@@ -86,11 +86,13 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                     lr = next(iter(state.optims.values())).param_groups[0]["lr"]
                     logger.log("train", state.step, state.epoch, {**meter.reduce(rt), "lr": lr, **speed.read()})
                 if eval_at.due(state.step, epoch_end, last):
-                    last_eval, eval_step = logger.log("val", state.step, state.epoch, evaluate(state, rt, loaders.eval)), state.step
+                    with rt.whole(state.models.values()):
+                        last_eval, eval_step = logger.log("val", state.step, state.epoch, evaluate(state, rt, loaders.eval)), state.step
                 if ckpt_at.due(state.step, epoch_end, last):
                     saved_step = save()
                 if (rt.world_size == 1 or state.step % PREEMPT_CHECK_STEPS == 0) and preempt.agreed(rt):
                     saved_step = save() if saved_step != state.step else saved_step
+                    ckpt.wait()
                     rt.log(f"{preempt.reason}: checkpoint at step {state.step} written; exiting with code {preempt.code}; "
                            "the same command resumes from it")
                     raise SystemExit(preempt.code)
@@ -99,6 +101,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
         preempt.finish()
         if saved_step != state.step:
             save()
+        ckpt.wait()  # a write still in flight (ckpt.async_save) becomes a checkpoint before the run ends
         logger.hparams(to_dict(cfg), last_eval)
         if rt.is_main:
             rt.log(report.summary(cfg, ckpt, read_metrics(out), f"run {recipe} finished: step {state.step} of "
@@ -147,7 +150,7 @@ class Throughput:
 
 
 def weights_finite(state) -> bool:
-    flags = [torch.isfinite(p).all() for m in state.models.values() for p in unwrap(m).parameters() if p.numel()]
+    flags = [full_tensor(torch.isfinite(p).all()) for m in state.models.values() for p in unwrap(m).parameters() if p.numel()]
     return bool(torch.stack(flags).all().item()) if flags else True
 
 

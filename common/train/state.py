@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from common import dist
 from common.config import UserError
-from common.engines.base import unwrap
+from common.engines.base import full_tensor, unwrap
 from common.train.optim import build_optimizer, build_scheduler
 
 FORMAT_VERSION = 1
@@ -44,7 +44,8 @@ class EMA(AveragedModel):
         if self._started is None:
             self._started = bool(self.n_averaged > 0)  # once per load, not per step
         mine = list(chain(self.module.parameters(), self.module.buffers()))
-        theirs = [t.detach() for t in chain(model.parameters(), model.buffers())]
+        # A sharded engine (fsdp) holds DTensors: the EMA stays a whole copy on every rank (an all-gather).
+        theirs = [full_tensor(t.detach()) for t in chain(model.parameters(), model.buffers())]
         if not self._started:  # the first update copies, as AveragedModel does
             for a, b in zip(mine, theirs, strict=True):
                 a.copy_(b)
@@ -120,12 +121,13 @@ class TrainState:
                                 "point out_dir or resume at a run of this recipe, or resume=none")
         saved_owned = set(sd.get("engine_owned", []))
         if saved_owned != set(owned):
-            engines = ("engine=deepspeed" if saved_owned else "engine=ddp/accelerate",
-                       "engine=deepspeed" if owned else "engine=ddp/accelerate")
+            saved = sd.get("config", {}).get("engine", "deepspeed") if saved_owned else "ddp/accelerate"
+            engines = (f"engine={saved}", "engine=deepspeed/fsdp" if owned else "engine=ddp/accelerate")
             raise StateMismatch(
-                f"checkpoint was written with {engines[0]}, this run uses {engines[1]}; DeepSpeed keeps weights and "
-                "optimizer state in its own per-rank format: resume with the checkpoint's engine, or export plain "
-                "weights with the checkpoint's deepspeed/<name>/zero_to_fp32.py and start over (resume=none)")
+                f"checkpoint was written with {engines[0]}, this run uses {engines[1]}; DeepSpeed and FSDP keep "
+                "weights and optimizer state in their own per-rank format: resume with the checkpoint's engine, or "
+                "export plain weights (deepspeed/<name>/zero_to_fp32.py in the checkpoint; for fsdp, "
+                "common.engines.fsdp.read_full_weights) and start over (resume=none)")
         for kind, mine in (("models", self.models), ("optims", self.optims)):
             if set(sd[kind]) != set(mine) - owned:
                 raise StateMismatch(f"checkpoint has {kind} {sorted(sd[kind])}, this recipe has {sorted(mine)}")

@@ -48,6 +48,17 @@ def test_template_trains_two_processes(template, options, engine, tmp_path):
         assert deepspeed_weights(out, 16)  # two ZeRO partitions reassembled
 
 
+def test_fsdp_runs_through_the_multi_node_template(tmp_path):
+    """engine=fsdp has no template of its own: it is an override to the torchrun template (slurm/README.md)."""
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    job = sbatch("multi_node.sbatch", RECIPE, *_args(out, "engine=fsdp"), options=ONE_NODE_TWO_GPUS, log=log)
+    assert_job_ok(wait_job(job), log, out)
+    sd = state(out, 16)
+    assert sd["config"]["engine"] == "fsdp" and sd["world_size"] == 2 and sd["engine_owned"] == ["net"]
+    assert sorted(p.name for p in (out / "checkpoints" / "step_00000016" / "fsdp").glob("*.distcp")) == \
+        ["__0_0.distcp", "__1_0.distcp"]
+
+
 def test_job_array_sweep_runs_each_line(tmp_path):
     sweep = tmp_path / "sweep.txt"
     sweep.write_text("# two settings\noptim.lr=0.01\n\noptim.lr=0.2 train.max_steps=8\n")

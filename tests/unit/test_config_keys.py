@@ -31,6 +31,8 @@ CONDITIONAL = {
     "optim.step_milestones": "optim.schedule=step",
     "optim.step_gamma": "optim.schedule=step",
     "deepspeed_config": "engine=deepspeed",
+    "fsdp.reshard_after_forward": "engine=fsdp",
+    "fsdp.cpu_offload": "engine=fsdp",
     "data.download": "data.name=mnist",  # read when the files are missing (then: a clear error)
     "data.root": "data.name=mnist",
     "data.workers": "data.name=folder data.root={tree}",
