@@ -29,6 +29,7 @@ deepspeed/<name>/zero_to_fp32.py in the checkpoint exports plain fp32 weights.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -41,9 +42,16 @@ import torch.nn as nn
 from common import dist
 from common.config import UserError
 from common.engines.base import Engine, unwrap
+from common.train.checkpoint import load_file, refuse_code
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "state"  # DeepSpeed's tag (sub-folder) inside checkpoints/step_N/deepspeed/<name>/
+# The classes (by name) DeepSpeed 0.19 pickles into its checkpoint files besides tensors and plain values,
+# found by inspecting real ZeRO-2 checkpoints (torch.serialization.get_unsafe_globals_in_checkpoint).
+# Each is plain data: an Enum, a dataclass, loss scalers whose state is attributes. Allowing them lets
+# weights_only=True construct them, nothing more; any other global in a file is refused.
+SAFE_TYPES = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+              "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler", "deepspeed.utils.tensor_fragment.fragment_address")
 
 
 def _strip_comments(text: str) -> str:
@@ -125,6 +133,17 @@ def _leaf_params(loss: torch.Tensor):
         if hasattr(fn, "variable"):  # AccumulateGrad: its variable is a leaf that requires grad
             yield fn.variable
         todo.extend(f for f, _ in fn.next_functions)
+
+
+def _safe_types() -> list[type]:
+    found = []
+    for name in SAFE_TYPES:
+        module, _, attr = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):  # another DeepSpeed version: that class is refused like any other
+            pass
+    return found
 
 
 class DeepSpeedEngine(Engine):
@@ -244,3 +263,19 @@ class DeepSpeedEngine(Engine):
                                              load_lr_scheduler_states=False)
             if path is None:
                 raise UserError(f"DeepSpeed could not load its checkpoint from {where}")
+
+
+def read_full_weights(ckpt_dir) -> dict[str, dict[str, torch.Tensor]]:
+    """{model name: full fp32 state_dict} of a checkpoint written under engine=deepspeed, on this process:
+    the ZeRO-1/2/3 partitions of every rank gathered by DeepSpeed's zero_to_fp32, after each of its files
+    passed the weights_only check (refuse_code; zero_to_fp32 itself unpickles with full power). Collective
+    when a process group is up: call it on every rank."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    ckpt_dir = Path(ckpt_dir)
+    out = dict(load_file(ckpt_dir)["models"])  # models DeepSpeed did not own, if any
+    for where in sorted(p for p in (ckpt_dir / "deepspeed").iterdir() if p.is_dir()):
+        refuse_code(sorted(f for f in (where / TAG).rglob("*") if f.is_file()), _safe_types())
+        with contextlib.redirect_stdout(None):  # it prints a line per tensor group
+            out[where.name] = get_fp32_state_dict_from_zero_checkpoint(str(where), tag=TAG)
+    return out

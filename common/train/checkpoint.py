@@ -237,6 +237,32 @@ class Checkpointer:
         return None
 
 
+def refuse_code(files: list[Path], allowed=()) -> None:
+    """Raise CheckpointError naming the first of `files` that does not load with torch.load(weights_only=True)
+    (a pickled object other than tensors, plain values and the `allowed` classes): for files a library loads
+    itself with pickle's full power (DeepSpeed's engine.load_checkpoint), checked before it touches them.
+    Collective: each rank checks a share of the files (mmap: tensor data is not read), all learn the verdict."""
+    error = None
+    with torch.serialization.safe_globals(list(allowed)):
+        for f in files[dist.rank()::dist.world_size()]:
+            try:
+                torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:
+                error = (f"checkpoint file {f} could not be loaded safely (it holds something other than tensors "
+                         f"and plain values: {_first_line(e)}); refusing to resume from it. Use another checkpoint "
+                         "(resume=path/to/step_N) or resume=none")
+                break
+    errors = [e for e in dist.all_gather_object(error) if e]
+    if errors:
+        raise CheckpointError(errors[0])
+
+
+def _first_line(e: Exception) -> str:
+    """The line of torch's weights_only refusal that names what was refused."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else repr(e))
+
+
 def load_file(ckpt_dir: Path) -> dict:
     """Verify and load a checkpoint directory (or a state.pt inside one) on the CPU."""
     ckpt_dir = Path(ckpt_dir)
