@@ -94,7 +94,8 @@ def init_from(cfg, rt, models: dict[str, nn.Module]) -> None:
     lines = [f"init_from: weights from {source}"]
     for name, model in models.items():
         if name in weights:
-            lines += [f"  {name}: {line}" for line in load_matching(unwrap(model), weights[name], "init_from")]
+            first, *rest = load_matching(unwrap(model), weights[name], f"init_from={cfg.init_from}")
+            lines += [f"  {name}: {first}", *(f"  {line}" for line in rest)]
         else:
             lines.append(f"  {name}: no weights in init_from; fresh init")
     rt.log("\n".join(lines))
