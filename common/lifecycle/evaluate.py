@@ -21,6 +21,8 @@ def run(task, cli) -> dict[str, float]:
     src = open_source(cli)
     cfg = src.cfg
     with runtime(cfg) as rt:
+        if src.ignored:
+            rt.log(f"--evaluate ignores training settings: {', '.join(src.ignored)}")
         loaders = task.build_data(cfg, rt)
         weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
         rt.seed()

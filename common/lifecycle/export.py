@@ -68,6 +68,8 @@ def run(task, cli) -> dict:
     if hasattr(cfg, "eval") and hasattr(cfg.eval, "classifier"):
         cfg.eval.classifier = "none"  # a GAN's FD judge is for evaluation; exporting needs only the data's shape
     with runtime(cfg) as rt:
+        if src.ignored:
+            rt.log(f"--export ignores training settings: {', '.join(src.ignored)}")
         loaders = task.build_data(cfg, rt)
         weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
         name = task.exported

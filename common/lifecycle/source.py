@@ -61,11 +61,14 @@ def checkpoint_weights(ckpt: Path, sd: dict, weights: str | None) -> tuple[dict[
     return out, which
 
 
-# Keys that do not change the model or the data it is judged on: an after-training command may set
-# them. Anything else would evaluate or export a different model than the one trained.
+# Keys that do not change the model or the data it is judged on: an after-training command applies them.
 FREE_KEYS = ("data.root", "data.download", "data.workers", "data.in_memory", "engine", "deepspeed_config",
              "device", "precision", "dist_timeout_s", "train.eval_batch_size", "train.tta_flip",
              "train.channels_last", "train.compile", "train.progress", "eval.classifier", "eval.samples", "eval.grid")
+# Keys only training reads (where a run writes, its schedule, augmentation): ignored, and the command says so,
+# so a --config file made for training still works. Every other key defines the model or the eval data.
+TRAINING_ONLY = ("out_dir", "resume", "init_from", "optim.", "ckpt.", "train.", "data.augment", "data.drop_last",
+                 "data.mixup_alpha", "data.cutmix_alpha")
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Source:
     why: str  # how it was chosen
     sd: dict  # its state.pt
     cfg: object  # the config the run was trained with, with the allowed overrides applied
+    ignored: list[str]  # training-only keys the command line set, which this command does not read
 
     @property
     def run_dir(self) -> Path | None:
@@ -96,29 +100,29 @@ def open_source(cli) -> Source:
     if sd.get("recipe") != cli.recipe:
         raise UserError(f"{flag} {cli.source}: the checkpoint was written by recipe '{sd.get('recipe')}'; run "
                         f"recipes/{sd.get('recipe')}.py {flag} {cli.source}")
-    return Source(ckpt, why, sd, checkpoint_config(cli, sd["config"], flag))
+    return Source(ckpt, why, sd, *checkpoint_config(cli, sd["config"], flag))
 
 
 def checkpoint_config(cli, saved: dict, flag: str):
-    """The trained config, with the keys the user set that do not change the model (FREE_KEYS); any
-    other key the user set to a different value is refused, all of them in one message."""
+    """(the trained config with the FREE_KEYS the user set, the TRAINING_ONLY keys the user set);
+    any other key set to a value other than the checkpoint's is refused, all of them in one message."""
     cfg = from_dict(type(cli.cfg), saved)
     cfg.engine = "auto"  # the engine it was trained under does not bind how it is read back
-    conflicts = []
+    conflicts, ignored = [], []
     for key in sorted(cli.user_keys):
         new, old = _get(cli.cfg, key), _get(cfg, key)
-        if new == old:
-            continue
         if key in FREE_KEYS:
             _set(cfg, key, new)
-        else:
+        elif key.startswith(TRAINING_ONLY):
+            ignored += [key] if new != old else []
+        elif new != old:
             conflicts.append(f"{key}: checkpoint {old!r}, given {new!r}")
     if conflicts:
         free = ", ".join(k for k in FREE_KEYS if k in schema(type(cli.cfg)))
         raise ConfigError(f"{flag} uses the model and data of the checkpoint's config; these settings would "
                           f"change them: {'; '.join(conflicts)}. Drop them (only {free} may differ), or start a "
                           "new run from these weights with init_from=RUN_DIR and your settings")
-    return cfg
+    return cfg, ignored
 
 
 def _get(cfg, key: str):
