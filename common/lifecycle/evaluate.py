@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from common.config import UserError
 from common.lifecycle.source import checkpoint_weights, open_source
 from common.train.state import TrainState
 
@@ -35,6 +36,11 @@ def run(task, cli) -> dict[str, float]:
                            step=src.sd["step"], epoch=src.sd["epoch"])
         out = task.evaluate(state, rt, loaders.eval)
         numbers = {k: v for k, v in out.items() if isinstance(v, (int, float))}
+        if not numbers:
+            judge = getattr(getattr(cfg, "eval", None), "classifier", None)
+            raise UserError(f"--evaluate: {cli.recipe}'s evaluation gave no metrics" + (
+                f" with eval.classifier={judge} (the Fréchet distance needs the judge classifier): set "
+                "eval.classifier=RUN_DIR of an mnist_cnn run" if judge in ("", "none") else ""))
         row = {"step": state.step, "epoch": state.epoch, "split": SPLIT, **numbers,
                "checkpoint": str(src.ckpt), "weights": which}
         if rt.is_main:
