@@ -124,8 +124,8 @@ class TrainState:
                        "engine=deepspeed" if owned else "engine=ddp/accelerate")
             raise StateMismatch(
                 f"checkpoint was written with {engines[0]}, this run uses {engines[1]}; DeepSpeed keeps weights and "
-                "optimizer state in its own per-rank format: resume with the checkpoint's engine, or export plain "
-                "weights with the checkpoint's deepspeed/<name>/zero_to_fp32.py and start over (resume=none)")
+                "optimizer state in its own per-rank format: resume with the checkpoint's engine, or start a new run "
+                "from its weights (init_from=RUN_DIR, or a file from --export RUN_DIR)")
         for kind, mine in (("models", self.models), ("optims", self.optims)):
             if set(sd[kind]) != set(mine) - owned:
                 raise StateMismatch(f"checkpoint has {kind} {sorted(sd[kind])}, this recipe has {sorted(mine)}")
