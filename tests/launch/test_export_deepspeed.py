@@ -1,4 +1,4 @@
-"""--export and --evaluate of a DeepSpeed ZeRO-2 checkpoint (2 CPU processes over gloo, `deepspeed` launcher).
+"""--export and --evaluate of DeepSpeed ZeRO-2 and ZeRO-3 checkpoints (2 CPU processes over gloo, `deepspeed` launcher).
 
 The partitions of both ranks are gathered on one process (common.engines.deepspeed.read_full_weights,
 after every DeepSpeed file passed the weights_only check); the exported state_dict must equal the
@@ -6,6 +6,7 @@ weights DeepSpeed's own zero_to_fp32 reconstructs, and an evaluation must give t
 """
 import json
 
+import pytest
 import torch
 
 from common.lifecycle.export import read_export
@@ -13,9 +14,10 @@ from helpers import metrics
 from launchutil import deepspeed_weights, launch
 
 
-def test_deepspeed_zero2_run_exports_and_evaluates(tmp_path):
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_run_exports_and_evaluates(zero, tmp_path):
     out = tmp_path / "ds"
-    launch("deepspeed", "mnist_mlp", out, "deepspeed_config=launch/deepspeed/zero2.json")
+    launch("deepspeed", "mnist_mlp", out, f"deepspeed_config=launch/deepspeed/{zero}.json")
     exported = tmp_path / "w.safetensors"
     launch("python", "mnist_mlp", None, "--export", str(out), "--to", str(exported), nproc=1, config="debug")
     best = json.loads((out / "checkpoints" / "best.json").read_text())["step"]  # what a run directory means
