@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
+from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
 from common.lifecycle.source import checkpoint_weights, open_source
 
@@ -78,8 +79,15 @@ def run(task, cli) -> dict:
                 "checkpoint": str(src.ckpt), "config": to_dict(cfg), "input": input_spec(cfg, loaders),
                 "num_classes": loaders.num_classes, "classes": classes}
         path = to or default_path(src, cli.recipe, which)
+        error = None
         if rt.is_main:
-            write_export(path, weights[name], meta)
+            try:
+                write_export(path, weights[name], meta)
+            except UserError as e:
+                error = str(e)
+        error = dist.broadcast_object(error)  # every rank exits with the same code
+        if error:
+            raise UserError(error)
         rt.log(f"exported '{name}' ({which} weights) of {src.ckpt}, {src.why}, to {path}")
     return {}
 
@@ -87,19 +95,22 @@ def run(task, cli) -> dict:
 def write_export(path: Path, weights: dict, meta: dict) -> None:
     """Atomically (temp file, then rename) write weights + meta as .safetensors or .pt by path's suffix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # Own, contiguous storage per tensor: safetensors refuses shared or strided views.
     plain = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
             save_file(plain, str(tmp), metadata={"dtrain": json.dumps(meta)})
         else:
             torch.save({"state_dict": plain, "meta": meta}, tmp)
         tmp.replace(path)
+    except OSError as e:
+        raise UserError(f"could not write {path} ({e}); choose another file with --to FILE") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():  # a failed write's leftover (false, not an error, when the directory is unusable)
+            tmp.unlink()
 
 
 def is_export(path: Path) -> bool:
