@@ -55,7 +55,9 @@ def checkpoint_weights(ckpt: Path, sd: dict, weights: str | None) -> tuple[dict[
                         "use --weights raw")
     which = weights or ("ema" if emas else "raw")
     engine = sd.get("config", {}).get("engine", "ddp")
-    out = full_weights_reader(engine)(ckpt)
+    names = set(sd.get("models", {})) | set(sd.get("engine_owned", []))
+    # Every model has its EMA copy in state.pt: no need to gather the trained weights (ZeRO partitions).
+    out = {} if which == "ema" and names <= set(emas) else full_weights_reader(engine)(ckpt)
     if which == "ema":
         out.update({name: strip_ema(e) for name, e in emas.items()})
     return out, which
