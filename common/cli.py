@@ -1,4 +1,5 @@
-"""The command line: `python recipes/<name>.py [--config FILE ...] [--dry-run] [key=value ...]`.
+"""The command line: `python recipes/<name>.py [--config FILE ...] [--dry-run] [key=value ...]`, or after
+training `--evaluate RUN_OR_CHECKPOINT` / `--export RUN_OR_CHECKPOINT [--to FILE]` (common/lifecycle/).
 
 Values layer: schema defaults <- recipes/configs/<name>.yaml <- each --config FILE in order (each
 YAML may name a `base:` it extends) <- key=value. Every value remembers where it came from, for
@@ -23,6 +24,11 @@ class Cli:
     dry_run: bool
     config_files: list[Path]  # every YAML applied, in order: the recipe's, then each --config (bases before each)
     sources: dict[str, str] = field(default_factory=dict)  # dotted key -> where its value came from; absent = schema default
+    user_keys: set[str] = field(default_factory=set)  # keys set by a --config file (or its bases) or key=value
+    action: str = "train"  # train | evaluate | export
+    source: Path | None = None  # --evaluate / --export: the run directory or checkpoint
+    to: Path | None = None  # --export --to FILE
+    weights: str | None = None  # --weights ema|raw; None = the EMA copy when the checkpoint has one
 
 
 BASE_KEY = "base"  # in a YAML: the file it extends, relative to the YAML's own directory
@@ -78,6 +84,8 @@ def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> list[tuple[Path, dic
 def help_text(cls, prog: str, default_file: Path | None) -> str:
     lines = [
         f"usage: {prog} [--config FILE ...] [--dry-run] [key=value ...]",
+        f"       {prog} --evaluate RUN_DIR_OR_CHECKPOINT [--weights ema|raw] [key=value ...]",
+        f"       {prog} --export RUN_DIR_OR_CHECKPOINT [--to FILE] [--weights ema|raw]",
         "",
         f"Values come from the schema defaults below, then {_show(default_file) if default_file else '(no recipe YAML)'},",
         "then each --config FILE in order, then key=value; later layers win.",
@@ -85,6 +93,11 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
         "                  names a file it extends (relative to the YAML's own directory)",
         "  --dry-run       print the resolved config with where each value came from, the",
         "                  rank/world/device mapping and warnings about the schedule, then exit",
+        "  --evaluate RUN  evaluate a run directory (its best, else newest valid checkpoint) or a",
+        "                  checkpoint on the eval split; the model config comes from the checkpoint",
+        "  --export RUN    write its weights as a plain state_dict with inference metadata;",
+        "                  --to FILE (.safetensors or .pt) names the file",
+        "  --weights W     with --evaluate/--export: ema or raw (default: ema when the run kept one)",
         "",
         "config keys (default) meaning:",
     ]
@@ -114,6 +127,7 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
     default_file = script_path.parent / "configs" / f"{recipe}.yaml"
     recipe_file = default_file if default_file.is_file() else None
     dry_run, overrides, config_args = False, {}, []
+    after: dict[str, str] = {}  # --evaluate / --export / --to / --weights -> value
     it = iter(argv)
     for arg in it:
         if arg in ("-h", "--help"):
@@ -121,6 +135,12 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
             raise SystemExit(0)
         if arg == "--dry-run":
             dry_run = True
+        elif arg.split("=", 1)[0] in AFTER_TRAINING:
+            flag = arg.split("=", 1)[0]
+            value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
+            if not value or flag in after:
+                raise ConfigError(f"{flag} needs one value: {flag} {AFTER_TRAINING[flag]}")
+            after[flag] = value
         elif arg.startswith(("--local_rank", "--local-rank")):
             # The `deepspeed` launcher appends --local_rank=N; the same value is in $LOCAL_RANK.
             if "=" not in arg:
@@ -134,8 +154,9 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
             key, value = arg.split("=", 1)
             overrides[key.strip()] = _parse_value(value)
         else:
-            raise ConfigError(f"unexpected argument '{arg}': use key=value, --config FILE, --dry-run or --help")
-    cfg, sources, files = cls(), {}, []
+            raise ConfigError(f"unexpected argument '{arg}': use key=value, --config FILE, --dry-run, --evaluate RUN, "
+                              "--export RUN or --help")
+    cfg, sources, files, user_keys = cls(), {}, [], set(overrides)
     for kind, top in ([("recipe YAML", recipe_file)] if recipe_file else []) + [("--config", f) for f in config_args]:
         layers = load_yaml(top)
         for i, (path, flat) in enumerate(layers):
@@ -143,10 +164,39 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
                 f"{_show(path)} (base of {layers[i + 1][0].name})"
             apply(cfg, flat, label, sources)
             files.append(path)
+            user_keys |= set(flat) if kind == "--config" else set()
     apply(cfg, overrides, "the command line", sources)
     cfg.out_dir = cfg.out_dir.replace("{recipe}", recipe)
     validate(cfg)
-    return Cli(cfg=cfg, recipe=recipe, dry_run=dry_run, config_files=files, sources=sources)
+    return Cli(cfg=cfg, recipe=recipe, dry_run=dry_run, config_files=files, sources=sources, user_keys=user_keys,
+               **after_training(after, dry_run))
+
+
+AFTER_TRAINING = {"--evaluate": "RUN_DIR_OR_CHECKPOINT", "--export": "RUN_DIR_OR_CHECKPOINT",
+                  "--to": "FILE (.safetensors or .pt)", "--weights": "ema|raw"}
+
+
+def after_training(flags: dict[str, str], dry_run: bool) -> dict:
+    """Cli fields for --evaluate / --export and the flags that go with them; misuse is a ConfigError."""
+    actions = [f for f in ("--evaluate", "--export") if f in flags]
+    if len(actions) > 1:
+        raise ConfigError("--evaluate and --export are two commands: run them one after the other")
+    if not actions:
+        extra = [f for f in flags if f in ("--to", "--weights")]
+        if extra:
+            raise ConfigError(f"{extra[0]} goes with --export{'' if extra[0] == '--to' else ' or --evaluate'}: "
+                              f"e.g. --export runs/<name> {extra[0]} {AFTER_TRAINING[extra[0]].split()[0]}")
+        return {}
+    (action,) = actions
+    if dry_run:
+        raise ConfigError(f"--dry-run is for training; {action} reads the checkpoint's config: drop --dry-run")
+    if "--to" in flags and action != "--export":
+        raise ConfigError("--to names the file --export writes; --evaluate writes its row to the run's metrics.jsonl")
+    weights = flags.get("--weights")
+    if weights not in (None, "ema", "raw"):
+        raise ConfigError(f"--weights {weights!r}: use --weights ema (the run's EMA copy) or --weights raw")
+    to = flags.get("--to")
+    return {"action": action[2:], "source": Path(flags[action]), "to": Path(to) if to else None, "weights": weights}
 
 
 def validate(cfg) -> None:

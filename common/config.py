@@ -146,6 +146,7 @@ class BaseConfig:
     out_dir: str = "runs/{recipe}"  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/; {recipe} = the script's name
     resume: str = "auto"  # auto (newest valid checkpoint in out_dir) | none | path to a checkpoint
     overwrite: bool = False  # starting from scratch in an out_dir holding another run's checkpoints: true = move that run's files to out_dir/previous-<time>/ first; false = refuse
+    init_from: str = "none"  # start a fresh run from the weights (only) of a run dir, checkpoint or --export file; tensors of another shape (a head for another class count) keep their fresh init; a resume ignores it
     engine: str = "auto"  # ddp | accelerate | deepspeed | fsdp (common/engines/__init__.py lists them); auto = from the launcher (accelerate launch, deepspeed), else ddp
     deepspeed_config: str = "launch/deepspeed/zero2.json"  # engine=deepspeed: DeepSpeed JSON (ZeRO stage, bf16/fp16); relative to the working directory or the repo
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler

@@ -1,6 +1,7 @@
 """The entry point every recipe goes through, and the one place errors become exit codes.
 
     python recipes/<name>.py [--config FILE ...] [--dry-run] [key=value ...]
+    python recipes/<name>.py --evaluate RUN_DIR_OR_CHECKPOINT | --export RUN_DIR_OR_CHECKPOINT [--to FILE]
 
 Exit codes, the same on every rank and under every launcher (python, torchrun, accelerate
 launch, deepspeed, srun):
@@ -89,9 +90,13 @@ def dry_run(cli, rt) -> None:
 
 
 def run(task, script: str, argv=None):
-    """Parse the command line for task.Config, then dry-run or train; returns the final metrics."""
+    """Parse the command line for task.Config, then dry-run, train, or evaluate/export a finished run
+    (common/lifecycle/); returns the final metrics."""
     try:
         cli = parse_cli(task.Config, script, argv)
+        if cli.action != "train":
+            from common.lifecycle import evaluate, export
+            return {"evaluate": evaluate.run, "export": export.run}[cli.action](task, cli)
         with runtime(cli.cfg) as rt:
             check_batch(cli.cfg.train.batch_size, rt.world_size, cli.cfg.train.grad_accum)
             if cli.dry_run:

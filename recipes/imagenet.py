@@ -12,6 +12,11 @@ Not measured by this project (no ImageNet here); see the README's results table.
     torchrun --nproc_per_node=8 recipes/imagenet.py data.root=/datasets/imagenet model.name=resnet50
     sbatch slurm/multi_node.sbatch recipes/imagenet.py data.root=/datasets/imagenet
     python recipes/imagenet.py data.root=path/to/tree model.name=resnet18 data.image_size=64
+    python recipes/imagenet.py data.root=path/to/tree model.name=resnet18 model.pretrained=true   # fine-tune
+
+model.pretrained=true starts from torchvision's ImageNet weights, read from the torch hub cache
+(common/models/pretrained.py: a missing file is an error naming it; model.pretrained_download=true fetches it);
+with another class count the classifier head keeps its fresh initialisation, and the start says so.
 """
 from dataclasses import dataclass, field
 
@@ -19,6 +24,7 @@ import torchvision
 
 from common.config import ConfigError
 from common.data.folder import FolderDataConfig, imagefolder_data
+from common.models.pretrained import load_pretrained
 from common.tasks.classifier import Classifier, ClassifierConfig
 
 # Nets whose auxiliary heads return tuples in training mode; one loss head is enough here.
@@ -28,6 +34,8 @@ NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v
 @dataclass
 class ModelConfig:
     name: str = "resnet50"  # any torchvision.models classifier name: resnet50, vgg16_bn, alexnet, googlenet, ...
+    pretrained: bool = False  # start from torchvision's ImageNet weights (the model's DEFAULT) in the torch hub cache; a head for another class count is re-initialised
+    pretrained_download: bool = False  # model.pretrained: download the weights into the torch hub cache when missing (needs internet)
 
 
 @dataclass
@@ -39,7 +47,10 @@ class Config(ClassifierConfig):
 def build_model(m: ModelConfig, in_shape, num_classes: int):
     if m.name not in torchvision.models.list_models(module=torchvision.models):
         raise ConfigError(f"model.name={m.name!r} is not a torchvision classifier; see torchvision.models.list_models()")
-    return torchvision.models.get_model(m.name, weights=None, num_classes=num_classes, **NO_AUX.get(m.name, {}))
+    model = torchvision.models.get_model(m.name, weights=None, num_classes=num_classes, **NO_AUX.get(m.name, {}))
+    if m.pretrained:
+        load_pretrained(model, m.name, m.pretrained_download)
+    return model
 
 
 task = Classifier(Config, build_model, __file__, build_data=imagefolder_data)

@@ -49,6 +49,17 @@ def resolve_engine(requested: str, env=os.environ) -> str:
     return requested
 
 
+def full_weights_reader(engine: str):
+    """`read_full_weights(ckpt_dir) -> {model name: full state_dict}` for checkpoints written under `engine`:
+    the engine module's own (DeepSpeed gathers ZeRO partitions), else the plain state.pt reader of base.py."""
+    if engine not in ENGINES:
+        raise ConfigError(f"the checkpoint was written with engine={engine!r}, which this version does not know "
+                          f"({', '.join(ENGINES)}); read it with the dtrain version that wrote it")
+    from common.engines import base
+    module = importlib.import_module(ENGINES[engine].split(":")[0])
+    return getattr(module, "read_full_weights", base.read_full_weights)
+
+
 def make_engine(cfg, env):
     """The engine for cfg.engine (already resolved by resolve_engine)."""
     module, cls = ENGINES[cfg.engine].split(":")

@@ -22,8 +22,16 @@ import torch.nn as nn
 
 from common.config import UserError
 from common.models.blocks import checkpoint_blocks
+from common.train.checkpoint import load_file
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def read_full_weights(ckpt_dir) -> dict[str, dict[str, torch.Tensor]]:
+    """{model name: state_dict} of a checkpoint whose engine keeps plain state_dicts in state.pt (ddp,
+    accelerate). An engine that saves weights in its own format defines its own read_full_weights
+    (common.engines.full_weights_reader picks it)."""
+    return load_file(ckpt_dir)["models"]
 
 
 def _is_engine_wrapper(model) -> bool:

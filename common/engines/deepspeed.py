@@ -42,7 +42,7 @@ import torch.nn as nn
 from common import dist
 from common.config import UserError
 from common.engines.base import Engine, unwrap
-from common.train.checkpoint import refuse_code
+from common.train.checkpoint import load_file, refuse_code
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "state"  # DeepSpeed's tag (sub-folder) inside checkpoints/step_N/deepspeed/<name>/
@@ -271,3 +271,19 @@ class DeepSpeedEngine(Engine):
                                              load_lr_scheduler_states=False)
             if path is None:
                 raise UserError(f"DeepSpeed could not load its checkpoint from {where}")
+
+
+def read_full_weights(ckpt_dir) -> dict[str, dict[str, torch.Tensor]]:
+    """{model name: full fp32 state_dict} of a checkpoint written under engine=deepspeed, on this process:
+    the ZeRO-1/2/3 partitions of every rank gathered by DeepSpeed's zero_to_fp32, after each of its files
+    passed the weights_only check (refuse_code; zero_to_fp32 itself unpickles with full power). Collective
+    when a process group is up: call it on every rank."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    ckpt_dir = Path(ckpt_dir)
+    out = dict(load_file(ckpt_dir)["models"])  # models DeepSpeed did not own, if any
+    for where in sorted(p for p in (ckpt_dir / "deepspeed").iterdir() if p.is_dir()):
+        refuse_code(sorted(f for f in (where / TAG).rglob("*") if f.is_file()), _safe_types())
+        with contextlib.redirect_stdout(None):  # it prints a line per tensor group
+            out[where.name] = get_fp32_state_dict_from_zero_checkpoint(str(where), tag=TAG)
+    return out

@@ -44,7 +44,10 @@ class ClassifierConfig(BaseConfig):
 
 class Classifier:
     """The task interface the entry point, tests and benchmarks use for every recipe:
-    Config, build_data, build_state, train_step, evaluate, main."""
+    Config, build_data, build_state, train_step, evaluate, main (and for --evaluate, --export and
+    load_model: build_models, exported)."""
+
+    exported = "net"  # the model --export writes
 
     def __init__(self, Config: type, build_model, script: str, build_data=classification_data):
         """script: the recipe's __file__ (its name goes into checkpoints; configs/<name>.yaml is its base)."""
@@ -53,10 +56,12 @@ class Classifier:
     def build_data(self, cfg, rt):
         return self._build_data(cfg, rt)
 
+    def build_models(self, cfg, loaders) -> dict:
+        return {"net": self.build_model(cfg.model, loaders.shape, loaders.num_classes)}
+
     def build_state(self, cfg, rt, loaders) -> TrainState:
         rt.seed()
-        model = self.build_model(cfg.model, loaders.shape, loaders.num_classes)
-        return build_state(cfg, rt, {"net": model}, total_steps(cfg, loaders.train), ema=("net",))
+        return build_state(cfg, rt, self.build_models(cfg, loaders), total_steps(cfg, loaders.train), ema=("net",))
 
     def train_step(self, batch, state: TrainState, rt) -> dict:
         x, y = batch

@@ -60,6 +60,8 @@ class GanTask:
     build_models(cfg, loaders) -> {"G", "D"} and train_step (D step, then the frozen-D G step), and
     where they differ from an unconditional GAN's, evaluate(state, rt, loader, judge) and build_data(cfg, rt)."""
 
+    exported = "G"  # the model --export writes
+
     def __init__(self, Config: type, build_models, train_step, script: str, evaluate=None, build_data=None):
         evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
         self.Config, self.build_models, self.train_step = Config, build_models, train_step

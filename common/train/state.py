@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 from common import dist
 from common.config import UserError
 from common.engines.base import full_tensor, unwrap
+from common.lifecycle.init import init_from
 from common.train.optim import build_optimizer, build_scheduler
 
 FORMAT_VERSION = 1
@@ -126,8 +127,7 @@ class TrainState:
             raise StateMismatch(
                 f"checkpoint was written with {engines[0]}, this run uses {engines[1]}; DeepSpeed and FSDP keep "
                 "weights and optimizer state in their own per-rank format: resume with the checkpoint's engine, or "
-                "export plain weights (deepspeed/<name>/zero_to_fp32.py in the checkpoint; for fsdp, "
-                "common.engines.fsdp.read_full_weights) and start over (resume=none)")
+                "start a new run from its weights (init_from=RUN_DIR, or a file from --export RUN_DIR)")
         for kind, mine in (("models", self.models), ("optims", self.optims)):
             if set(sd[kind]) != set(mine) - owned:
                 raise StateMismatch(f"checkpoint has {kind} {sorted(sd[kind])}, this recipe has {sorted(mine)}")
@@ -171,6 +171,7 @@ def build_state(cfg, rt, models: dict[str, nn.Module], total_steps: int, ema: tu
     """Place each model, give it an optimizer and LR schedule from cfg.optim, an EMA copy for the
     names in `ema` (when train.ema_decay > 0), and let the engine wrap them."""
     models = {k: rt.place(m) for k, m in models.items()}
+    init_from(cfg, rt, models)  # weights of another run, before the engine wraps (and copies) them
     optims = {k: build_optimizer(cfg.optim, m) for k, m in models.items()}
     scheds = {k: build_scheduler(cfg.optim, o, total_steps) for k, o in optims.items()}
     emas = {k: make_ema(models[k], cfg.train.ema_decay) for k in ema if cfg.train.ema_decay > 0}

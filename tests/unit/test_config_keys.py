@@ -37,6 +37,7 @@ CONDITIONAL = {
     "data.root": "data.name=mnist",
     "data.workers": "data.name=folder data.root={tree}",
     "data.direction": "data.name=folder data.root={tree}",
+    "model.pretrained_download": "model.pretrained=true",  # read when the weights file is missing
 }
 
 
@@ -106,7 +107,7 @@ def test_conditional_keys_are_read_under_their_setting(tmp_path):
     for key, override in CONDITIONAL.items():
         by_override.setdefault(override, []).append(key)
     for i, (override, wanted) in enumerate(sorted(by_override.items())):
-        name = next(n for n in ("mnist_mlp", "gan_mnist") if set(wanted) <= set(schema(load_recipe(n).Config)))
+        name = next(n for n in ("mnist_mlp", "gan_mnist", "imagenet") if set(wanted) <= set(schema(load_recipe(n).Config)))
         reads, _ = run(name, tmp_path / str(i), *override.format(tree=tree).split())
         assert set(wanted) <= reads, f"{name} with {override}: {sorted(set(wanted) - reads)} still unread"
 

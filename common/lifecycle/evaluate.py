@@ -1,0 +1,55 @@
+"""`--evaluate RUN_DIR_OR_CHECKPOINT [--weights ema|raw] [key=value ...]`: evaluate without training.
+
+The model and data come from the checkpoint's config (common/lifecycle/source.py says which keys may
+still change); the task's own evaluate runs on the eval split with the training run's exact counts
+(unpadded shards, one all-reduce), under any launcher and world size. The metrics are printed and
+appended to the run's metrics.jsonl as split "eval", with the checkpoint and weights used.
+"""
+from __future__ import annotations
+
+import json
+
+from common.config import UserError
+from common.lifecycle.source import checkpoint_weights, open_source
+from common.train.state import TrainState
+
+SPLIT = "eval"  # an --evaluate row; training's own evaluations are "val" (same eval split, during training)
+
+
+def run(task, cli) -> dict[str, float]:
+    from common.entry import runtime
+
+    src = open_source(cli)
+    cfg = src.cfg
+    with runtime(cfg) as rt:
+        if src.ignored:
+            rt.log(f"--evaluate ignores training settings: {', '.join(src.ignored)}")
+        loaders = task.build_data(cfg, rt)
+        weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
+        rt.seed()
+        models = task.build_models(cfg, loaders)
+        for name, model in models.items():
+            model.load_state_dict(weights[name])
+        # No optimizer and no engine wrapper: evaluation only runs forward passes; the weights chosen
+        # are the models themselves (state.eval_model(name) returns them).
+        state = TrainState(models={k: rt.place(m) for k, m in models.items()}, optims={},
+                           step=src.sd["step"], epoch=src.sd["epoch"])
+        out = task.evaluate(state, rt, loaders.eval)
+        numbers = {k: v for k, v in out.items() if isinstance(v, (int, float))}
+        if not numbers:
+            judge = getattr(getattr(cfg, "eval", None), "classifier", None)
+            raise UserError(f"--evaluate: {cli.recipe}'s evaluation gave no metrics" + (
+                f" with eval.classifier={judge} (the Fréchet distance needs the judge classifier): set "
+                "eval.classifier=RUN_DIR of an mnist_cnn run" if judge in ("", "none") else ""))
+        row = {"step": state.step, "epoch": state.epoch, "split": SPLIT, **numbers,
+               "checkpoint": str(src.ckpt), "weights": which}
+        if rt.is_main:
+            shown = " ".join(f"{k} {v:.6g}" for k, v in numbers.items())
+            where = src.run_dir / "metrics.jsonl" if src.run_dir else None
+            rt.log(f"evaluated {src.ckpt} ({src.why}; {which} weights) on the eval split, "
+                   f"{rt.world_size} process(es)\n[{SPLIT}] step {state.step} {shown}\n"
+                   + (f"appended to {where}" if where else "not written to a metrics.jsonl (no run directory)"))
+            if where:
+                with open(where, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+    return numbers

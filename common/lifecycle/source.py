@@ -1,0 +1,141 @@
+"""Which checkpoint a run directory means, its weights (EMA or raw, under any engine), and the config
+the after-training commands (--evaluate, --export) rebuild the model from.
+
+A run directory means its best checkpoint (checkpoints/best.json) when that one verifies, else the
+newest valid one; a checkpoint directory or its state.pt means itself. Every command says which.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import ConfigError, UserError, from_dict, schema
+from common.engines import full_weights_reader
+from common.train.checkpoint import Checkpointer, load_file, verify
+
+
+def locate(path: Path) -> tuple[Path, str] | None:
+    """(checkpoint directory, why this one) for a run directory, its checkpoints/ folder, a checkpoint
+    directory or a state.pt; None when there is none. Reads only: nothing is cleaned or renamed."""
+    path = Path(path)
+    if path.is_file() and path.name == "state.pt":
+        path = path.parent
+    if (path / "state.pt").is_file():
+        return path, "the checkpoint given"
+    folder = Checkpointer(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
+    best, newer_broken = folder.best_name(), []
+    if best and verify(folder.dir / best) is None:
+        return folder.dir / best, f"the best checkpoint ({folder.dir / 'best.json'})"
+    for p in folder.all():
+        reason = verify(p)
+        if reason is None:
+            why = "the newest valid checkpoint" + (" (best.json names no valid one)" if best else " (no best.json)")
+            return p, why + "".join(f"; skipped {n}" for n in newer_broken)
+        newer_broken.append(f"{p.name}: {reason}")
+    return None
+
+
+def run_dir_of(ckpt: Path) -> Path | None:
+    """The run directory a checkpoint belongs to (…/RUN/checkpoints/step_N), else None."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+
+
+def strip_ema(sd: dict) -> dict:
+    """An EMA copy's state_dict (AveragedModel: module.<key> and n_averaged) as the model's own."""
+    return {k[len("module."):]: v for k, v in sd.items() if k.startswith("module.")}
+
+
+def checkpoint_weights(ckpt: Path, sd: dict, weights: str | None) -> tuple[dict[str, dict], str]:
+    """({model name: plain state_dict}, "ema" | "raw"): each model's EMA copy where asked for (default:
+    when the checkpoint has one), the trained weights for the others, gathered by the engine that
+    wrote them (common.engines.full_weights_reader: DeepSpeed's ZeRO partitions included)."""
+    emas = sd.get("ema") or {}
+    if weights == "ema" and not emas:
+        raise UserError(f"--weights ema: checkpoint {ckpt} has no EMA copy (the run had train.ema_decay=0); "
+                        "use --weights raw")
+    which = weights or ("ema" if emas else "raw")
+    engine = sd.get("config", {}).get("engine", "ddp")
+    names = set(sd.get("models", {})) | set(sd.get("engine_owned", []))
+    # Every model has its EMA copy in state.pt: no need to gather the trained weights (ZeRO partitions).
+    out = {} if which == "ema" and names <= set(emas) else full_weights_reader(engine)(ckpt)
+    if which == "ema":
+        out.update({name: strip_ema(e) for name, e in emas.items()})
+    return out, which
+
+
+# Keys that do not change the model or the data it is judged on: an after-training command applies them.
+FREE_KEYS = ("data.root", "data.download", "data.workers", "data.in_memory", "engine", "deepspeed_config",
+             "device", "precision", "dist_timeout_s", "train.eval_batch_size", "train.tta_flip",
+             "train.channels_last", "train.compile", "train.progress", "eval.classifier", "eval.samples", "eval.grid")
+# Keys only training reads (where a run writes, its schedule, augmentation): ignored, and the command says so,
+# so a --config file made for training still works. Every other key defines the model or the eval data.
+TRAINING_ONLY = ("out_dir", "resume", "init_from", "optim.", "ckpt.", "train.", "data.augment", "data.drop_last",
+                 "data.mixup_alpha", "data.cutmix_alpha")
+
+
+@dataclass
+class Source:
+    ckpt: Path  # the checkpoint directory
+    why: str  # how it was chosen
+    sd: dict  # its state.pt
+    cfg: object  # the config the run was trained with, with the allowed overrides applied
+    ignored: list[str]  # training-only keys the command line set, which this command does not read
+
+    @property
+    def run_dir(self) -> Path | None:
+        return run_dir_of(self.ckpt)
+
+    @property
+    def name(self) -> str:
+        return self.ckpt.name
+
+
+def open_source(cli) -> Source:
+    """The checkpoint cli.source means, loaded and verified, and its config for this command."""
+    flag = f"--{cli.action}"
+    found = locate(cli.source)
+    if found is None:
+        raise UserError(f"{flag} {cli.source}: no valid checkpoint there; give a run directory (an out_dir with "
+                        "checkpoints/) or one checkpoint (out_dir/checkpoints/step_N)")
+    ckpt, why = found
+    sd = load_file(ckpt)
+    if sd.get("recipe") != cli.recipe:
+        raise UserError(f"{flag} {cli.source}: the checkpoint was written by recipe '{sd.get('recipe')}'; run "
+                        f"recipes/{sd.get('recipe')}.py {flag} {cli.source}")
+    return Source(ckpt, why, sd, *checkpoint_config(cli, sd["config"], flag))
+
+
+def checkpoint_config(cli, saved: dict, flag: str):
+    """(the trained config with the FREE_KEYS the user set, the TRAINING_ONLY keys the user set);
+    any other key set to a value other than the checkpoint's is refused, all of them in one message."""
+    cfg = from_dict(type(cli.cfg), saved)
+    cfg.engine = "auto"  # the engine it was trained under does not bind how it is read back
+    conflicts, ignored = [], []
+    for key in sorted(cli.user_keys):
+        new, old = _get(cli.cfg, key), _get(cfg, key)
+        if key in FREE_KEYS:
+            _set(cfg, key, new)
+        elif key.startswith(TRAINING_ONLY):
+            ignored += [key] if new != old else []
+        elif new != old:
+            conflicts.append(f"{key}: checkpoint {old!r}, given {new!r}")
+    if conflicts:
+        free = ", ".join(k for k in FREE_KEYS if k in schema(type(cli.cfg)))
+        raise ConfigError(f"{flag} uses the model and data of the checkpoint's config; these settings would "
+                          f"change them: {'; '.join(conflicts)}. Drop them (only {free} may differ), or start a "
+                          "new run from these weights with init_from=RUN_DIR and your settings")
+    return cfg, ignored
+
+
+def _get(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _set(cfg, key: str, value) -> None:
+    *path, last = key.split(".")
+    for part in path:
+        cfg = getattr(cfg, part)
+    setattr(cfg, last, value)
+

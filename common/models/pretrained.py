@@ -1,0 +1,66 @@
+"""torchvision's pretrained ImageNet weights from the local torch hub cache (recipes/imagenet.py model.pretrained).
+
+The file is the one torchvision itself would download, under its own name, in
+torch.hub.get_dir()/checkpoints/ (by default ~/.cache/torch/hub/checkpoints; $TORCH_HOME/hub/checkpoints
+when TORCH_HOME is set). Compute nodes are often offline: a missing file stops the run with its exact
+name, directory and URL. With model.pretrained_download=true rank 0 downloads it there first (checksum
+verified by torch.hub), the way torchvision does on a connected machine.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+import torchvision
+
+from common import dist
+from common.config import UserError
+from common.lifecycle.init import load_matching
+
+
+def weights_file(name: str) -> tuple[Path, str, str]:
+    """(path in the hub cache, URL, torchvision's weights name) of the model's DEFAULT weights."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    directory = Path(torch.hub.get_dir()) / "checkpoints"
+    return directory / os.path.basename(urlparse(weights.url).path), weights.url, str(weights)
+
+
+def load_pretrained(model: nn.Module, name: str, download: bool) -> list[str]:
+    """Load torchvision's weights for `name` into model (a head of another shape keeps its fresh init);
+    the report (what was loaded, what re-initialised) is printed by rank 0 and returned."""
+    path, url, label = weights_file(name)
+    if not path.is_file() and download:
+        error = None
+        if dist.rank() == 0:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(path.name))
+            except Exception as e:  # URLError, HTTPError, a checksum mismatch: one message
+                error = f"downloading {url} failed ({type(e).__name__}: {e})"
+        error = dist.broadcast_object(error)  # the others wait for the file
+        if error:
+            raise UserError(f"model.pretrained_download: {error}; put {path.name} in {path.parent}/ by hand")
+    if not path.is_file():
+        raise UserError(f"model.pretrained=true needs torchvision's {label} weights: put the file {path.name} in "
+                        f"{path.parent}/ (from {url}; torch.hub.get_dir() decides the directory, set TORCH_HOME to "
+                        "move it), or set model.pretrained_download=true on a machine with internet, or "
+                        "model.pretrained=false")
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} could not be loaded safely ({str(e).splitlines()[0]}): delete it and fetch it "
+                        f"again from {url}") from None
+    report = load_matching(model, weights, f"{label} ({path})")
+    if dist.rank() == 0:
+        print("model.pretrained: " + "\n".join(report), flush=True)
+    return report
+
+
+def _hash_prefix(filename: str) -> str | None:
+    """torchvision file names end in the first digits of their sha256 (resnet18-f37072fd.pth)."""
+    stem = filename.rsplit(".", 1)[0]
+    tail = stem.rsplit("-", 1)[-1]
+    return tail if "-" in stem and all(c in "0123456789abcdef" for c in tail) and len(tail) >= 6 else None

@@ -1,0 +1,73 @@
+"""The after-training flags and files: each misuse is a clear error naming the flag or key and the fix
+(parse_cli and the readers, in-process; the commands themselves run in tests/recipes/test_after_training.py)."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.cli import parse_cli
+from common.config import ConfigError, UserError
+from common.engines import full_weights_reader
+from common.lifecycle.export import read_export, write_export
+from common.lifecycle.init import init_from
+from helpers import ROOT, load_recipe
+
+MLP = load_recipe("mnist_mlp")
+SCRIPT = str(ROOT / "recipes" / "mnist_mlp.py")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--evaluate", "r", "--export", "r"], "--evaluate and --export are two commands"),
+    (["--evaluate"], "--evaluate needs one value: --evaluate RUN_DIR_OR_CHECKPOINT"),
+    (["--export", "r", "--to"], "--to needs one value: --to FILE (.safetensors or .pt)"),
+    (["--evaluate", "r", "--dry-run"], "--dry-run is for training; --evaluate reads the checkpoint's config"),
+    (["--evaluate", "r", "--to", "w.pt"], "--to names the file --export writes"),
+    (["--to", "w.pt"], "--to goes with --export: e.g. --export runs/<name> --to FILE"),
+])
+def test_flag_misuse_says_how_to_write_it(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        parse_cli(MLP.Config, SCRIPT, argv)
+
+
+def test_flags_parse_with_equals_and_record_the_users_keys():
+    cli = parse_cli(MLP.Config, SCRIPT, ["--export=runs/x", "--to=w.pt", "--weights=raw", "device=cpu"])
+    assert (cli.action, cli.source, cli.to, cli.weights) == ("export", Path("runs/x"), Path("w.pt"), "raw")
+    assert cli.user_keys == {"device"}
+    assert parse_cli(MLP.Config, SCRIPT, []).action == "train"
+
+
+def test_a_file_that_is_not_an_export_is_named(tmp_path):
+    bad = tmp_path / "w.pt"
+    torch.save({"weights": torch.zeros(1)}, bad)
+    with pytest.raises(UserError, match=f"{bad} is not a weight file written by --export .* --export RUN_DIR --to FILE"):
+        read_export(bad)
+
+
+def test_init_from_a_file_of_other_models_names_both(tmp_path):
+    f = tmp_path / "g.safetensors"
+    write_export(f, {"w": torch.zeros(2)}, {"recipe": "gan_mnist", "model": "G", "step": 1, "weights": "raw"})
+    cfg = parse_cli(MLP.Config, SCRIPT, [f"init_from={f}", "resume=none"]).cfg
+    with pytest.raises(UserError, match=r"holds weights for \['G'\], this recipe's models are \['net'\]"):
+        init_from(cfg, None, {"net": torch.nn.Linear(2, 2)})
+
+
+def test_an_unknown_engine_in_a_checkpoint_is_named():
+    with pytest.raises(ConfigError, match="written with engine='fsdp2', which this version does not know"):
+        full_weights_reader("fsdp2")
+
+
+def test_unwritable_export_path_names_the_fix(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="could not write .* choose another file with --to FILE"):
+        write_export(tmp_path / "file" / "w.pt", {"w": torch.zeros(1)}, {})
+
+
+def test_a_corrupt_pretrained_file_is_named(tmp_path, monkeypatch):
+    from common.models.pretrained import weights_file
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path, url, _ = weights_file("resnet18")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a checkpoint")
+    mod = load_recipe("imagenet")
+    with pytest.raises(UserError, match=f"{path} could not be loaded safely .* delete it and fetch it again from {url}"):
+        mod.build_model(mod.ModelConfig(name="resnet18", pretrained=True), (3, 32, 32), 3)
