@@ -153,6 +153,11 @@ def read_folder(root: Path, split: str, shape: list[int]):
     return images, torch.tensor(labels), classes
 
 
+def folder_classes(root: Path) -> list[str]:
+    """The class names of a data.name=folder tree: its train/ sub-directories, in label order."""
+    return class_labels(list_images(root / "train"))[1]
+
+
 def channel_stats(name: str, train_images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean/std in [0, 1] units: the published figures for a named dataset, measured on the
     training images for a user's folder."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from common.config import ConfigError
-from common.data.datasets import channel_stats, load_split
+from common.data.datasets import channel_stats, folder_classes, load_split
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
 def _augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
@@ -161,6 +162,7 @@ class Loaders:
     eval: TensorEvalLoader
     num_classes: int
     shape: tuple[int, int, int]
+    classes: list[str] | None = None  # class names, where the data says them (an image folder's sub-directories)
 
 
 def _pad(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -185,4 +187,5 @@ def classification_data(cfg, rt) -> Loaders:
                               accum=cfg.train.grad_accum, seed=cfg.seed, drop_last=d.drop_last,
                               augment=d.augment, mix=batch_mix(d, num_classes), **common)
     evaluate = TensorEvalLoader(test_x, test_y, mean, std, batch_size=cfg.train.eval_batch_size, **common)
-    return Loaders(train, evaluate, num_classes, tuple(train_x.shape[1:]))
+    return Loaders(train, evaluate, num_classes, tuple(train_x.shape[1:]),
+                   folder_classes(Path(d.root)) if d.name == "folder" else None)

@@ -41,6 +41,8 @@ def input_spec(cfg, loaders) -> dict:
     if hasattr(ev, "mean"):  # in-memory tensors (common/data/memory.py)
         spec.update(mean=ev.mean.flatten().tolist(), std=ev.std.flatten().tolist(),
                     pad_to=getattr(cfg.data, "pad_to", 0))
+        if cfg.data.name == "folder":  # image files converted as common/data/datasets.py's read_folder does
+            spec["resize"] = "PIL.ImageOps.fit to H x W (bicubic, centre crop), grey for C=1, RGB for C=3"
         return spec
     t = getattr(getattr(ev, "ds", None), "transform", None)  # image files (common/data/folder.py)
     if t is not None and hasattr(t, "t"):  # classification presets: resize, center crop, normalise
