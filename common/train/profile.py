@@ -21,7 +21,7 @@ class StepProfiler:
 
     def __init__(self, train_cfg, out_dir: Path, rt, step: int):
         start, steps = train_cfg.profile_start, train_cfg.profile_steps
-        self.window, self.prof = (start, start + steps) if steps else None, None
+        self.window, self.prof, self.span = (start, start + steps) if steps else None, None, None
         self.out_dir, self.rt = Path(out_dir) / "profile", rt
         self.step(step)
 
@@ -35,7 +35,16 @@ class StepProfiler:
         elif self.prof is not None and step >= end:
             self.close()
         elif self.prof is not None:
-            self.prof.step()
+            self._mark(step)
+
+    def _mark(self, step: int | None) -> None:
+        """End the current ProfilerStep span; open one for `step` (None: none). torch's profiler marks
+        steps itself only under a schedule, whose step count would start at this run's first step."""
+        if self.span is not None:
+            self.span.__exit__(None, None, None)
+        self.span = torch.profiler.record_function(f"ProfilerStep#{step}") if step is not None else None
+        if self.span is not None:
+            self.span.__enter__()
 
     def _start(self, step: int) -> None:
         activities = [torch.profiler.ProfilerActivity.CPU]
@@ -45,12 +54,13 @@ class StepProfiler:
         self.prof = torch.profiler.profile(
             activities=activities, record_shapes=True, profile_memory=True,
             on_trace_ready=torch.profiler.tensorboard_trace_handler(str(self.out_dir), worker_name=f"rank{self.rt.rank}"))
-        self.prof.step_num = step  # ProfilerStep#N names the optimizer step
         self.prof.start()
+        self._mark(step)
         self.rt.log(f"profiling optimizer steps {step}..{self.window[1] - 1} into {self.out_dir}")
 
     def close(self) -> None:
         """Stop a recording in progress and write its trace (on_trace_ready)."""
         if self.prof is not None:
+            self._mark(None)
             prof, self.prof, self.window = self.prof, None, None
             prof.stop()

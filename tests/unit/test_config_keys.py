@@ -35,6 +35,8 @@ CONDITIONAL = {
     "data.root": "data.name=mnist",
     "data.workers": "data.name=folder data.root={tree}",
     "data.direction": "data.name=folder data.root={tree}",
+    "log.project": "log.backends=[mlflow]",  # W&B reads it too; MLflow runs offline with no setup
+    "log.mlflow_uri": "log.backends=[mlflow]",
 }
 
 
