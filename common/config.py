@@ -108,6 +108,8 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each block's activations in backward instead of storing them (less memory, ~1/3 more compute); engines ddp, accelerate, fsdp
     progress: bool = True  # tqdm progress bar on rank 0 when stderr is a terminal
     max_nonfinite_steps: int = ranged(5, ge=1)  # stop when train_step returns NaN/inf this many optimizer steps in a row
+    profile_steps: int = ranged(0, ge=0)  # record this many optimizer steps with torch.profiler on every rank, into out_dir/profile/ (docs/performance.md); 0 = off
+    profile_start: int = ranged(10, ge=0)  # the first optimizer step recorded (0-based; the first steps are warm-up)
 
 
 @dataclass
@@ -141,6 +143,13 @@ class FsdpConfig:
 
 
 @dataclass
+class LogConfig:
+    backends: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=lambda: ["tensorboard"])  # where rank 0 sends metrics besides metrics.jsonl; wandb/mlflow need `pip install -r requirements-trackers.txt`
+    project: str = "dtrain"  # W&B project and MLflow experiment name (the run is named after out_dir)
+    mlflow_uri: str = ""  # MLflow tracking URI (http://host:5000, sqlite:///path.db); empty = out_dir/mlflow.db (SQLite)
+
+
+@dataclass
 class BaseConfig:
     seed: int = ranged(0, ge=0)  # seeds weights, data order and augmentation
     out_dir: str = "runs/{recipe}"  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/; {recipe} = the script's name
@@ -157,6 +166,7 @@ class BaseConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # engine=fsdp (common/engines/fsdp.py)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 # ----------------------------------------------------------------------------- schema

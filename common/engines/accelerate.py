@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 
 from common.config import UserError
-from common.engines.base import Engine
+from common.engines.base import Engine, total_norm
 
 MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -109,9 +109,12 @@ class AccelerateEngine(Engine):
         opt = self._prepared.get(id(optimizer))
         if opt is None:
             raise RuntimeError("rt.step got an optimizer that rt.prepare did not return")
-        if self.cfg.train.clip_grad_norm > 0:
-            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            self.accelerator.clip_grad_norm_(params, self.cfg.train.clip_grad_norm)
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if self.cfg.train.clip_grad_norm > 0:  # unscales first; returns the norm before clipping
+            self._grad_norms[id(optimizer)] = self.accelerator.clip_grad_norm_(params, self.cfg.train.clip_grad_norm)
+        elif self.want_grad_norm:
+            self.accelerator.unscale_gradients(opt)
+            self._grad_norms[id(optimizer)] = total_norm(params)
         opt.step()
         opt.zero_grad(set_to_none=True)
 

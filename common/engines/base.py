@@ -56,6 +56,14 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def total_norm(params) -> torch.Tensor:
+    """The 2-norm of all the parameters' gradients together, on their device (no host sync)."""
+    grads = [p.grad.detach() for p in params]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+
+
 class Engine:
     name = "?"
 
@@ -70,6 +78,10 @@ class Engine:
         # Names of models and optimizers whose state this engine saves itself (save_shards), in
         # its own format, instead of as plain state_dicts in state.pt.
         self.owned: set[str] = set()
+        # Set by the loop on the optimizer steps whose metrics are logged: step() then records the
+        # global gradient norm (free when clipping, which computes it every step anyway).
+        self.want_grad_norm = False
+        self._grad_norms: dict[int, torch.Tensor] = {}
         if cfg.ckpt.async_save and not self.async_save:
             raise UserError(f"ckpt.async_save=true needs engine=fsdp (engine={self.name} writes its checkpoints "
                             "synchronously); set ckpt.async_save=false or engine=fsdp")
@@ -161,12 +173,19 @@ class Engine:
         """Unscale, clip, step and zero the grads; only on the final micro-step."""
         if not self.last_micro:
             return
-        if self.cfg.train.clip_grad_norm > 0:
-            self.scaler.unscale_(optimizer)
+        clip = self.cfg.train.clip_grad_norm
+        if clip > 0 or self.want_grad_norm:
+            self.scaler.unscale_(optimizer)  # the norm of the true gradients; step() will not unscale twice
             params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.clip_grad_norm, foreach=True)
+            self._grad_norms[id(optimizer)] = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True) if clip > 0 \
+                else total_norm(params)
         self.scaler.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
+
+    def grad_norm(self, optimizer):
+        """The global gradient norm (before clipping) recorded at `optimizer`'s last step, as a device
+        tensor, or None when none was recorded (want_grad_norm off and no clipping)."""
+        return self._grad_norms.pop(id(optimizer), None)
 
     def end_step(self) -> None:
         """Once per optimizer step, after every optimizer has stepped."""

@@ -248,6 +248,12 @@ class DeepSpeedEngine(Engine):
     def end_step(self) -> None:
         """Nothing: DeepSpeed updates its loss scale inside engine.step()."""
 
+    def grad_norm(self, optimizer):
+        """The global norm DeepSpeed computed at its last optimizer step (it reduces it over ranks and
+        ZeRO partitions); None where its optimizer computes none (no ZeRO, no clipping)."""
+        engine = self._by_opt.get(id(optimizer))
+        return engine.get_global_grad_norm() if engine is not None else None
+
     # -- checkpoints -----------------------------------------------------------------------
     def save_shards(self, directory: Path) -> None:
         """Collective: every rank writes its ZeRO partition under directory/deepspeed/<name>/."""

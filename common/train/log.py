@@ -1,4 +1,5 @@
-"""Rank-0 logging: TensorBoard scalars and hparams, metrics.jsonl, console lines, image grids.
+"""Rank-0 logging: metrics.jsonl, console lines, image grids, and the trackers of `log.backends`
+(TensorBoard by default, W&B, MLflow: common/train/trackers.py).
 
 Other ranks get a logger whose methods do nothing, so callers never branch on rank.
 Only already-reduced numbers arrive here. On resume, events after the resumed step
@@ -13,6 +14,10 @@ import math
 
 import torch
 from pathlib import Path
+
+from common import dist
+from common.config import LogConfig, UserError, to_dict
+from common.train.trackers import check_installed, open_trackers
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -50,23 +55,38 @@ class Logger:
     """Writes happen on rank 0; a failed write (disk full, read-only, quota) stops every rank with the
     same CheckpointError at the end of the call, which every rank makes (see `_writes`)."""
 
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0):
-        self.enabled = enabled
-        self.out_dir = Path(out_dir)
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0, cfg=None):
+        """cfg: the run's config (log.backends, hyperparameters); None = TensorBoard, no hyperparameters.
+        Collective: every rank raises the same error if rank 0 cannot open a tracker."""
+        log_cfg = cfg.log if cfg is not None else LogConfig()
+        check_installed(log_cfg.backends)
+        self.enabled, self.trackers, self.out_dir = enabled, [], Path(out_dir)
+        self.config = _flat(to_dict(cfg)) if cfg is not None else {}
+        error = None
         with self._writes("open the logs"):
-            self._open(resume_step)
+            error = self._open(resume_step, log_cfg)
+        error = dist.broadcast_object(error)
+        if error:
+            raise UserError(error)
 
-    def _open(self, resume_step: int) -> None:
+    def _open(self, resume_step: int, log_cfg) -> str | None:
+        """Rank 0: metrics.jsonl continued (or started) and the trackers opened; a tracker that fails
+        for another reason than a write error: the message."""
         if not self.enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
+            return None
         self.jsonl = self.out_dir / "metrics.jsonl"
         if resume_step > 0 and self.jsonl.exists():
             self._truncate_after(resume_step)
         elif resume_step == 0 and self.jsonl.exists():
             self.jsonl.unlink()  # a fresh run owns the directory's history
-        self.tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=resume_step if resume_step > 0 else None)
+        try:
+            self.trackers = open_trackers(log_cfg, self.out_dir, resume_step, self.config)
+        except Exception as e:  # noqa: BLE001 -- any library's failure, named, on every rank
+            from common.train.checkpoint import write_failure
+            if isinstance(e, (OSError, RuntimeError)) and write_failure(e, self.out_dir):
+                raise  # a full or read-only disk: _writes says so on every rank
+            return f"log.backends={list(log_cfg.backends)}: a tracker failed to start: {type(e).__name__}: {e}"
+        return None
 
     def _truncate_after(self, step: int) -> None:
         keep = [r for r in read_metrics(self.out_dir) if isinstance(r.get("step"), int) and r["step"] <= step]
@@ -74,57 +94,72 @@ class Logger:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         tmp.replace(self.jsonl)
 
+    def _writes(self, what: str):
+        """Collective (every rank calls it at the same points): rank 0's write failure stops every rank."""
+        from common.train.checkpoint import writes_agreed
+        return writes_agreed(f"{what} in {self.out_dir}", self.out_dir, self.out_dir / "checkpoints")
+
     def log(self, split: str, step: int, epoch: int, values: dict) -> dict[str, float]:
-        """Numbers go to metrics.jsonl, TensorBoard and the console; Grid values (an evaluation's
+        """Numbers go to metrics.jsonl, the trackers and the console; Grid values (an evaluation's
         sample images) become PNG grids. Returns the numbers. Call it on every rank; only rank 0 writes."""
         metrics = {k: v for k, v in values.items() if not isinstance(v, Grid)}
         with self._writes(f"log {split} metrics at step {step}"):
             self._write(split, step, epoch, values, metrics)
         return metrics
 
-    def _writes(self, what: str):
-        """Collective (every rank calls it at the same points): rank 0's write failure stops every rank."""
-        from common.train.checkpoint import writes_agreed
-        return writes_agreed(f"{what} in {self.out_dir}", self.out_dir, self.out_dir / "checkpoints")
-
     def _write(self, split: str, step: int, epoch: int, values: dict, metrics: dict) -> None:
         if not self.enabled:
             return
         with open(self.jsonl, "a") as f:
             f.write(json.dumps({"step": step, "epoch": epoch, "split": split, **metrics}) + "\n")
-        for k, v in metrics.items():
-            self.tb.add_scalar(f"{split}/{k}", v, step)
+        for t in self.trackers:
+            t.log(split, step, metrics)
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         print(f"[{split}] step {step} epoch {epoch} {shown}", flush=True)
         for tag, grid in values.items():
             if isinstance(grid, Grid):
-                self.images(tag, step, grid)
-        self.tb.flush()  # TensorBoard writes from a thread: flushing here surfaces its write errors now
+                self.images(split, tag, step, grid)
+        for t in self.trackers:
+            t.flush()  # TensorBoard writes from a thread: flushing here surfaces its write errors now
 
-    def images(self, tag: str, step: int, g: "Grid") -> None:
-        """The grid to TensorBoard (samples/<tag>) and to out_dir/samples/<tag>_<step>.png."""
+    def images(self, split: str, tag: str, step: int, g: "Grid") -> None:
+        """The grid to TensorBoard (samples/<tag> in the split's run) and to out_dir/samples/<tag>_<step>.png."""
         from torchvision.utils import make_grid, save_image
 
         x = (g.images.detach().float().cpu() + 1) / 2
         grid = make_grid(x.clamp(0, 1), nrow=g.nrow, padding=2, pad_value=1.0)
-        self.tb.add_image(f"samples/{tag}", grid, step)
+        for t in self.trackers:
+            if hasattr(t, "image"):
+                t.image(split, tag, step, grid)
         (self.out_dir / "samples").mkdir(exist_ok=True)
         save_image(grid, self.out_dir / "samples" / f"{tag}_{step:08d}.png")
 
+    def models(self, models: dict) -> None:
+        """Parameter counts of each model, as TensorBoard text (`model`)."""
+        from common.train.report import count_parameters
+        counts = count_parameters(models)
+        text = "\n".join(["| model | parameters |", "|---|---|", *(f"| {k} | {v:,} |" for k, v in counts.items())])
+        with self._writes("write the model summary"):
+            for t in self.trackers if self.enabled else []:
+                if hasattr(t, "text"):
+                    t.text("model", text)
+
     def hparams(self, config: dict, final: dict[str, float]) -> None:
-        with self._writes("write TensorBoard hparams"):
-            if self.enabled:
-                metrics = {f"hparam/{k}": v for k, v in final.items() if isinstance(v, float) and math.isfinite(v)}
-                self.tb.add_hparams(_flat(config), metrics, run_name="hparams")
-                self.tb.flush()
+        """At the end: the hyperparameters next to the final metrics, where a tracker shows them so
+        (TensorBoard's hparams plugin); config: used when the Logger was made without the run's cfg."""
+        metrics = {k: v for k, v in final.items() if isinstance(v, float) and math.isfinite(v)}
+        with self._writes("write the hyperparameters"):
+            for t in self.trackers if self.enabled else []:
+                t.final(self.config or _flat(config), metrics)
+                t.flush()
 
     def close(self) -> None:
         """In a `finally`: a write error here (the disk filled since the last log) must not hide the
         error that is ending the run, so it is reported, not raised."""
-        if self.enabled and hasattr(self, "tb"):
+        for t in self.trackers if self.enabled else []:
             try:
-                self.tb.close()
-            except (OSError, RuntimeError) as e:
+                t.close()
+            except Exception as e:  # noqa: BLE001 -- any tracker's failure to flush
                 import sys
-                print(f"warning: TensorBoard events in {self.out_dir / 'tb'} could not be flushed: {e}",
+                print(f"warning: {type(t).__name__} could not close cleanly in {self.out_dir}: {e}",
                       file=sys.stderr, flush=True)

@@ -18,7 +18,8 @@ from common.config import UserError, best_metric, to_dict
 from common.engines.base import full_tensor, unwrap
 from common.train import report, rundir
 from common.train.log import Logger, read_metrics
-from common.train.meter import Meter, NonFiniteGuard
+from common.train.meter import Meter, NonFiniteGuard, Throughput, grad_norms, peak_memory
+from common.train.profile import StepProfiler
 from common.train.preempt import PREEMPT_CHECK_STEPS, Preemption
 from common.train.resume import resume
 
@@ -40,8 +41,10 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
         return done
     log_at, eval_at = Cadence(t.log_every_steps, at_epoch_end=True), Cadence(t.eval_every_steps)
     ckpt_at = Cadence(t.ckpt_every_steps)
-    logger, meter, guard = Logger(out, rt.is_main, state.step), Meter(), NonFiniteGuard(t.max_nonfinite_steps, rt.device)
-    preempt, speed, bar = Preemption(), Throughput(), _progress(cfg, rt, total, state.step)
+    logger, meter, guard = Logger(out, rt.is_main, state.step, cfg), Meter(), NonFiniteGuard(t.max_nonfinite_steps, rt.device)
+    preempt, speed, bar = Preemption(), Throughput(rt.world_size), _progress(cfg, rt, total, state.step)
+    logger.models(state.models)
+    profiler = StepProfiler(t, out, rt, state.step)
     last_eval, eval_step, saved_step = {}, -1, state.step if state.step else -1
 
     def save():
@@ -66,6 +69,9 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                 micro_batches = speed.wait(batches)
                 if micro_batches is None:
                     break
+                # the engine records the gradient norm only on steps whose metrics are logged
+                rt.want_grad_norm = log_at.due(state.step + 1, state.batch_in_epoch + 1 == train.plan.steps,
+                                               state.step + 1 == total)
                 for i, batch in enumerate(micro_batches):
                     with rt.micro_step(i, len(micro_batches)):
                         out_step = train_step(batch, state, rt)
@@ -79,12 +85,14 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                 epoch_end, last = state.batch_in_epoch == train.plan.steps, state.step == total
                 if epoch_end:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                profiler.step(state.step)
                 if bar:
                     bar.update(1)
                 if log_at.due(state.step, epoch_end, last):
                     guard.check(rt, saved_step)
                     lr = next(iter(state.optims.values())).param_groups[0]["lr"]
-                    logger.log("train", state.step, state.epoch, {**meter.reduce(rt), "lr": lr, **speed.read()})
+                    logger.log("train", state.step, state.epoch, {**meter.reduce(rt), "lr": lr, **speed.read(),
+                                                                  **grad_norms(rt, state.optims), **peak_memory(rt)})
                 if eval_at.due(state.step, epoch_end, last):
                     with rt.whole(state.models.values()):
                         last_eval, eval_step = logger.log("val", state.step, state.epoch, evaluate(state, rt, loaders.eval)), state.step
@@ -109,6 +117,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
         return last_eval
     finally:
         preempt.restore()
+        profiler.close()
         logger.close()
         if bar:
             bar.close()
@@ -128,25 +137,6 @@ def start(cfg, state, rt, train, recipe: str):
     rundir.record_config(out, cfg, state.step, rt)  # only now: a refused resume leaves the old config.yaml as it was
     rt.log(report.banner(cfg, state, rt, recipe, total, train.plan.steps))
     return out, ckpt, total, None
-
-
-class Throughput:
-    """Samples per second and the share of wall time spent waiting for the loader, between log steps."""
-
-    def __init__(self):
-        self.samples, self.waited, self.t0 = 0, 0.0, time.perf_counter()
-
-    def wait(self, batches):
-        t = time.perf_counter()
-        item = next(batches, None)
-        self.waited += time.perf_counter() - t
-        return item
-
-    def read(self) -> dict[str, float]:
-        elapsed = time.perf_counter() - self.t0
-        out = {"samples_per_s": self.samples / elapsed, "data_wait_pct": 100 * self.waited / elapsed}
-        self.samples, self.waited, self.t0 = 0, 0.0, time.perf_counter()
-        return out
 
 
 def weights_finite(state) -> bool:

@@ -1,5 +1,11 @@
-"""Per-step bookkeeping that stays on the device: running metric sums and the non-finite guard."""
+"""Per-step bookkeeping that costs no host sync per step: running metric sums and the non-finite
+guard (on the device), throughput and step time (host clock), and what is read only on log steps
+(peak memory, gradient norms)."""
 from __future__ import annotations
+
+import resource
+import sys
+import time
 
 import torch
 
@@ -88,3 +94,65 @@ class NonFiniteGuard:
                 f"stopping without checkpointing them (newest checkpoint: step {saved_step if saved_step >= 0 else 'none'}). "
                 "Try a lower optim.lr, train.clip_grad_norm=1.0, or precision=bf16 instead of fp16 "
                 "(train.max_nonfinite_steps sets the count)")
+
+
+class Throughput:
+    """Between log steps: samples per second (all ranks, and per device), mean optimizer-step time,
+    and the share of that time spent waiting for the loader.
+
+    A window opens at the first batch request after a log step, so the evaluation and checkpoint
+    that follow a log step are not counted as training time. No device sync: on a GPU the clock
+    reads at log steps come after Meter.reduce has waited for the device.
+    """
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.samples, self.steps, self.waited, self.t0 = 0, 0, 0.0, None
+
+    def wait(self, batches):
+        """The next optimizer step's micro-batches from the loader iterator (None at its end)."""
+        t = time.perf_counter()
+        self.t0 = t if self.t0 is None else self.t0
+        item = next(batches, None)
+        self.waited += time.perf_counter() - t
+        self.steps += item is not None
+        return item
+
+    def read(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - (self.t0 or time.perf_counter()), 1e-9)
+        rate = self.samples / elapsed
+        out = {"samples_per_s": rate, "samples_per_s_per_device": rate / self.world_size,
+               "step_time_s": elapsed / max(1, self.steps), "data_wait_pct": 100 * self.waited / elapsed}
+        self.samples, self.steps, self.waited, self.t0 = 0, 0, 0.0, None
+        return out
+
+
+GIB = 2 ** 30
+
+
+def peak_memory(rt) -> dict[str, float]:
+    """Peak memory since the process started, in GiB, the highest over ranks (a collective; log steps only).
+
+    CUDA: the caching allocator's peak allocated and reserved bytes on this rank's device.
+    Elsewhere: the process's peak resident set size (getrusage; the host has no allocator to ask)."""
+    if rt.device.type == "cuda":
+        names = ("peak_alloc_gib", "peak_reserved_gib")
+        values = [torch.cuda.max_memory_allocated(rt.device), torch.cuda.max_memory_reserved(rt.device)]
+    else:
+        names = ("peak_rss_gib",)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        values = [rss if sys.platform == "darwin" else rss * 1024]  # bytes on macOS, KiB on Linux
+    t = torch.tensor(values, dtype=torch.float64) / GIB
+    if rt.world_size > 1:
+        t = t.to(rt.device, torch.float32)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return dict(zip(names, t.tolist()))
+
+
+def grad_norms(rt, optims: dict) -> dict[str, float]:
+    """The global gradient norm (before clipping) of each optimizer's last step, where the engine
+    recorded one: `grad_norm`, or `grad_norm_<name>` when a recipe has several optimizers (a GAN's G
+    and D). Every rank holds the same value (DDP has averaged the gradients; DeepSpeed reduces its norm)."""
+    norms = {name: rt.grad_norm(opt) for name, opt in optims.items()}
+    norms = {name: float(v) for name, v in norms.items() if v is not None}
+    return {("grad_norm" if len(optims) == 1 else f"grad_norm_{name}"): v for name, v in norms.items()}

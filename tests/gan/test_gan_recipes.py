@@ -64,7 +64,7 @@ def test_debug_config_trains_under_python(recipe, judge_dir, tmp_path):
     pngs = sorted(p.name for p in (out / "samples").glob("*.png"))
     assert pngs == [f"{GRID[recipe]}_{r['step']:08d}.png" for r in val], pngs
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    events = EventAccumulator(str(out / "tb")).Reload()
+    events = EventAccumulator(str(out / "tb" / "val")).Reload()  # the grids come with the evaluation
     assert f"samples/{GRID[recipe]}" in events.Tags()["images"]
     # The checkpoint holds both nets, both optimizers, the scaler (and the EMA where configured).
     ckpt = load_checkpoint(out)

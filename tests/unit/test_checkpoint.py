@@ -1,5 +1,3 @@
-import pickle
-import warnings
 
 from tmpfs import tmpfs  # noqa: F401 (a fixture)
 
