@@ -181,4 +181,4 @@ def test_resume_with_another_global_batch_is_refused(reference_1proc, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference_1proc / "checkpoints", out / "checkpoints")
     p = run_recipe("mnist_cnn", f"out_dir={out}", *LONG, "train.batch_size=64", check=False)
-    assert p.returncode == 2 and "trained with train.batch_size=32" in p.stderr
+    assert p.returncode == 2 and "  train.batch_size: 32 -> 64  (the global batch" in p.stderr, p.stderr
