@@ -108,7 +108,9 @@ def run(task, script: str, argv=None):
             return fit(cli.cfg, state, rt, loaders, task.train_step, task.evaluate, cli.recipe)
     except UserError as e:
         prefix = "config error" if isinstance(e, ValueError) else "error"  # ConfigError is a ValueError
-        print(f"{prefix}: {e}", file=sys.stderr, flush=True)
+        # One write of the whole line: ranks printing the same error at once must not run into one line.
+        sys.stderr.write(f"{prefix}: {e}\n")
+        sys.stderr.flush()
         raise SystemExit(2) from None
 
 

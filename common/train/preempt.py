@@ -64,15 +64,19 @@ class Preemption:
         self.flag = True
 
     def _level(self) -> float:
-        """0 nothing, 1 preempted, 2 Ctrl-C, 3 orphaned (one getppid() call: cheap at a step boundary)."""
-        if self._parent is not None and os.getppid() != self._parent:
+        """0 nothing, 1 orphaned, 2 preempted, 3 Ctrl-C (one getppid() call: cheap at a step boundary).
+        The highest over the ranks wins: a launcher killed by the same preemption signal (SLURM's, sent
+        to the whole step) leaves its workers both orphaned and signalled, and "preempted" says why."""
+        if self.interrupted:
             return 3.0
-        return 2.0 if self.interrupted else 1.0 if self.flag else 0.0
+        if self.flag:
+            return 2.0
+        return 1.0 if self._parent is not None and os.getppid() != self._parent else 0.0
 
     def _agree(self, level: float) -> bool:
         if level > 0:
-            self.orphaned = level >= 3
-            self.code = EXIT_INTERRUPTED if level == 2 else EXIT_PREEMPTED
+            self.orphaned = level == 1
+            self.code = EXIT_INTERRUPTED if level == 3 else EXIT_PREEMPTED
         return level > 0
 
     def agreed(self, rt) -> bool:

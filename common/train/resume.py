@@ -33,14 +33,17 @@ FIXED = {  # key pattern -> what it decides
     "data.pad_to": "the input shape",
     "data.direction": "which image is the input and which the target",
 }
-NOT_SETTINGS = {"out_dir", "resume"}  # where the run lives and what it continues, not how it trains
+# Not compared: where the run lives and what it continues, and what only decides a fresh run's initial
+# weights (the checkpoint replaces them): none of these is how the run trains from here.
+NOT_SETTINGS = ("out_dir", "resume", "overwrite", "init_from", "model.pretrained*")
 
 
 def changes(saved: dict, now: dict) -> list[tuple[str, object, object]]:
     """(key, saved value, this run's value) for every setting both configs have and that differs.
     A key only one side has (a checkpoint from an older or newer schema) is not a change."""
     a, b = flatten(saved), flatten(now)
-    return [(k, a[k], b[k]) for k in b if k in a and a[k] != b[k] and k not in NOT_SETTINGS]
+    return [(k, a[k], b[k]) for k in b if k in a and a[k] != b[k]
+            and not any(fnmatch.fnmatchcase(k, p) for p in NOT_SETTINGS)]
 
 
 def conflicts(changed, sd: dict, rt) -> list[str]:

@@ -96,7 +96,7 @@ def test_resume_on_the_same_world_size_is_bitwise(runs, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
-@pytest.mark.parametrize("nproc", [1, 3])
+@pytest.mark.parametrize("nproc", [1, pytest.param(3, marks=pytest.mark.heavy)])
 def test_resume_on_another_world_size(runs, tmp_path, nproc):
     """A 2-process checkpoint loads into 1 or 3 processes with the saved weights exactly (DCP reshards),
     and training continues with the same global batches: the same losses as the 2-process run."""
@@ -113,6 +113,7 @@ def test_resume_on_another_world_size(runs, tmp_path, nproc):
                         read_full_weights(ckpt(runs["fsdp"], STEPS))["net"]) <= 1e-5
 
 
+@pytest.mark.heavy
 def test_activation_checkpointing_under_fsdp_is_bitwise(runs, tmp_path):
     """The blocks are recomputed inside FSDP's gathered forward/backward: the same run, bit for bit."""
     proc = run_recipe("mnist_mlp", f"out_dir={tmp_path}", "engine=fsdp", *BASE, "train.activation_checkpointing=true",
@@ -122,6 +123,7 @@ def test_activation_checkpointing_under_fsdp_is_bitwise(runs, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
+@pytest.mark.heavy
 def test_kill_inside_an_async_write_leaves_no_checkpoint_and_rerun_finishes_identically(runs, tmp_path):
     """ckpt.async_save: rank 0 is SIGKILLed inside the write of step 8, after its shard is on disk. Step 8
     must not become a checkpoint; the same command resumes from step 4 and ends where the uninterrupted run did."""
@@ -163,6 +165,7 @@ def test_accumulation_reduce_scatters_only_on_the_final_micro_step():
     assert got["grads_cleared_after_step"], got
 
 
+@pytest.mark.heavy
 def test_fp16_overflow_on_one_rank_skips_the_step_on_every_rank():
     """precision=fp16: an inf in one element of rank 0's gradient shard (rank 1 sees finite gradients)
     must skip the optimizer step on both ranks and halve the loss scale on both, or the ranks' shards
@@ -173,6 +176,7 @@ def test_fp16_overflow_on_one_rank_skips_the_step_on_every_rank():
     assert [r["scale"] for r in got["ranks"]] == [got["scale_before"] / 2] * 2, got
 
 
+@pytest.mark.heavy
 def test_gan_on_fsdp_equals_ddp(tmp_path):
     """Two sharded models, two optimizers, the frozen-D G step: the same curves as under ddp."""
     curves = {}

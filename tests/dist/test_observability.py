@@ -65,7 +65,7 @@ def test_grad_norm_recorded_by_the_engine_equals_the_recomputed_norm():
     torch.manual_seed(0)
     x, y = torch.randn(16, 5), torch.randn(16, 3)
     for clip in (0.0, 0.01):
-        cfg = NS(precision="fp32", train=NS(clip_grad_norm=clip))
+        cfg = NS(precision="fp32", train=NS(clip_grad_norm=clip), ckpt=NS(async_save=False))
         rt = Engine(cfg, NS(device=torch.device("cpu")))
         model = torch.nn.Linear(5, 3)
         ref = torch.nn.Linear(5, 3)

@@ -14,7 +14,7 @@ from helpers import metrics
 from launchutil import deepspeed_weights, launch
 
 
-@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+@pytest.mark.parametrize("zero", ["zero2", pytest.param("zero3", marks=pytest.mark.heavy)])
 def test_deepspeed_run_exports_and_evaluates(zero, tmp_path):
     out = tmp_path / "ds"
     launch("deepspeed", "mnist_mlp", out, f"deepspeed_config=launch/deepspeed/{zero}.json")

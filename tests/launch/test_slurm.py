@@ -111,6 +111,7 @@ def test_preempted_job_checkpoints_requeues_resumes_and_matches(tmp_path):
     text = assert_job_ok(info, log, out)
     assert info["Restarts"] == "1", info
     assert "dtrain: preemption signal" in text and f"requeueing job {job}" in text, text[-4000:]
+    assert "preempted: checkpoint at step " in text, text[-4000:]
     saved = int(text.split("preempted: checkpoint at step ")[1].split()[0])
     assert 30 <= saved < 600
     assert f"resumed from {out}/checkpoints/step_{saved:08d}: step {saved}" in text, text[-4000:]
