@@ -9,7 +9,7 @@ import pytest
 
 from bench.exit_stress import stress
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # bench/exit_stress.py runs the 50-run version
 
 
 def test_back_to_back_two_process_runs_under_load_never_abort(tmp_path):

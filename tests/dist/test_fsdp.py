@@ -141,6 +141,7 @@ def test_kill_inside_an_async_write_leaves_no_checkpoint_and_rerun_finishes_iden
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
+@pytest.mark.heavy
 def test_sigkill_and_rerun(runs, tmp_path):
     out = tmp_path / "sigkill"
     args = (f"out_dir={out}", "engine=fsdp", *BASE)

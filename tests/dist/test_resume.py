@@ -16,7 +16,7 @@ def assert_bitwise(a, b):
 
 
 # 512 synthetic samples / batch 32 = 16 steps per epoch: step 6 is mid-epoch, step 20 is in epoch 2.
-@pytest.mark.parametrize("recipe,nproc", [("mnist_cnn", 1), ("mnist_cnn", 2), ("resnet_cifar", 2)])
+@pytest.mark.parametrize("recipe,nproc", [("mnist_cnn", 1), ("mnist_cnn", 2), pytest.param("resnet_cifar", 2, marks=pytest.mark.heavy)])
 def test_resume_mid_epoch_is_bitwise_identical(recipe, nproc, tmp_path):
     steps = ["train.max_steps=20", "train.ckpt_every_steps=6", "ckpt.keep_last=10",
              "data.synthetic_train=512"]

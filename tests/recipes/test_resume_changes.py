@@ -74,7 +74,7 @@ def changed_value(recipe_cfg, key: str):
     return {"data.name": "fashion_mnist", "model.name": "resnet34"}[key]
 
 
-FAMILIES = ["mnist_mlp", "gan_mnist", "pix2pix", "imagenet", pytest.param("resnet_cifar", marks=pytest.mark.heavy)]
+FAMILIES = ["mnist_mlp", "gan_mnist", *(pytest.param(r, marks=pytest.mark.heavy) for r in ["resnet_cifar", "pix2pix", "imagenet"])]
 
 
 @pytest.mark.parametrize("recipe", FAMILIES)
