@@ -69,9 +69,8 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                 micro_batches = speed.wait(batches)
                 if micro_batches is None:
                     break
-                # the engine records the gradient norm only on steps whose metrics are logged
-                rt.want_grad_norm = log_at.due(state.step + 1, state.batch_in_epoch + 1 == train.plan.steps,
-                                               state.step + 1 == total)
+                epoch_end, last = state.batch_in_epoch + 1 == train.plan.steps, state.step + 1 == total  # of this step
+                rt.want_grad_norm = log_at.due(state.step + 1, epoch_end, last)  # the norm only where it is logged
                 for i, batch in enumerate(micro_batches):
                     with rt.micro_step(i, len(micro_batches)):
                         out_step = train_step(batch, state, rt)
@@ -82,7 +81,6 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                     sched.step()
                 state.update_ema()
                 state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
-                epoch_end, last = state.batch_in_epoch == train.plan.steps, state.step == total
                 if epoch_end:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
                 profiler.step(state.step)

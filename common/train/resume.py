@@ -53,7 +53,7 @@ def conflicts(changed, sd: dict, rt) -> list[str]:
     for key, old, new in changed:
         why = next((w for pattern, w in fixed.items() if fnmatch.fnmatchcase(key, pattern)), None)
         if key == "engine" and (sd.get("engine_owned") or rt.owned):
-            why = "the checkpoint format (DeepSpeed and other sharding engines keep weights and optimizer " \
+            why = "the checkpoint format (DeepSpeed and FSDP keep weights and optimizer " \
                   "state in their own per-rank format)"
         if why:
             out.append(f"  {key}: {old!r} -> {new!r}  ({why})")
