@@ -139,6 +139,37 @@ def _leaf_params(loss: torch.Tensor):
         todo.extend(f for f, _ in fn.next_functions)
 
 
+@contextlib.contextmanager
+def _write_errors_kept(engine):
+    """Within: the engine's file writes (its checkpoint_engine's save and makedirs, the recovery script
+    copy) keep their first failure in the yielded list instead of raising it, and skip once one failed."""
+    kept: list[BaseException] = []
+    inner, copy = engine.checkpoint_engine, engine._copy_recovery_script
+
+    def keep(fn):
+        def call(*args, **kwargs):
+            if kept:
+                return None
+            try:
+                return fn(*args, **kwargs)
+            except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+                kept.append(e)
+        return call
+
+    class Keeping:  # the checkpoint engine, but for these two
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+    keeping = Keeping()
+    keeping.save, keeping.makedirs = keep(inner.save), keep(inner.makedirs)
+    engine.checkpoint_engine, engine._copy_recovery_script = keeping, keep(copy)
+    try:
+        yield kept
+    finally:
+        engine.checkpoint_engine = inner
+        del engine._copy_recovery_script  # the class's method again
+
+
 def _safe_types() -> list[type]:
     found = []
     for name in SAFE_TYPES:
@@ -256,9 +287,14 @@ class DeepSpeedEngine(Engine):
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_shards(self, directory: Path) -> None:
-        """Collective: every rank writes its ZeRO partition under directory/deepspeed/<name>/."""
+        """Collective: every rank writes its ZeRO partition under directory/deepspeed/<name>/. A write that
+        fails (this rank's disk full) is raised only after engine.save_checkpoint returned: it has barriers
+        after the writes, where the other ranks would otherwise wait for this one until dist_timeout_s."""
         for name, engine in self.engines.items():
-            engine.save_checkpoint(str(directory / "deepspeed" / name), tag=TAG, save_latest=False)
+            with _write_errors_kept(engine) as kept:
+                engine.save_checkpoint(str(directory / "deepspeed" / name), tag=TAG, save_latest=False)
+            if kept:
+                raise kept[0]
 
     def load_shards(self, ckpt_dir: Path) -> None:
         ckpt_dir = Path(ckpt_dir)

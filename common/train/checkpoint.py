@@ -178,8 +178,16 @@ class Checkpointer:
                 shutil.rmtree(staging, ignore_errors=True)
                 staging.mkdir(parents=True)
             staging = Path(dist.broadcast_object(str(staging) if staging else None))  # exists before any rank writes
-            in_flight = shards(staging)
-            dist.broadcast_object(None)  # every rank's files are written (or, in flight, staged in memory)
+            try:
+                # Each rank writes its own files, so any rank's disk may be the one that fills: all ranks
+                # learn every rank's outcome (this is also the point where every rank's files are written,
+                # or, in flight, staged in memory).
+                with writes_agreed(f"write checkpoint {final}", self.dir, self.dir, every_rank=True):
+                    in_flight = shards(staging)
+            except CheckpointError:
+                if dist.rank() == 0:
+                    shutil.rmtree(staging, ignore_errors=True)
+                raise
             if in_flight is not None:
                 return self._finish_later(in_flight, final, payload, step, is_best, metric, staging)
         with writes_agreed(f"write checkpoint {final}", self.dir, self.dir):
@@ -215,18 +223,13 @@ class Checkpointer:
         def finish():
             try:
                 in_flight()
-            except Exception as e:  # noqa: BLE001 - reported to every rank by wait()
-                outcome["error"] = f"could not write checkpoint {final}: the sharded write failed: {e}"
-                return
-            if dist.rank() == 0:
-                try:
+                if dist.rank() == 0:
                     self._write(final, payload, step, is_best, metric, staging)
-                except (OSError, RuntimeError) as e:
-                    reason = write_failure(e, self.dir) or f"{type(e).__name__}: {e}"
-                    outcome["error"] = failed_write(f"write checkpoint {final}", reason, self.dir, self.dir)
+            except BaseException as e:  # noqa: BLE001 - an Exception or DCP's failure; wait() tells every rank
+                outcome["error"] = e
 
         self._pending = threading.Thread(target=finish, name=f"checkpoint-{final.name}", daemon=True)
-        self._pending.outcome = outcome
+        self._pending.outcome, self._pending.final, self._pending.staging = outcome, final, staging
         self._pending.start()
         return final
 
@@ -236,10 +239,14 @@ class Checkpointer:
         if pending is None:
             return
         pending.join()
-        errors = dist.all_gather_object(pending.outcome.get("error"))
-        error = next((e for e in errors if e), None)
-        if error:
-            raise CheckpointError(error)
+        try:
+            with writes_agreed(f"write checkpoint {pending.final}", self.dir, self.dir, every_rank=True):
+                if "error" in pending.outcome:
+                    raise pending.outcome["error"]
+        except CheckpointError:
+            if dist.rank() == 0:
+                shutil.rmtree(pending.staging, ignore_errors=True)
+            raise
 
     def _prune(self) -> None:
         """Keep this run's newest keep_last (plus the best); never touch another run's checkpoints,
@@ -309,19 +316,45 @@ def newest_intact(directory: Path) -> str:
 
 
 @contextlib.contextmanager
-def writes_agreed(what: str, where: Path, checkpoints: Path):
+def writes_agreed(what: str, where: Path, checkpoints: Path, every_rank: bool = False):
     """Collective: run the block (the writes, normally rank 0's), then every rank learns whether a write
     failed and raises the same CheckpointError, naming the fault and the newest intact checkpoint in
-    `checkpoints`. A failure that is no write failure (write_failure) propagates unchanged."""
-    error = None
+    `checkpoints`. A failure that is no write failure (write_failure) propagates unchanged.
+
+    every_rank: each rank writes its own files in the block, so every rank's outcome counts (not only
+    rank 0's). A rank whose block failed in another way re-raises that; the others then stop too,
+    instead of waiting for it in the next collective."""
+    reason, bug, caught = None, None, None
     try:
         yield
-    except (OSError, RuntimeError) as e:
-        reason = write_failure(e, where)
-        if reason is None:
-            raise
-        error = failed_write(what, reason, where, checkpoints)
-    error = dist.broadcast_object(error)
+    except BaseException as e:
+        if not isinstance(e, Exception) and not _dcp_failure(e):
+            raise  # KeyboardInterrupt, SystemExit
+        caught = e
+        if not every_rank:
+            reason = write_failure(e, where)
+            if reason is None:
+                raise
+        else:
+            # Each rank judges its own failure on its own file system; a DCP failure gathered from another
+            # rank is left to that rank to tell.
+            mine = _own_failure(e)
+            reason = write_failure(mine, where) if mine is not None else None
+            bug = mine if mine is not None and reason is None else None
+    if every_rank:
+        outcomes = dist.all_gather_object((reason, bug and f"{type(bug).__name__}: {_first_line(bug)}"))
+        if bug is not None:
+            raise caught
+        failed = [(r, why, other) for r, (why, other) in enumerate(outcomes) if why or other]
+        if caught is not None and not failed:
+            raise caught
+        if failed:
+            r, why, other = failed[0]
+            if other:
+                raise RuntimeError(f"rank {r} failed while it wrote its part of a checkpoint ({what}): {other}")
+            reason = why if dist.world_size() == 1 else f"on rank {r}: {why}"
+    error = failed_write(what, reason, where, checkpoints) if reason else None
+    error = dist.broadcast_object(error)  # rank 0's words on every rank
     if error:
         raise CheckpointError(error)
 
@@ -337,12 +370,30 @@ def write_failure(e: BaseException, where: Path) -> str | None:
     An OSError says it (ENOSPC, EROFS, EDQUOT, EACCES). torch.save does not: a failed write inside its
     zip writer comes back as RuntimeError("[enforce fail at inline_container.cc:...] unexpected pos ...")
     or "PytorchStreamWriter failed writing file ...", the errno lost; the file system is asked instead."""
+    if _dcp_failure(e):  # torch.distributed.checkpoint: every rank's failure, gathered
+        reasons = [write_failure(exc, where) for exc, _ in e.failures.values()]
+        return next((r for r in reasons if r), None)
     if isinstance(e, OSError):
         return str(e)
     text = str(e)
     if not isinstance(e, RuntimeError) or not ("inline_container" in text or "PytorchStreamWriter" in text):
         return None
     return f"{file_system_state(where)} (torch.save: {text.splitlines()[0][:200]})"
+
+
+def _own_failure(e: BaseException) -> BaseException | None:
+    """This rank's exception: `e`, or inside a DCP failure (every rank's, gathered) this rank's part of it,
+    None when only other ranks failed."""
+    if not _dcp_failure(e):
+        return e
+    pair = e.failures.get(dist.rank())
+    return pair[0] if pair else None
+
+
+def _dcp_failure(e: BaseException) -> bool:
+    """torch.distributed.checkpoint's CheckpointException (a BaseException holding each rank's failure),
+    known by name: importing that package costs seconds at every start."""
+    return type(e).__name__ == "CheckpointException" and isinstance(getattr(e, "failures", None), dict)
 
 
 def file_system_state(where: Path) -> str:

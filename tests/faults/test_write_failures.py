@@ -1,8 +1,11 @@
 """A file system that fills up or turns read-only under a real run, on 1 and 2 processes: a small real
 tmpfs as out_dir (tests/tmpfs.py, needs root). Every rank exits 2 with one message naming the newest
 intact checkpoint; after freeing space the same command resumes from it and finishes."""
+import os
+import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +67,41 @@ def test_read_only_file_system_mid_run_is_exit_2_naming_the_intact_checkpoint(tm
     fs.remount("rw")
     again = run_recipe("mnist_mlp", f"out_dir={out}", *RUN)
     assert f"resumed from {out}/checkpoints/step_00000008: step 8" in again.stdout, again.stdout[-3000:]
+
+
+# Under engine=deepspeed and fsdp every rank writes its own partition, so one rank's disk can fill while
+# rank 0's does not. To make exactly that happen, every time, rank 1 runs in its own mount namespace
+# where a 1 MiB tmpfs covers the checkpoints directory (its partition is several MiB); rank 0 and the
+# test see the real directory. dist_timeout_s bounds the wait if a rank were left behind in a collective.
+WRAPPER = """#!/bin/sh
+if [ "$RANK" = 1 ]; then
+  exec unshare --mount --propagation private sh -c 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"' "$CKPTS" "$@"
+fi
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("engine", [("engine=deepspeed", "deepspeed_config=launch/deepspeed/zero2.json"),
+                                    ("engine=fsdp",), ("engine=fsdp", "ckpt.async_save=true")],
+                         ids=["deepspeed", "fsdp", "fsdp-async"])
+def test_one_ranks_disk_full_in_its_partition_write_stops_every_rank(tmp_path, engine):
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a mount namespace for one rank needs root and unshare (util-linux)")
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)  # the mount point, in rank 1's namespace
+    wrapper = tmp_path / "rank1_disk_full.sh"
+    wrapper.write_text(WRAPPER)
+    wrapper.chmod(0o755)
+    cmd, env = recipe_command("mnist_mlp", f"out_dir={out}", *engine, "train.max_steps=8", "train.ckpt_every_steps=4",
+                              "ckpt.best_metric=none", "dist_timeout_s=60", nproc=2)
+    script = cmd.index(str(ROOT / "recipes" / "mnist_mlp.py"))
+    cmd[script:script] = [str(wrapper), sys.executable]
+    cmd[3:3] = ["--monitor-interval=5", "--no-python"]
+    env.update(CKPTS=str(out / "checkpoints"), DS_ACCELERATOR="cpu")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    lines = errors(p.stderr)
+    assert len(lines) == 2, p.stderr[-4000:]  # one message per rank, the same on each
+    assert all(f"could not write checkpoint {out}/checkpoints/step_00000004: on rank 1: no space left on device"
+               in line and "newest intact checkpoint is none" in line for line in lines), "\n".join(lines)
+    assert p.stderr.count("exitcode  : 2") == 2, p.stderr[-4000:]  # rank 0 and rank 1, not a timeout
+    assert not any(p.name.startswith((".shards-", "step_")) for p in (out / "checkpoints").iterdir())
