@@ -69,7 +69,8 @@ def test_gpu_benchmark_code_path_runs_on_cpu(tmp_path):
     """bench/gpu.py's measuring code (fit vs bare loop, loader timing, bf16 vs fp32) on the CPU at smoke
     sizes: catches a broken script before a GPU session finds it. Its numbers mean nothing here."""
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "bench/gpu.py", "--smoke", "--allow-cpu", "--out", str(out)], cwd=ROOT,
+    # batch 32: the code path is the same as at the GPU's 512, and bf16 on a CPU is slow
+    proc = subprocess.run([sys.executable, "bench/gpu.py", "--smoke", "--allow-cpu", "--batch", "32", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
