@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, final_weights, free_port, last_checkpoint_step, metrics, recipe_command, run_recipe
+from helpers import ROOT, final_weights, free_port, last_checkpoint_step, recipe_command, run_recipe
 
 from common.train.preempt import PREEMPT_CHECK_STEPS
 
@@ -124,7 +124,7 @@ def test_unwritable_out_dir_is_a_clear_error(tmp_path):
 # 5. Non-finite loss.
 def test_fp16_scaler_skips_a_non_finite_step(tmp_path):
     out = tmp_path / "run"
-    p = faulty("mnist_cnn", "nan_at=3", f"out_dir={out}", "precision=fp16")
+    p = faulty("mnist_cnn", "nan_at=3", f"out_dir={out}", "precision=fp16", "train.max_steps=4", "train.ckpt_every_steps=4")
     assert p.returncode == 0, p.stderr[-3000:]
     from common.train.checkpoint import load_file
     sd = load_file(out / "checkpoints" / f"step_{last_checkpoint_step(out):08d}")

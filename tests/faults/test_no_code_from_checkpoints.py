@@ -17,7 +17,7 @@ from helpers import run_recipe  # noqa: E402
 from launchutil import launch  # noqa: E402
 
 pytestmark = pytest.mark.slow
-DS = ("deepspeed_config=launch/deepspeed/zero2.json",)
+DS = ("engine=deepspeed", "deepspeed_config=launch/deepspeed/zero2.json")
 
 
 class Evil:
@@ -59,7 +59,7 @@ def test_ddp_state_pt_with_code_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def ds_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "run"
-    launch("deepspeed", "mnist_mlp", out, *DS)
+    launch("torchrun", "mnist_mlp", out, *DS)  # the same files as under the deepspeed launcher, sooner
     return out
 
 
@@ -70,6 +70,7 @@ def test_deepspeed_files_with_code_are_refused_on_every_rank(ds_run, tmp_path, n
     out, marker = tmp_path / "run", tmp_path / "MARKER"
     shutil.copytree(ds_run, out)
     plant(newest(out), name, marker)
+    # the deepspeed launcher: its exit code is the ranks' (2), and it lets every rank finish its message
     p = launch("deepspeed", "mnist_mlp", out, *DS, "train.max_steps=20", check=False)
     assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-3000:]
     refusals = [line for line in p.stderr.splitlines() if "could not be loaded safely" in line and name in line]

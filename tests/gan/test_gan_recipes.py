@@ -82,7 +82,8 @@ def run_ranks(recipe: str, out: Path, *overrides: str) -> list[dict]:
     return [json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.heavy) if r == "cgan_mnist" else r
+                                    for r in RECIPES])  # cgan_mnist: gan_mnist's loop with labels
 def test_ddp_ranks_end_identical(recipe, judge_dir, tmp_path):
     out, extra = tmp_path / "run", []
     if recipe == "pix2pix":  # AB folders from disk, decoded by a spawned worker per rank
@@ -119,7 +120,7 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path):
             torch.testing.assert_close(one[k], two[k], rtol=1e-4, atol=1e-6, msg=lambda m: f"{net}.{k}: {m}")
 
 
-@pytest.mark.parametrize("recipe", ["dcgan", "pix2pix"])
+@pytest.mark.parametrize("recipe", ["dcgan", pytest.param("pix2pix", marks=pytest.mark.heavy)])
 def test_resume_is_exact(recipe, judge_dir, tmp_path):
     """16 steps == 8 steps + resume + 8 steps, bitwise: both nets, both optimizers, EMA, scaler, RNG.
 

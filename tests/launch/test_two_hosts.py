@@ -8,7 +8,6 @@ system, no NCCL or InfiniBand) is listed in slurm/README.md.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -240,7 +239,7 @@ def _opts(gpus: int, ntasks: int = 1) -> tuple[str, ...]:
 
 
 TWO_NODE_TEMPLATES = [  # template, processes per node, sbatch options, engine
-    ("multi_node.sbatch", 1, _opts(1), "ddp"),
+    pytest.param("multi_node.sbatch", 1, _opts(1), "ddp", marks=pytest.mark.heavy),  # 2 per node covers it
     ("multi_node.sbatch", 2, _opts(2), "ddp"),
     ("srun_per_gpu.sbatch", 1, _opts(1), "ddp"),
     ("accelerate_multi_node.sbatch", 1, _opts(1), "accelerate"),
@@ -249,7 +248,7 @@ TWO_NODE_TEMPLATES = [  # template, processes per node, sbatch options, engine
 
 
 @pytest.mark.parametrize("template,per_node,options,engine", TWO_NODE_TEMPLATES,
-                         ids=[f"{t[0]}-{t[1]}per-node" for t in TWO_NODE_TEMPLATES])
+                         ids=["{}-{}per-node".format(*getattr(t, "values", t)) for t in TWO_NODE_TEMPLATES])
 def test_template_on_two_nodes(two_node_slurm, template, per_node, options, engine, tmp_path):
     env = two_node_slurm.env()
     out, log = tmp_path / "run", tmp_path / "job.out"

@@ -8,10 +8,12 @@ from common.models.resnet import ResNetConfig, SqueezeExcite
 from helpers import final_weights, load_recipe, metrics, run_recipe
 
 RECIPES = ["mnist_mlp", "mnist_cnn", "resnet_cifar", "senet_cifar", "vgg_cifar", "lenet_cifar"]
+# Every recipe under python; under torchrun the three other CIFAR nets (resnet_cifar's data and loop) are heavy.
+CASES = [pytest.param(r, n, marks=pytest.mark.heavy) if n == 2 and r in ("senet_cifar", "vgg_cifar", "lenet_cifar")
+         else (r, n) for r in RECIPES for n in (1, 2)]
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe,nproc", CASES, ids=[f"{r}-{n}" for r in RECIPES for n in (1, 2)])
 def test_debug_config_trains(recipe, nproc, tmp_path):
     out = tmp_path / "run"
     run_recipe(recipe, f"out_dir={out}", nproc=nproc)

@@ -25,7 +25,7 @@ def tree(tmp_path_factory):
     return make_tree(tmp_path_factory.mktemp("imagefolder"))
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
+@pytest.mark.parametrize("nproc", [pytest.param(1, marks=pytest.mark.heavy), 2])  # 1: the fresh-clone test
 def test_trains_and_evaluates_every_val_image(tree, tmp_path, nproc):
     out = tmp_path / "run"
     run_recipe("imagenet", f"data.root={tree}", f"out_dir={out}", nproc=nproc)
