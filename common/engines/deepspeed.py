@@ -144,7 +144,7 @@ def _write_errors_kept(engine):
     """Within: the engine's file writes (its checkpoint_engine's save and makedirs, the recovery script
     copy) keep their first failure in the yielded list instead of raising it, and skip once one failed."""
     kept: list[BaseException] = []
-    inner, copy = engine.checkpoint_engine, engine._copy_recovery_script
+    inner, copy = engine.checkpoint_engine, getattr(engine, "_copy_recovery_script", None)  # rank 0's zero_to_fp32.py
 
     def keep(fn):
         def call(*args, **kwargs):
@@ -162,12 +162,15 @@ def _write_errors_kept(engine):
 
     keeping = Keeping()
     keeping.save, keeping.makedirs = keep(inner.save), keep(inner.makedirs)
-    engine.checkpoint_engine, engine._copy_recovery_script = keeping, keep(copy)
+    engine.checkpoint_engine = keeping
+    if copy is not None:
+        engine._copy_recovery_script = keep(copy)
     try:
         yield kept
     finally:
         engine.checkpoint_engine = inner
-        del engine._copy_recovery_script  # the class's method again
+        if copy is not None:
+            del engine._copy_recovery_script  # the class's method again
 
 
 def _safe_types() -> list[type]:
