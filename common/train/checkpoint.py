@@ -121,7 +121,9 @@ def write_checkpoint(final: Path, payload: dict, meta: dict, shards: Path | None
         tmp.rename(final)
         _fsync_dir(final.parent)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
+        if _torch_write_error(e):  # ask the file system now, while the partial file still holds its space
+            e.file_system_state = file_system_state(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
@@ -375,10 +377,15 @@ def write_failure(e: BaseException, where: Path) -> str | None:
         return next((r for r in reasons if r), None)
     if isinstance(e, OSError):
         return str(e)
-    text = str(e)
-    if not isinstance(e, RuntimeError) or not ("inline_container" in text or "PytorchStreamWriter" in text):
+    if not _torch_write_error(e):
         return None
-    return f"{file_system_state(where)} (torch.save: {text.splitlines()[0][:200]})"
+    state = getattr(e, "file_system_state", None) or file_system_state(where)
+    return f"{state} (torch.save: {str(e).splitlines()[0][:200]})"
+
+
+def _torch_write_error(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text)
 
 
 def _own_failure(e: BaseException) -> BaseException | None:
@@ -397,7 +404,8 @@ def _dcp_failure(e: BaseException) -> bool:
 
 
 def file_system_state(where: Path) -> str:
-    """Why writes under `where` fail, as far as statvfs tells: read-only, full, or neither."""
+    """Why writes under `where` fail: read-only or full (statvfs), else what a small probe write there
+    runs into (a quota: EDQUOT, while statvfs shows room), else neither."""
     where = Path(where)
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -410,7 +418,26 @@ def file_system_state(where: Path) -> str:
     free = st.f_bavail * st.f_frsize
     if free < 16 << 20:
         return f"no space left on device ({free / 2**20:.1f} MiB free on the file system of {where})"
+    probe = _probe_write(where)
+    if probe is not None:
+        return f"{probe} on {where} ({free / 2**30:.1f} GiB free on the file system itself)"
     return f"write failed on {where} ({free / 2**30:.1f} GiB free: a quota or a failing device?)"
+
+
+def _probe_write(where: Path) -> str | None:
+    """Write and remove 1 MiB in `where`: the error's text (e.g. "disk quota exceeded"), None if it worked."""
+    probe = where / f".write-probe-{socket.gethostname()}-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+        return None
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
 
 
 def refuse_code(files: list[Path], allowed=()) -> None:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from helpers import ROOT, recipe_command, run_recipe
-from tmpfs import tmpfs  # noqa: F401 (a fixture)
+from tmpfs import quota_fs, tmpfs  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 # mnist_mlp: a checkpoint is about 15 MB (weights + momentum). With 40 MB the checkpoints of steps 4
@@ -42,6 +42,24 @@ def test_disk_full_stops_every_rank_with_exit_2_naming_the_intact_checkpoint(tmp
     assert "Connection closed by peer" not in p.stderr
     fs.remount("size=200m")
     again = run_recipe("mnist_mlp", f"out_dir={out}", *RUN, nproc=nproc)
+    assert f"resumed from {out}/checkpoints/step_00000008: step 8" in again.stdout, again.stdout[-3000:]
+
+
+def test_quota_exceeded_stops_every_rank_with_exit_2_naming_the_intact_checkpoint(quota_fs):
+    """A real quota (a btrfs qgroup limit), not a full disk: the file system has room, statvfs says so, and
+    torch.save's wrapped error is all there is to go on."""
+    fs = quota_fs("40M")
+    out = fs.path / "run"
+    cmd, env = recipe_command("mnist_mlp", f"out_dir={out}", *RUN, nproc=2)
+    cmd[3:3] = ["--monitor-interval=5"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    lines = errors(p.stderr)
+    assert len(lines) == 2, p.stderr[-4000:]
+    assert all("disk quota exceeded" in line.lower() and f"newest intact checkpoint is {out}/checkpoints/step_00000008."
+               in line for line in lines), "\n".join(lines)
+    assert p.stderr.count("exitcode  : 2") == 2, p.stderr[-4000:]
+    fs.limit("400M")
+    again = run_recipe("mnist_mlp", f"out_dir={out}", *RUN, nproc=2)
     assert f"resumed from {out}/checkpoints/step_00000008: step 8" in again.stdout, again.stdout[-3000:]
 
 
