@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class TensorBoard(Tracker):
     def writer(self, split: str):
         if split not in self.writers:
             from torch.utils.tensorboard import SummaryWriter
+            _quiet_writer_thread_errors()
             # purge_step: on resume, events after the resumed step are dropped, so curves do not overlap
             self.writers[split] = SummaryWriter(str(self.root / split), purge_step=self.resume_step or None)
         return self.writers[split]
@@ -73,6 +75,22 @@ class TensorBoard(Tracker):
     def close(self) -> None:
         for w in self.writers.values():
             w.close()
+
+
+def _quiet_writer_thread_errors() -> None:
+    """TensorBoard writes from a thread; a failed write (a full disk) is re-raised by the next flush(),
+    which log.py turns into the run's one error message. Python would also print the thread's own
+    traceback ahead of it: for that thread's OSErrors, this hook does not."""
+    previous = threading.excepthook
+    if getattr(previous, "dtrain", False):
+        return
+
+    def hook(args):
+        if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+            return
+        previous(args)
+    hook.dtrain = True
+    threading.excepthook = hook
 
 
 def _run_ids(out_dir: Path) -> dict:

@@ -10,6 +10,8 @@ from tmpfs import tmpfs  # noqa: F401 (a fixture)
 
 
 @pytest.mark.parametrize("what", ["metrics", "samples"])
+# TensorBoard's writer thread fails too; its traceback must not be printed ahead of the one message
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_full_disk_while_logging_names_the_intact_checkpoint(tmpfs, what):
     fs = tmpfs("2m")
     Checkpointer(fs.path / "checkpoints").save({"w": torch.zeros(4)}, 8)
