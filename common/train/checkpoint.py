@@ -371,10 +371,8 @@ def write_failure(e: BaseException, where: Path) -> str | None:
 
     An OSError says it (ENOSPC, EROFS, EDQUOT, EACCES). torch.save does not: a failed write inside its
     zip writer comes back as RuntimeError("[enforce fail at inline_container.cc:...] unexpected pos ...")
-    or "PytorchStreamWriter failed writing file ...", the errno lost; the file system is asked instead."""
-    if _dcp_failure(e):  # torch.distributed.checkpoint: every rank's failure, gathered
-        reasons = [write_failure(exc, where) for exc, _ in e.failures.values()]
-        return next((r for r in reasons if r), None)
+    or "PytorchStreamWriter failed writing file ...", the errno lost; the file system is asked instead.
+    (A DCP failure holds every rank's: writes_agreed(every_rank=True) passes each rank its own, _own_failure.)"""
     if isinstance(e, OSError):
         return str(e)
     if not _torch_write_error(e):
