@@ -22,24 +22,30 @@ def errors(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("error: ")]
 
 
+def stop_on_every_rank(cmd: list[str], env: dict, nproc: int) -> list[str]:
+    """Run `cmd` (recipe_command's); every rank must stop with exit code 2 and one `error:` line.
+    Returns those lines. Under torchrun a slow monitor lets each rank end on its own, so the summary
+    shows every rank's exit code (not SIGTERM from the agent after the first one ended)."""
+    if nproc > 1:
+        cmd[3:3] = ["--monitor-interval=5"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    lines = errors(p.stderr)
+    assert len(lines) == nproc, p.stderr[-4000:]  # one message per rank, the same on each
+    if nproc == 1:
+        assert p.returncode == 2, p.stderr[-3000:]
+    else:
+        assert p.stderr.count("exitcode  : 2") == nproc, p.stderr[-4000:]  # every rank's, not a timeout
+    assert "Connection closed by peer" not in p.stderr
+    return lines
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_disk_full_stops_every_rank_with_exit_2_naming_the_intact_checkpoint(tmpfs, nproc):
     fs = tmpfs("40m")
     out = fs.path / "run"
-    cmd, env = recipe_command("mnist_mlp", f"out_dir={out}", *RUN, nproc=nproc)
-    if nproc > 1:
-        # every rank's exit code in torchrun's summary; a slow monitor lets both ranks end on their own
-        cmd[3:3] = ["--monitor-interval=5"]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    lines = stop_on_every_rank(*recipe_command("mnist_mlp", f"out_dir={out}", *RUN, nproc=nproc), nproc)
     intact = f"newest intact checkpoint is {out}/checkpoints/step_00000008."
-    lines = errors(p.stderr)
-    assert len(lines) == nproc, p.stderr[-4000:]  # one message per rank, the same on each
     assert all(intact in line and "no space left on device" in line.lower() for line in lines), lines
-    if nproc == 1:
-        assert p.returncode == 2, p.stderr[-3000:]
-    else:
-        assert p.stderr.count("exitcode  : 2") == 2, p.stderr[-4000:]  # rank 0 and rank 1
-    assert "Connection closed by peer" not in p.stderr
     fs.remount("size=200m")
     again = run_recipe("mnist_mlp", f"out_dir={out}", *RUN, nproc=nproc)
     assert f"resumed from {out}/checkpoints/step_00000008: step 8" in again.stdout, again.stdout[-3000:]
@@ -50,14 +56,9 @@ def test_quota_exceeded_stops_every_rank_with_exit_2_naming_the_intact_checkpoin
     torch.save's wrapped error is all there is to go on."""
     fs = quota_fs("40M")
     out = fs.path / "run"
-    cmd, env = recipe_command("mnist_mlp", f"out_dir={out}", *RUN, nproc=2)
-    cmd[3:3] = ["--monitor-interval=5"]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    lines = errors(p.stderr)
-    assert len(lines) == 2, p.stderr[-4000:]
+    lines = stop_on_every_rank(*recipe_command("mnist_mlp", f"out_dir={out}", *RUN, nproc=2), 2)
     assert all("disk quota exceeded" in line.lower() and f"newest intact checkpoint is {out}/checkpoints/step_00000008."
                in line for line in lines), "\n".join(lines)
-    assert p.stderr.count("exitcode  : 2") == 2, p.stderr[-4000:]
     fs.limit("400M")
     again = run_recipe("mnist_mlp", f"out_dir={out}", *RUN, nproc=2)
     assert f"resumed from {out}/checkpoints/step_00000008: step 8" in again.stdout, again.stdout[-3000:]
@@ -114,12 +115,9 @@ def test_one_ranks_disk_full_in_its_partition_write_stops_every_rank(tmp_path, e
                               "ckpt.best_metric=none", "dist_timeout_s=60", nproc=2)
     script = cmd.index(str(ROOT / "recipes" / "mnist_mlp.py"))
     cmd[script:script] = [str(wrapper), sys.executable]
-    cmd[3:3] = ["--monitor-interval=5", "--no-python"]
+    cmd[3:3] = ["--no-python"]
     env.update(CKPTS=str(out / "checkpoints"), DS_ACCELERATOR="cpu")
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
-    lines = errors(p.stderr)
-    assert len(lines) == 2, p.stderr[-4000:]  # one message per rank, the same on each
+    lines = stop_on_every_rank(cmd, env, 2)
     assert all(f"could not write checkpoint {out}/checkpoints/step_00000004: on rank 1: no space left on device"
                in line and "newest intact checkpoint is none" in line for line in lines), "\n".join(lines)
-    assert p.stderr.count("exitcode  : 2") == 2, p.stderr[-4000:]  # rank 0 and rank 1, not a timeout
     assert not any(p.name.startswith((".shards-", "step_")) for p in (out / "checkpoints").iterdir())
