@@ -1,4 +1,4 @@
-"""After training (issue #12): --evaluate, --export and init_from on a real 2-process DDP run.
+"""After training: --evaluate, --export and init_from on a real 2-process DDP run.
 
 One mnist_mlp debug run (torchrun, 2 CPU processes over gloo, EMA on) is evaluated on 1 and 2
 processes, exported (EMA and raw), and used to warm-start a run with another class count. Errors

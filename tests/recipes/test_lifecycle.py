@@ -1,4 +1,4 @@
-"""A run's whole life on the console (issue #12): warnings, start banner, end summary, rerun of a finished run."""
+"""A run's whole life on the console: warnings, start banner, end summary, rerun of a finished run."""
 from helpers import run_recipe
 
 

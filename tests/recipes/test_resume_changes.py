@@ -1,4 +1,4 @@
-"""Resume with changed settings (issue #12): what may change takes effect and is logged; what a checkpoint
+"""Resume with changed settings: what may change takes effect and is logged; what a checkpoint
 fixes stops the run before anything is written, every conflicting key named in one message."""
 import typing
 from fnmatch import fnmatchcase

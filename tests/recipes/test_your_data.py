@@ -1,4 +1,4 @@
-"""Your data in any classifier (issue #12): an ImageFolder tree for every classifier recipe, your own
+"""Your data in any classifier: an ImageFolder tree for every classifier recipe, your own
 Dataset through docs/data.md's recipe (run as written there), and top-5 accuracy."""
 import re
 import shutil

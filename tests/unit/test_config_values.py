@@ -1,4 +1,4 @@
-"""Issue #13 part 5: value ranges declared next to their fields, and numbers in common notation."""
+"""value ranges declared next to their fields, and numbers in common notation."""
 import pytest
 
 from common.cli import help_text, parse_cli

@@ -7,7 +7,7 @@ from helpers import ROOT, load_recipe
 
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.py"))
 INTERFACE = ("Config", "build_data", "build_state", "train_step", "evaluate", "main")
-# What DESIGN.md keeps out of recipes: process groups, engine wrappers, loss scaling, rank
+# What the design keeps out of recipes: process groups, engine wrappers, loss scaling, rank
 # branches, argument parsing, the environment, engine switches.
 PLUMBING = r"init_process_group|DistributedDataParallel|DDP\(|GradScaler|rank\s*==\s*0|argparse|os\.environ|engine\s*==|cfg\.engine"
 

@@ -1,4 +1,4 @@
-"""Issue #13 part 7: NaN best metrics, Ctrl-C, leftovers of dead checkpoint writers, 'step none'."""
+"""NaN best metrics, Ctrl-C, leftovers of dead checkpoint writers, 'step none'."""
 import math
 import os
 import signal
