@@ -1,7 +1,9 @@
 """imagenet.py on an ImageFolder tree of real Fashion-MNIST images."""
+import subprocess
+
 import pytest
 
-from helpers import fashion_tree, metrics, run_recipe
+from helpers import ROOT, fashion_tree, metrics, recipe_command, run_recipe
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +45,16 @@ def test_debug_config_runs_from_a_fresh_clone_on_a_generated_tree(tmp_path):
     made = sorted(p.relative_to(root).parts[:2] for p in root.rglob("*.jpg"))
     assert {m[0] for m in made} == {"train", "val"} and {m[1] for m in made} == {"class_0", "class_1", "class_2"}
     assert [m["split"] for m in metrics(tmp_path / "run")].count("val") >= 1
+
+
+def test_a_link_loop_stops_every_rank_naming_the_link(tree, tmp_path):
+    """Rank 0 lists the tree: its error reaches the other rank, which would otherwise wait for the listing."""
+    import shutil
+    looped = shutil.copytree(tree, tmp_path / "tree")
+    (looped / "train" / "tshirt" / "up").symlink_to("..")
+    cmd, env = recipe_command("imagenet", f"data.root={looped}", f"out_dir={tmp_path / 'run'}", nproc=2)
+    cmd[3:3] = ["--monitor-interval=5"]  # each rank ends on its own: every exit code shows
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all("symbolic link" in e and "train/tshirt/up" in e for e in errors), p.stderr[-3000:]
+    assert p.stderr.count("exitcode  : 2") == 2, p.stderr[-3000:]
