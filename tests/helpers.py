@@ -82,3 +82,27 @@ def final_weights(out_dir: Path, model: str = "net") -> dict[str, torch.Tensor]:
     from common.train.checkpoint import load_file
     step = last_checkpoint_step(out_dir)
     return load_file(Path(out_dir) / "checkpoints" / f"step_{step:08d}")["models"][model]
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FASHION_CLASSES = {"tshirt": 0, "trouser": 1, "pullover": 2}  # folder name -> Fashion-MNIST label
+
+
+def fashion_tree(root: Path, train: int = 40, val: int = 10, classes: dict[str, int] = FASHION_CLASSES) -> Path:
+    """An ImageFolder tree of real Fashion-MNIST images: root/{train,val}/<class>/<i>.png, 28x28 grey,
+    `train` and `val` per class (distinct images, from the test split). Skips where the files are missing."""
+    import pytest
+    from PIL import Image
+    from common.data.datasets import read_idx
+    images, labels = FASHION / "t10k-images-idx3-ubyte.gz", FASHION / "t10k-labels-idx1-ubyte.gz"
+    if not images.is_file():
+        pytest.skip("apt-get install dataset-fashion-mnist for the image-folder trees")
+    x, y = read_idx(images), read_idx(labels)
+    for name, label in classes.items():
+        picks = (y == label).nonzero()[0][:train + val]
+        for split, part in (("train", picks[:train]), ("val", picks[train:])):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in part:
+                Image.fromarray(x[i]).save(d / f"{i}.png")
+    return root

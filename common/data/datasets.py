@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from common import dist
 from common.config import ConfigError
-from common.data.files import DataError, class_labels, decode, list_images
+from common.data.files import DataError, absent_classes, class_names, decode, labels_by_name, list_images
 
 SYSTEM_DIRS = {"fashion_mnist": [Path("/usr/share/datasets/fashion-mnist")]}  # Debian: dataset-fashion-mnist
 STATS = {  # per-channel mean/std of the training split, in [0, 1] units
@@ -128,10 +128,14 @@ def _where_to_put(name: str, root: Path) -> str:
     return f"Put the files in {where}, or run on a connected machine with data.download=true, or try data.name=synthetic."
 
 
-def read_folder(root: Path, split: str, shape: list[int]):
+def read_folder(root: Path, split: str, shape: list[int], classes: list[str] | None = None,
+                known_from: str | None = None):
     """An ImageFolder tree's split as uint8 [N, C, H, W] (the recipe's input shape: each image resized and
-    centre-cropped to H x W, grey or RGB by C) and its labels. Training images come from root/train;
-    evaluation from root/val, else root/test. Decoded with threads (PIL releases the GIL)."""
+    centre-cropped to H x W, grey or RGB by C), its labels, the class list and a log line naming the
+    classes it lacks (or None). Training images come from root/train; evaluation from root/val, else
+    root/test. Labels are the index of each class folder's name in `classes` (the list a model knows,
+    from `known_from`: root/train unless said); None: this split's own folders, sorted (a new run's
+    train/). Decoded with threads (PIL releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
     from PIL import Image, ImageOps
     names = ["train"] if split == "train" else ["val", "test"]
@@ -142,7 +146,8 @@ def read_folder(root: Path, split: str, shape: list[int]):
     files = [f for f in list_images(d) if len(Path(f).parts) > 1]
     if not files:
         raise DataError(f"data.name=folder found no images in class sub-directories of {d.resolve()}")
-    labels, classes = class_labels(files)
+    classes = class_names(files) if classes is None else classes
+    labels = labels_by_name(files, classes, d, known_from or str(root / "train"))
     c, h, w = shape
 
     def load(f):
@@ -150,12 +155,7 @@ def read_folder(root: Path, split: str, shape: list[int]):
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).reshape(h, w, -1).permute(2, 0, 1)
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         images = torch.stack(list(pool.map(load, files)))
-    return images, torch.tensor(labels), classes
-
-
-def folder_classes(root: Path) -> list[str]:
-    """The class names of a data.name=folder tree: its train/ sub-directories, in label order."""
-    return class_labels(list_images(root / "train"))[1]
+    return images, torch.tensor(labels), classes, absent_classes(files, classes, d)
 
 
 def channel_stats(name: str, train_images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -173,9 +173,9 @@ def load_split(cfg_data, split: str):
     if name == "synthetic":
         n = cfg_data.synthetic_train if split == "train" else cfg_data.synthetic_test
         return synthetic(n, cfg_data.synthetic_shape, cfg_data.synthetic_classes, split)
-    if name == "folder":
-        images, labels, classes = read_folder(root, split, cfg_data.folder_shape)
-        return images, labels
+    if name == "folder":  # the held-out split is labelled by train/'s class names
+        classes = None if split == "train" else class_names(list_images(root / "train"))
+        return read_folder(root, split, cfg_data.folder_shape, classes)[:2]
     if name not in TV_FOLDER:
         raise ConfigError(f"data.name={name!r} is not one of {', '.join([*TV_FOLDER, 'synthetic', 'folder'])}")
     reader = _read_cifar if name in CIFAR else _read_mnist_like

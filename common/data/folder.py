@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from common import dist
 from common.config import ranged
 from common.data.datasets import DataError, synthetic_tree
-from common.data.files import EXTENSIONS, class_labels, decode, list_images
+from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_labels, class_names, decode,
+                               labels_by_name, list_images)
 from common.data.memory import Loaders
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
@@ -42,6 +43,8 @@ def _listing(rt, dirs: list[Path]) -> list[list[str]]:
             listing = [list_images(d) for d in dirs]
         except OSError as e:
             listing = f"cannot read the image folders under {dirs[0].parent.resolve()}: {e}"
+        except DataError as e:  # every rank raises it, not rank 0 alone
+            listing = str(e)
     listing = dist.broadcast_object(listing)
     if isinstance(listing, str):
         raise DataError(listing)
@@ -257,8 +260,10 @@ class FolderDataConfig:
     drop_last: bool = True  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
 
 
-def imagefolder_data(cfg, rt) -> Loaders:
-    """data.root/train and data.root/val (ImageNet layout: one sub-directory per class), torchvision presets."""
+def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
+    """data.root/train and data.root/val (ImageNet layout: one sub-directory per class), torchvision presets.
+    Both are labelled by class name against `classes` (a trained model's, from its checkpoint), else
+    against train/'s sub-directories."""
     root = Path(cfg.data.root)
     if cfg.data.name == "synthetic":
         # Rank 0 writes the tree once (atomically); the others wait for it.
@@ -268,24 +273,26 @@ def imagefolder_data(cfg, rt) -> Loaders:
         if not d.is_dir():
             raise DataError(f"{d.resolve()} does not exist: data.root must hold train/ and val/, each with one "
                             "sub-directory of images per class (the ImageNet layout)")
-    splits = []
-    for d, listed in zip(dirs, _listing(rt, dirs)):
-        files = [f for f in listed if len(Path(f).parts) > 1]  # as ImageFolder: only files in class folders
+    known_from = SAVED_CLASSES if classes else str(dirs[0])
+    listed = []
+    for d, files in zip(dirs, _listing(rt, dirs)):
+        files = [f for f in files if len(Path(f).parts) > 1]  # as ImageFolder: only files in class folders
         if not files:
             raise DataError(f"found no images ({', '.join(sorted(EXTENSIONS))}) in class sub-directories of "
                             f"{d.resolve()}: data.root must hold train/ and val/, each with one sub-directory per class")
-        splits.append((files, *class_labels(files)))
-    (train_files, train_labels, classes), (val_files, val_labels, val_classes) = splits
-    if val_classes != classes:
-        raise DataError(f"train/ has classes {classes[:5]}... but val/ has {val_classes[:5]}...: "
-                        "both need the same class folders")
+        listed.append(files)
+    (train_files, val_files), classes = listed, classes or class_names(listed[0])
+    train_labels, val_labels = (labels_by_name(f, classes, d, known_from) for f, d in zip(listed, dirs))
+    absent = absent_classes(val_files, classes, dirs[1])
+    if absent:
+        rt.log(absent)
     size, workers = cfg.data.image_size, cfg.data.workers
     train_ds = ImageFiles(dirs[0], train_files, train_labels, presets(size, train=True))
     val_ds = ImageFiles(dirs[1], val_files, val_labels, presets(size, train=False))
     train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
                               seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers)
     evaluate = FolderEvalLoader(val_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
-    return Loaders(train, evaluate, len(classes), (3, size, size))
+    return Loaders(train, evaluate, len(classes), (3, size, size), classes)
 
 
 def folder_splits(root: Path) -> tuple[Path, Path]:

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from common.config import ConfigError
-from common.data.datasets import channel_stats, folder_classes, load_split
+from common.data.datasets import channel_stats, load_split, read_folder
+from common.data.files import SAVED_CLASSES
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
 def _augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
@@ -173,19 +174,28 @@ def _pad(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(images, (left, size - w - left, top, size - h - top))
 
 
-def classification_data(cfg, rt) -> Loaders:
-    """Train and eval loaders for an image-classification recipe, sharded for this rank."""
+def classification_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
+    """Train and eval loaders for an image-classification recipe, sharded for this rank. classes: the
+    class names a trained model knows (its checkpoint's), which an image folder is labelled against;
+    None: a new run's, train/'s sub-directories."""
     d = cfg.data
-    train_x, train_y = load_split(d, "train")
-    test_x, test_y = load_split(d, "test")
+    if d.name == "folder":
+        root, known_from = Path(d.root), SAVED_CLASSES if classes else None
+        train_x, train_y, classes, _ = read_folder(root, "train", d.folder_shape, classes, known_from)
+        test_x, test_y, _, absent = read_folder(root, "test", d.folder_shape, classes, known_from)
+        if absent:
+            rt.log(absent)
+    else:  # a dataset read by name: its labels are its own
+        classes = None
+        train_x, train_y = load_split(d, "train")
+        test_x, test_y = load_split(d, "test")
     train_x, test_x = _pad(train_x, d.pad_to), _pad(test_x, d.pad_to)
     mean, std = channel_stats(d.name, train_x)
     mean, std = mean * (train_x.shape[1] // len(mean)), std * (train_x.shape[1] // len(std))
     common = tensor_loader_args(cfg, rt, train_x, train_y, test_x, test_y)
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    num_classes = len(classes) if classes else int(max(train_y.max(), test_y.max())) + 1
     train = TensorTrainLoader(train_x, train_y, mean, std, global_batch=cfg.train.batch_size,
                               accum=cfg.train.grad_accum, seed=cfg.seed, drop_last=d.drop_last,
                               augment=d.augment, mix=batch_mix(d, num_classes), **common)
     evaluate = TensorEvalLoader(test_x, test_y, mean, std, batch_size=cfg.train.eval_batch_size, **common)
-    return Loaders(train, evaluate, num_classes, tuple(train_x.shape[1:]),
-                   folder_classes(Path(d.root)) if d.name == "folder" else None)
+    return Loaders(train, evaluate, num_classes, tuple(train_x.shape[1:]), classes)

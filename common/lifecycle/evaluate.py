@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from common.config import UserError
-from common.lifecycle.source import checkpoint_weights, open_source
+from common.lifecycle.source import build_data, checkpoint_weights, open_source
 from common.train.state import TrainState
 
 SPLIT = "eval"  # an --evaluate row; training's own evaluations are "val" (same eval split, during training)
@@ -24,7 +24,7 @@ def run(task, cli) -> dict[str, float]:
     with runtime(cfg) as rt:
         if src.ignored:
             rt.log(f"--evaluate ignores training settings: {', '.join(src.ignored)}")
-        loaders = task.build_data(cfg, rt)
+        loaders = build_data(task, src, rt)
         weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
         rt.seed()
         models = task.build_models(cfg, loaders)

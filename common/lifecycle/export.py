@@ -22,7 +22,7 @@ import torch
 
 from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
-from common.lifecycle.source import checkpoint_weights, open_source
+from common.lifecycle.source import build_data, checkpoint_weights, open_source
 
 FORMAT = 1
 SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -73,7 +73,7 @@ def run(task, cli) -> dict:
     with runtime(cfg) as rt:
         if src.ignored:
             rt.log(f"--export ignores training settings: {', '.join(src.ignored)}")
-        loaders = task.build_data(cfg, rt)
+        loaders = build_data(task, src, rt)
         weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
         name = task.exported
         classes = getattr(loaders, "classes", None) or CLASS_NAMES.get(getattr(cfg.data, "name", ""))

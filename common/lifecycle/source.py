@@ -105,6 +105,14 @@ def open_source(cli) -> Source:
     return Source(ckpt, why, sd, *checkpoint_config(cli, sd["config"], flag))
 
 
+def build_data(task, src: Source, rt):
+    """The task's data for this checkpoint's model. An image folder is labelled by the class names the
+    run trained on (saved in the checkpoint), so another tree gives the same labels, or exit 2 naming a
+    class the model does not know."""
+    classes = src.sd.get("classes")
+    return task.build_data(src.cfg, rt) if classes is None else task.build_data(src.cfg, rt, classes=classes)
+
+
 def checkpoint_config(cli, saved: dict, flag: str):
     """(the trained config with the FREE_KEYS the user set, the TRAINING_ONLY keys the user set);
     any other key set to a value other than the checkpoint's is refused, all of them in one message."""

@@ -36,7 +36,7 @@ class Cadence:
 
 def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str, float]:
     started, t, train = time.perf_counter(), cfg.train, loaders.train
-    out, ckpt, total, done = start(cfg, state, rt, train, recipe)
+    out, ckpt, total, done = start(cfg, state, rt, train, recipe, loaders.classes)
     if done is not None:
         return done
     log_at, eval_at = Cadence(t.log_every_steps, at_epoch_end=True), Cadence(t.eval_every_steps)
@@ -57,7 +57,8 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
         value = last_eval.get(key) if split == "val" and eval_step == state.step else None
         is_best = value is not None and ckpt.is_better(value, state.best)
         state.best = value if is_best else state.best
-        payload = {**state.state_dict(to_dict(cfg), recipe, rt.owned), "engine": rt.state_dict()}
+        payload = {**state.state_dict(to_dict(cfg), recipe, rt.owned), "engine": rt.state_dict(),
+                   "classes": loaders.classes}  # the labels' names: other trees are labelled by them
         ckpt.save(payload, state.step, is_best=is_best, metric=value, shards=rt.save_shards)
         return state.step
 
@@ -121,12 +122,13 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
             bar.close()
 
 
-def start(cfg, state, rt, train, recipe: str):
+def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
     """Run directory, resume, the banner: (out_dir, checkpointer, total steps, None), or with the
-    final metrics in place of None when the resumed checkpoint is already the last step."""
+    final metrics in place of None when the resumed checkpoint is already the last step.
+    classes: the data's class names, which a resumed checkpoint must share."""
     out, ckpt = rundir.prepare(cfg, rt)  # locked, and not another run's: before anything is written
     total = total_steps(cfg, train)
-    resume(cfg, state, rt, ckpt, recipe)
+    resume(cfg, state, rt, ckpt, recipe, classes)
     if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
         rows = read_metrics(out) if rt.is_main else []
         rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: step {state.step} of {total}; "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from common import dist
 from common.config import UserError, flatten, to_dict
+from common.data.files import class_change
 from common.train.checkpoint import Checkpointer, load_file
 
 FIXED = {  # key pattern -> what it decides
@@ -71,15 +72,18 @@ def find(cfg, rt, ckpt: Checkpointer) -> Path | None:
     return Path(cfg.resume)
 
 
-def resume(cfg, state, rt, ckpt: Checkpointer, recipe: str) -> Path | None:
+def resume(cfg, state, rt, ckpt: Checkpointer, recipe: str, classes: list[str] | None = None) -> Path | None:
     """Continue from the checkpoint find() picks; returns it (None: a fresh run). Raises UserError,
-    with nothing written, when this config cannot continue it."""
+    with nothing written, when this config cannot continue it, or the data's class names (`classes`)
+    are not the ones the checkpoint's labels number."""
     path = find(cfg, rt, ckpt)
     if path is None:
         return None
     sd = load_file(path)
     changed = changes(sd.get("config", {}), to_dict(cfg))
     bad = conflicts(changed, sd, rt)
+    moved = class_change(sd.get("classes"), classes)
+    bad += [f"  train/ class folders: {moved}"] if moved else []
     if bad:
         raise UserError(f"cannot resume from {path}: this run changes settings the checkpoint fixes:\n"
                         + "\n".join(bad) + "\nNothing was written. To continue the run, drop these overrides "

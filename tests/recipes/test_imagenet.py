@@ -1,28 +1,14 @@
-"""imagenet.py on a generated ImageFolder tree of real JPEG files."""
+"""imagenet.py on an ImageFolder tree of real Fashion-MNIST images."""
+import subprocess
+
 import pytest
 
-from helpers import metrics, run_recipe
-
-
-def make_tree(root, per_class_train=8, per_class_val=3):
-    from PIL import Image
-    import numpy as np
-    rng = np.random.default_rng(0)
-    colors = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
-    for split, n in (("train", per_class_train), ("val", per_class_val)):
-        for cls, rgb in colors.items():
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                h, w = rng.integers(40, 80, 2)
-                arr = np.clip(np.array(rgb) + rng.normal(0, 30, (h, w, 3)), 0, 255).astype("uint8")
-                Image.fromarray(arr).save(d / f"{i}.jpg", quality=90)
-    return root
+from helpers import ROOT, fashion_tree, metrics, recipe_command, run_recipe
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    return make_tree(tmp_path_factory.mktemp("imagefolder"))
+    return fashion_tree(tmp_path_factory.mktemp("imagefolder"), train=8, val=3)
 
 
 @pytest.mark.parametrize("nproc", [pytest.param(1, marks=pytest.mark.heavy), 2])  # 1: the fresh-clone test
@@ -40,10 +26,11 @@ def test_unreadable_image_is_named(tree, tmp_path):
     import shutil
     broken = tmp_path / "tree"
     shutil.copytree(tree, broken)
-    (broken / "train" / "dog" / "5.jpg").write_bytes(b"not a jpeg at all")
+    bad = next((broken / "train" / "trouser").iterdir())
+    bad.write_bytes(b"not an image at all")
     p = run_recipe("imagenet", f"data.root={broken}", f"out_dir={tmp_path / 'run'}", "data.workers=0", check=False)
     assert p.returncode == 2, p.stderr[-2000:]
-    assert "cannot read image" in p.stderr and "dog/5.jpg" in p.stderr and "delete or replace" in p.stderr
+    assert "cannot read image" in p.stderr and f"trouser/{bad.name}" in p.stderr and "delete or replace" in p.stderr
 
 
 def test_missing_tree_says_what_layout_is_expected(tmp_path):
@@ -58,3 +45,16 @@ def test_debug_config_runs_from_a_fresh_clone_on_a_generated_tree(tmp_path):
     made = sorted(p.relative_to(root).parts[:2] for p in root.rglob("*.jpg"))
     assert {m[0] for m in made} == {"train", "val"} and {m[1] for m in made} == {"class_0", "class_1", "class_2"}
     assert [m["split"] for m in metrics(tmp_path / "run")].count("val") >= 1
+
+
+def test_a_link_loop_stops_every_rank_naming_the_link(tree, tmp_path):
+    """Rank 0 lists the tree: its error reaches the other rank, which would otherwise wait for the listing."""
+    import shutil
+    looped = shutil.copytree(tree, tmp_path / "tree")
+    (looped / "train" / "tshirt" / "up").symlink_to("..")
+    cmd, env = recipe_command("imagenet", f"data.root={looped}", f"out_dir={tmp_path / 'run'}", nproc=2)
+    cmd[3:3] = ["--monitor-interval=5"]  # each rank ends on its own: every exit code shows
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all("symbolic link" in e and "train/tshirt/up" in e for e in errors), p.stderr[-3000:]
+    assert p.stderr.count("exitcode  : 2") == 2, p.stderr[-3000:]
