@@ -8,6 +8,7 @@ appended to the run's metrics.jsonl as split "eval", with the checkpoint and wei
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from common.config import UserError
@@ -62,13 +63,13 @@ def record(where: Path, row: dict) -> None:
     there); a failed append leaves the file as it was. The figures are printed before this."""
     failed = f"--evaluate: the figures above were not recorded in {where}"
     try:
-        with held(where.parent), open(where, "a") as f:
-            size = f.tell()
+        with held(where.parent), open(where, "ab", buffering=0) as f:
+            size, rest = f.seek(0, os.SEEK_END), memoryview((json.dumps(row) + "\n").encode())
             try:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
+                while rest:  # a short write (the disk filled mid-row) is followed by one that raises
+                    rest = rest[f.write(rest):]
             except OSError:
-                f.truncate(size)  # no half row for the next reader (freeing space needs none)
+                os.ftruncate(f.fileno(), size)  # no half row for the next reader (freeing space needs none)
                 raise
     except LockHeld as e:
         raise UserError(f"{failed}: a run is training there ({e.holder}); run --evaluate again when it has "

@@ -27,7 +27,7 @@ from common.config import UserError
 from common.entry import run
 from common.train.checkpoint import Checkpointer
 from common.train.log import Grid, Logger
-from helpers import ROOT, load_recipe, run_recipe
+from helpers import ROOT, load_recipe, recipe_command, run_recipe
 from tmpfs import tmpfs  # noqa: F401 (a fixture)
 
 MLP = load_recipe("mnist_mlp")
@@ -77,10 +77,12 @@ class Writer:
     write: Callable[[Path, dict, object], str]
     names: Callable[[Path], Path]
     size: str = "8m"
+    training: bool = True  # a training run's writer: the message names the newest intact checkpoint
 
 
 def _logger(cfg=None):
     def prepare(run_dir, ctx):
+        Checkpointer(run_dir / "checkpoints").save({"w": torch.zeros(4)}, 8)
         ctx["logger"] = Logger(run_dir, enabled=True, cfg=cfg)
         ctx["logger"].log("train", 1, 0, {"loss": 1.0})
     return prepare
@@ -103,7 +105,7 @@ def _samples_write(run_dir, ctx, capsys):
 
 def _checkpoint_prepare(run_dir, ctx):
     ctx["ckpt"] = Checkpointer(run_dir / "checkpoints")
-    ctx["ckpt"].save({"w": torch.zeros(4)}, 4)
+    ctx["ckpt"].save({"w": torch.zeros(4)}, 8)
 
 
 def _export(suffix):
@@ -134,15 +136,15 @@ WRITERS = {
     "tensorboard": Writer(lambda r: r / "tb", lambda r: r / "tb", _logger(), _log_many, lambda r: r),
     "samples": Writer(lambda r: r / "samples", lambda r: r, _samples_prepare, _samples_write, lambda r: r),
     "checkpoint": Writer(lambda r: r / "checkpoints", lambda r: r, _checkpoint_prepare,
-                         lambda r, ctx, _: user_error(lambda: ctx["ckpt"].save({"w": torch.zeros(1 << 20)}, 8)),
+                         lambda r, ctx, _: user_error(lambda: ctx["ckpt"].save({"w": torch.zeros(1 << 20)}, 12)),
                          lambda r: r / "checkpoints"),
     "export .safetensors": Writer(lambda r: r / "exports", lambda r: r / "exports", _nothing, _export(".safetensors"),
-                                  lambda r: r / "exports"),
+                                  lambda r: r / "exports", training=False),
     "export .pt": Writer(lambda r: r / "exports", lambda r: r / "exports", _nothing, _export(".pt"),
-                         lambda r: r / "exports"),
+                         lambda r: r / "exports", training=False),
     # missing parent does not apply: the run directory holds the checkpoint being evaluated
     "--evaluate row": Writer(lambda r: r, None, _evaluate_prepare, _evaluate_write, lambda r: r / "metrics.jsonl",
-                             size="64m"),
+                             size="64m", training=False),
 }
 CELLS = [(w, f) for w in WRITERS for f in FAULTS if not (f == "missing parent" and WRITERS[w].gone is None)]
 
@@ -171,6 +173,8 @@ def test_every_writer_meets_every_write_fault_with_exit_2_naming_it(writer, faul
     assert "\n" not in message and str(w.names(run_dir)) in message, message
     expected = FAULTS[fault]
     assert any(e in message.lower() for e in ((expected,) if isinstance(expected, str) else expected)), message
+    if w.training and fault != "missing parent":  # (that fault removed the checkpoints with the run directory)
+        assert f"The newest intact checkpoint is {run_dir}/checkpoints/step_00000008." in message, message
 
 
 def test_evaluate_does_not_write_into_a_run_directory_another_process_holds(trained, tmp_path, capsys):
@@ -196,3 +200,32 @@ def test_evaluate_does_not_write_into_a_run_directory_another_process_holds(trai
     assert (run_dir / "metrics.jsonl").read_bytes().startswith(before)
     assert b'"split": "eval"' in (run_dir / "metrics.jsonl").read_bytes()[len(before):]
     assert not (run_dir / "run.lock").exists()  # released after the append
+
+
+@pytest.mark.slow
+def test_evaluate_on_two_processes_that_cannot_record_stops_every_rank_with_exit_2(trained, tmpfs, tmp_path):
+    """Rank 0 appends; its failure reaches every rank (the same one line, exit 2 on each)."""
+    from test_write_failures import stop_on_every_rank
+    fs = tmpfs("64m", tmp_path / "run")
+    _evaluate_prepare(fs.path, {"trained": trained})
+    fs.remount("ro")
+    cmd, env = recipe_command("mnist_mlp", "--evaluate", str(fs.path), nproc=2, config=None)
+    lines = stop_on_every_rank(cmd, env, 2)
+    assert all(f"the figures above were not recorded in {fs.path}/metrics.jsonl" in line and
+               "read-only file system" in line.lower() for line in lines), lines
+
+
+def test_an_evaluate_row_cut_by_a_full_disk_is_taken_back(trained, tmpfs, tmp_path, capsys):
+    """The row's first bytes fit in metrics.jsonl's last page and the rest does not: the half row written
+    is truncated away, so the file is byte for byte as it was."""
+    fs = tmpfs("64m", tmp_path / "run")
+    _evaluate_prepare(fs.path, {"trained": trained})
+    (fs.path / "run.lock").write_text(" " * 400)  # a dead run's lock file: taking it needs no new page
+    rows = (trained / "metrics.jsonl").read_bytes()
+    pad = 4096 - 10 - len(rows) - len(b'{"pad": ""}\n')
+    before = rows + b'{"pad": "' + b"x" * pad + b'"}\n'  # 10 bytes short of a page
+    (fs.path / "metrics.jsonl").write_bytes(before)
+    fs.fill(leave_bytes=0)
+    out, line = command_fails(capsys, "--evaluate", str(fs.path))
+    assert "no space left on device" in line.lower() and "[eval] step 4 loss" in out
+    assert (fs.path / "metrics.jsonl").read_bytes() == before
