@@ -28,6 +28,7 @@ class Cli:
     action: str = "train"  # train | evaluate | export
     source: Path | None = None  # --evaluate / --export: the run directory or checkpoint
     to: Path | None = None  # --export --to FILE
+    replace: bool = False  # --export --overwrite: an existing file may be replaced
     weights: str | None = None  # --weights ema|raw; None = the EMA copy when the checkpoint has one
 
 
@@ -85,7 +86,7 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
     lines = [
         f"usage: {prog} [--config FILE ...] [--dry-run] [key=value ...]",
         f"       {prog} --evaluate RUN_DIR_OR_CHECKPOINT [--weights ema|raw] [key=value ...]",
-        f"       {prog} --export RUN_DIR_OR_CHECKPOINT [--to FILE] [--weights ema|raw]",
+        f"       {prog} --export RUN_DIR_OR_CHECKPOINT [--to FILE] [--overwrite] [--weights ema|raw]",
         "",
         f"Values come from the schema defaults below, then {_show(default_file) if default_file else '(no recipe YAML)'},",
         "then each --config FILE in order, then key=value; later layers win.",
@@ -96,7 +97,8 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
         "  --evaluate RUN  evaluate a run directory (its best, else newest valid checkpoint) or a",
         "                  checkpoint on the eval split; the model config comes from the checkpoint",
         "  --export RUN    write its weights as a plain state_dict with inference metadata;",
-        "                  --to FILE (.safetensors or .pt) names the file",
+        "                  --to FILE (.safetensors or .pt) names the file; --overwrite replaces",
+        "                  an existing one (without it an existing file is an error)",
         "  --weights W     with --evaluate/--export: ema or raw (default: ema when the run kept one)",
         "",
         "config keys (default) meaning:",
@@ -135,6 +137,8 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
             raise SystemExit(0)
         if arg == "--dry-run":
             dry_run = True
+        elif arg == OVERWRITE:
+            after[OVERWRITE] = ""
         elif arg.split("=", 1)[0] in AFTER_TRAINING:
             flag = arg.split("=", 1)[0]
             value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
@@ -172,6 +176,7 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
                **after_training(after, dry_run))
 
 
+OVERWRITE = "--overwrite"  # with --export: replace an existing file (it takes no value)
 AFTER_TRAINING = {"--evaluate": "RUN_DIR_OR_CHECKPOINT", "--export": "RUN_DIR_OR_CHECKPOINT",
                   "--to": "FILE (.safetensors or .pt)", "--weights": "ema|raw"}
 
@@ -182,21 +187,24 @@ def after_training(flags: dict[str, str], dry_run: bool) -> dict:
     if len(actions) > 1:
         raise ConfigError("--evaluate and --export are two commands: run them one after the other")
     if not actions:
-        extra = [f for f in flags if f in ("--to", "--weights")]
+        extra = [f for f in flags if f in ("--to", "--weights", OVERWRITE)]
         if extra:
-            raise ConfigError(f"{extra[0]} goes with --export{'' if extra[0] == '--to' else ' or --evaluate'}: "
-                              f"e.g. --export runs/<name> {extra[0]} {AFTER_TRAINING[extra[0]].split()[0]}")
+            raise ConfigError(f"{extra[0]} goes with --export{' or --evaluate' if extra[0] == '--weights' else ''}: "
+                              f"e.g. --export runs/<name> {extra[0]} {AFTER_TRAINING.get(extra[0], '').split(' ')[0]}".rstrip())
         return {}
     (action,) = actions
     if dry_run:
         raise ConfigError(f"--dry-run is for training; {action} reads the checkpoint's config: drop --dry-run")
-    if "--to" in flags and action != "--export":
-        raise ConfigError("--to names the file --export writes; --evaluate writes its row to the run's metrics.jsonl")
+    for flag in ("--to", OVERWRITE):
+        if flag in flags and action != "--export":
+            raise ConfigError(f"{flag} is about the file --export writes; --evaluate appends its row to the run's "
+                              "metrics.jsonl")
     weights = flags.get("--weights")
     if weights not in (None, "ema", "raw"):
         raise ConfigError(f"--weights {weights!r}: use --weights ema (the run's EMA copy) or --weights raw")
     to = flags.get("--to")
-    return {"action": action[2:], "source": Path(flags[action]), "to": Path(to) if to else None, "weights": weights}
+    return {"action": action[2:], "source": Path(flags[action]), "to": Path(to) if to else None, "weights": weights,
+            "replace": OVERWRITE in flags}
 
 
 def validate(cfg) -> None:

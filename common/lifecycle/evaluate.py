@@ -8,9 +8,13 @@ appended to the run's metrics.jsonl as split "eval", with the checkpoint and wei
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 from common.config import UserError
+from common.lifecycle.export import on_main
 from common.lifecycle.source import build_data, checkpoint_weights, open_source
+from common.train.rundir import LockHeld, held
 from common.train.state import TrainState
 
 SPLIT = "eval"  # an --evaluate row; training's own evaluations are "val" (same eval split, during training)
@@ -43,13 +47,33 @@ def run(task, cli) -> dict[str, float]:
                 "eval.classifier=RUN_DIR of an mnist_cnn run" if judge in ("", "none") else ""))
         row = {"step": state.step, "epoch": state.epoch, "split": SPLIT, **numbers,
                "checkpoint": str(src.ckpt), "weights": which}
+        where = src.run_dir / "metrics.jsonl" if src.run_dir else None
         if rt.is_main:
             shown = " ".join(f"{k} {v:.6g}" for k, v in numbers.items())
-            where = src.run_dir / "metrics.jsonl" if src.run_dir else None
             rt.log(f"evaluated {src.ckpt} ({src.why}; {which} weights) on the eval split, "
-                   f"{rt.world_size} process(es)\n[{SPLIT}] step {state.step} {shown}\n"
-                   + (f"appended to {where}" if where else "not written to a metrics.jsonl (no run directory)"))
-            if where:
-                with open(where, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                   f"{rt.world_size} process(es)\n[{SPLIT}] step {state.step} {shown}")
+        if where:
+            on_main(rt, lambda: record(where, row))
+        rt.log(f"appended to {where}" if where else "not written to a metrics.jsonl (no run directory)")
     return numbers
+
+
+def record(where: Path, row: dict) -> None:
+    """Append the row to a run's metrics.jsonl under the run's lock (never beside a run training
+    there); a failed append leaves the file as it was. The figures are printed before this."""
+    failed = f"--evaluate: the figures above were not recorded in {where}"
+    try:
+        with held(where.parent), open(where, "ab", buffering=0) as f:
+            size, rest = f.seek(0, os.SEEK_END), memoryview((json.dumps(row) + "\n").encode())
+            try:
+                while rest:  # a short write (the disk filled mid-row) is followed by one that raises
+                    rest = rest[f.write(rest):]
+            except OSError:
+                os.ftruncate(f.fileno(), size)  # no half row for the next reader (freeing space needs none)
+                raise
+    except LockHeld as e:
+        raise UserError(f"{failed}: a run is training there ({e.holder}); run --evaluate again when it has "
+                        "finished") from None
+    except OSError as e:
+        raise UserError(f"{failed}: {e}. Make {where.parent} writable (or free space there) and run --evaluate "
+                        "again to record them") from None

@@ -23,6 +23,7 @@ import torch
 from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
 from common.lifecycle.source import build_data, checkpoint_weights, open_source
+from common.train.checkpoint import MANIFEST, write_failure
 
 FORMAT = 1
 SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -71,45 +72,77 @@ def run(task, cli) -> dict:
     if hasattr(cfg, "eval") and hasattr(cfg.eval, "classifier"):
         cfg.eval.classifier = "none"  # a GAN's FD judge is for evaluation; exporting needs only the data's shape
     with runtime(cfg) as rt:
+        weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
+        path = to or default_path(src, cli.recipe, which)
+        on_main(rt, lambda: check_destination(path, src, cli.replace, made=to is None))
         if src.ignored:
             rt.log(f"--export ignores training settings: {', '.join(src.ignored)}")
         loaders = build_data(task, src, rt)
-        weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
         name = task.exported
         classes = getattr(loaders, "classes", None) or CLASS_NAMES.get(getattr(cfg.data, "name", ""))
         meta = {"format": FORMAT, "recipe": cli.recipe, "model": name, "weights": which, "step": src.sd["step"],
                 "checkpoint": str(src.ckpt), "config": to_dict(cfg), "input": input_spec(cfg, loaders),
                 "num_classes": loaders.num_classes, "classes": classes}
-        path = to or default_path(src, cli.recipe, which)
-        error = None
-        if rt.is_main:
-            try:
-                write_export(path, weights[name], meta)
-            except UserError as e:
-                error = str(e)
-        error = dist.broadcast_object(error)  # every rank exits with the same code
-        if error:
-            raise UserError(error)
+        on_main(rt, lambda: write_export(path, weights[name], meta))
         rt.log(f"exported '{name}' ({which} weights) of {src.ckpt}, {src.why}, to {path}")
     return {}
 
 
+def on_main(rt, work) -> None:
+    """Rank 0 runs `work`; every rank raises the UserError it raised (the same exit code on every rank)."""
+    error = None
+    if rt.is_main:
+        try:
+            work()
+        except UserError as e:
+            error = str(e)
+    error = dist.broadcast_object(error)
+    if error:
+        raise UserError(error)
+
+
+def check_destination(path: Path, src, replace: bool, made: bool) -> None:
+    """Refuse a destination inside a checkpoint (or the run's checkpoints/ folder), an existing file
+    unless `replace`, and one whose directory is missing (`made`: the default path, whose export/
+    folder is created)."""
+    checkpoints = (src.run_dir / "checkpoints").resolve() if src.run_dir else None
+    for parent in path.resolve().parents:
+        if any((parent / f).exists() for f in ("state.pt", MANIFEST)) or parent == checkpoints:
+            raise UserError(f"--to {path} is inside {parent}, which holds the run's checkpoints (an export there "
+                            "would replace or sit among them); choose a file outside it, e.g. the default (drop --to)")
+    if path.is_dir():
+        raise UserError(f"--to {path} is a directory; name a file in it, e.g. --to {path / 'model.safetensors'}")
+    if path.exists() and not replace:
+        raise UserError(f"{path} exists; add --overwrite to replace it, or choose another file with --to FILE")
+    if not made and not path.parent.is_dir():
+        raise UserError(f"--to {path}: the directory {path.parent} does not exist; create it or choose another "
+                        "file with --to FILE")
+
+
 def write_export(path: Path, weights: dict, meta: dict) -> None:
-    """Atomically (temp file, then rename) write weights + meta as .safetensors or .pt by path's suffix."""
+    """Atomically (temp file, then rename) write weights + meta as .safetensors or .pt by path's suffix.
+    The file gets the mode the umask gives any new file (open(2) with 0o666), whatever the format."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # Own, contiguous storage per tensor: safetensors refuses shared or strided views.
     plain = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-            save_file(plain, str(tmp), metadata={"dtrain": json.dumps(meta)})
-        else:
-            torch.save({"state_dict": plain, "meta": meta}, tmp)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save
+                f.write(save(plain, metadata={"dtrain": json.dumps(meta)}))
+            else:
+                torch.save({"state_dict": plain, "meta": meta}, f)
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(path)
-    except OSError as e:
-        raise UserError(f"could not write {path} ({e}); choose another file with --to FILE") from None
+    except Exception as e:
+        reason = write_failure(e, path.parent)
+        if reason is None:
+            raise
+        raise UserError(f"could not write {path}: {reason}; nothing was replaced. Free space or fix permissions "
+                        "there, or choose another file with --to FILE") from None
     finally:
         if tmp.exists():  # a failed write's leftover (false, not an error, when the directory is unusable)
             tmp.unlink()

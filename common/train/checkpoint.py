@@ -199,7 +199,9 @@ class Checkpointer:
 
     def _write(self, final: Path, payload: dict, step: int, is_best: bool, metric, staging: Path | None) -> None:
         """Rank 0: the checkpoint directory, best.json and pruning."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # Not parents=True: a run directory removed under a running run (its lock and logs gone) is a
+        # write failure, not something to recreate around the checkpoints alone.
+        self.dir.mkdir(exist_ok=True)
         self._latest = []
         write_checkpoint(final, payload, {"step": step, "format_version": payload.get("format_version"),
                                           "run_id": self.run_id}, shards=staging)

@@ -110,8 +110,11 @@ class Logger:
     def _write(self, split: str, step: int, epoch: int, values: dict, metrics: dict) -> None:
         if not self.enabled:
             return
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps({"step": step, "epoch": epoch, "split": split, **metrics}) + "\n")
+        try:
+            with open(self.jsonl, "a") as f:
+                f.write(json.dumps({"step": step, "epoch": epoch, "split": split, **metrics}) + "\n")
+        except OSError as e:  # a failed write() or close() names no file: name it
+            raise OSError(e.errno, e.strerror, str(self.jsonl)) from None
         for t in self.trackers:
             t.log(split, step, metrics)
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())

@@ -20,6 +20,7 @@ MANIFEST.json and carried on by a resumed run, so pruning deletes only this run'
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import fcntl
 import json
@@ -41,6 +42,14 @@ PREVIOUS = "previous-"  # overwrite=true moves another run's files to out_dir/pr
 
 class RunDirError(UserError):
     """The run directory is taken, not writable, or holds another run; the message says what to do."""
+
+
+class LockHeld(RunDirError):
+    """Another live process holds out_dir's lock; `holder` describes it."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
 
 
 def prepare(cfg, rt) -> tuple[Path, Checkpointer]:
@@ -152,7 +161,7 @@ def lock(out: Path) -> str | None:
             previous = _read(fd)
             os.close(fd)
             if e.errno in (errno.EACCES, errno.EAGAIN):
-                raise RunDirError(_held_message(path, previous)) from None
+                raise LockHeld(_held_message(path, previous), describe(previous)) from None
             if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 print(f"warning: the file system of {out} does not support locks ({e}): this run does not lock "
                       "it; make sure no other run uses this out_dir", file=sys.stderr, flush=True)
@@ -168,12 +177,31 @@ def lock(out: Path) -> str | None:
             break
         os.close(fd)
     previous = _read(fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, holder_text().encode() + b"\n", 0)
-    os.fsync(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder_text().encode() + b"\n", 0)
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)  # a full disk: the lock goes with the descriptor, not held by a process that fails
+        raise
     _held[path] = fd
     atexit.register(unlock, path)
     return describe(previous) if previous.strip() else None
+
+
+@contextlib.contextmanager
+def held(out: Path):
+    """out_dir's lock for the length of a block: a short write into a run directory by a process that
+    is not its run (--evaluate's row). Raises LockHeld while a run holds it, OSError where it cannot
+    be created (a read-only file system)."""
+    path = out / LOCK
+    mine = path not in _held
+    lock(out)
+    try:
+        yield
+    finally:
+        if mine:
+            unlock(path)
 
 
 def _read(fd: int) -> str:

@@ -140,3 +140,25 @@ def test_weights_ema_without_an_ema_copy_says_use_raw(trained):
     from common.lifecycle.source import checkpoint_weights
     with pytest.raises(UserError, match="has no EMA copy .* use --weights raw"):
         checkpoint_weights(trained / "checkpoints" / f"step_{STEPS:08d}", {"ema": {}}, "ema")
+
+
+def test_export_refuses_a_destination_inside_a_checkpoint_and_leaves_it_intact(trained, capsys):
+    from common.train.checkpoint import verify
+    ckpt = trained / "checkpoints" / f"step_{STEPS:08d}"
+    before = (ckpt / "state.pt").read_bytes()
+    for to in (ckpt / "state.pt", ckpt / "w.safetensors", trained / "checkpoints" / "w.pt"):
+        err = _fails(capsys, "mnist_mlp", "--export", str(trained), "--to", str(to), "--overwrite")
+        assert f"--to {to} is inside {to.parent}, which holds the run's checkpoints" in err
+        assert "choose a file outside it" in err and not to.with_name("w.pt").exists()
+    assert (ckpt / "state.pt").read_bytes() == before and verify(ckpt) is None
+
+
+def test_export_replaces_an_existing_file_only_with_overwrite(trained, tmp_path, capsys):
+    to = tmp_path / "w.pt"
+    to.write_text("an earlier export")
+    err = _fails(capsys, "mnist_mlp", "--export", str(trained), "--to", str(to))
+    assert f"{to} exists; add --overwrite to replace it, or choose another file with --to FILE" in err
+    assert to.read_text() == "an earlier export"
+    mod = load_recipe("mnist_mlp")
+    run(mod.task, mod.task.script, ["--export", str(trained), "--to", str(to), "--overwrite", "device=cpu"])
+    assert read_export(to)[1]["step"] == STEPS

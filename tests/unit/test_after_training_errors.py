@@ -1,5 +1,7 @@
 """The after-training flags and files: each misuse is a clear error naming the flag or key and the fix
 (parse_cli and the readers, in-process; the commands themselves run in tests/recipes/test_after_training.py)."""
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,9 @@ SCRIPT = str(ROOT / "recipes" / "mnist_mlp.py")
     (["--evaluate"], "--evaluate needs one value: --evaluate RUN_DIR_OR_CHECKPOINT"),
     (["--export", "r", "--to"], "--to needs one value: --to FILE (.safetensors or .pt)"),
     (["--evaluate", "r", "--dry-run"], "--dry-run is for training; --evaluate reads the checkpoint's config"),
-    (["--evaluate", "r", "--to", "w.pt"], "--to names the file --export writes"),
+    (["--evaluate", "r", "--to", "w.pt"], "--to is about the file --export writes"),
+    (["--evaluate", "r", "--overwrite"], "--overwrite is about the file --export writes"),
+    (["--overwrite"], "--overwrite goes with --export: e.g. --export runs/<name> --overwrite"),
     (["--to", "w.pt"], "--to goes with --export: e.g. --export runs/<name> --to FILE"),
 ])
 def test_flag_misuse_says_how_to_write_it(argv, message):
@@ -31,7 +35,8 @@ def test_flag_misuse_says_how_to_write_it(argv, message):
 
 def test_flags_parse_with_equals_and_record_the_users_keys():
     cli = parse_cli(MLP.Config, SCRIPT, ["--export=runs/x", "--to=w.pt", "--weights=raw", "device=cpu"])
-    assert (cli.action, cli.source, cli.to, cli.weights) == ("export", Path("runs/x"), Path("w.pt"), "raw")
+    assert (cli.action, cli.source, cli.to, cli.weights, cli.replace) == ("export", Path("runs/x"), Path("w.pt"), "raw", False)
+    assert parse_cli(MLP.Config, SCRIPT, ["--export", "runs/x", "--overwrite"]).replace
     assert cli.user_keys == {"device"}
     assert parse_cli(MLP.Config, SCRIPT, []).action == "train"
 
@@ -71,3 +76,14 @@ def test_a_corrupt_pretrained_file_is_named(tmp_path, monkeypatch):
     mod = load_recipe("imagenet")
     with pytest.raises(UserError, match=f"{path} could not be loaded safely .* delete it and fetch it again from {url}"):
         mod.build_model(mod.ModelConfig(name="resnet18", pretrained=True), (3, 32, 32), 3)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_exports_get_the_mode_the_umask_gives_in_both_formats(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        for suffix in (".safetensors", ".pt"):
+            write_export(tmp_path / f"w{suffix}", {"w": torch.zeros(2)}, {"step": 1})
+            assert stat.S_IMODE((tmp_path / f"w{suffix}").stat().st_mode) == 0o666 & ~umask, suffix
+    finally:
+        os.umask(old)
