@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.config import ConfigError
+from common.config import ConfigError, seed_bits
 
 @dataclass(frozen=True)
 class TrainPlan:
@@ -69,7 +69,7 @@ def check_batch(global_batch: int, world: int, accum: int) -> None:
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation for an epoch: a function of (seed, epoch) only, identical on every rank."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(seed_bits(seed * 1_000_003 + epoch))
     return torch.randperm(n, generator=g)
 
 
@@ -80,7 +80,7 @@ def augment_generator(seed: int, epoch: int) -> torch.Generator:
     (in-memory, image folders) draws from it by epoch position, so a sample's augmentation does
     not depend on world size, worker count, or where the run resumed.
     """
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777_777)
+    return torch.Generator().manual_seed(seed_bits(seed * 1_000_003 + epoch + 7_777_777))
 
 
 def eval_shard(n: int, world: int, rank: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.distributed
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.config import BaseConfig, CkptConfig, OptimConfig, ranged
+from common.config import BaseConfig, CkptConfig, OptimConfig, ranged, seed_bits
 from common.data.images import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
 from common.entry import exit_after, run
@@ -181,7 +181,7 @@ def batch_noise(rt, n: int, shape: tuple[int, ...], kind: str) -> torch.Tensor:
 def noise_bank(n: int, shape: tuple[int, ...], kind: str, seed: int, device) -> torch.Tensor:
     """n fixed noise vectors from a private generator: the same samples at every evaluation, on
     every rank and world size, and the training RNG stream is untouched (exact resume)."""
-    return noise((n, *shape), kind, device, torch.Generator().manual_seed(seed + 20_240_601))
+    return noise((n, *shape), kind, device, torch.Generator().manual_seed(seed_bits(seed + 20_240_601)))
 
 
 @torch.no_grad()

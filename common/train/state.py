@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel
 
 from common import dist
-from common.config import UserError
+from common.config import UserError, seed_bits
 from common.engines.base import full_tensor, unwrap
 from common.lifecycle.init import init_from
 from common.train.optim import build_optimizer, build_scheduler
@@ -163,7 +163,7 @@ class TrainState:
             warnings.append(f"checkpoint was written with {len(sd['rng'])} processes, this run has "
                             f"{dist.world_size()}: data order and position continue exactly, but per-rank "
                             "random streams (dropout) restart from the seed")
-            torch.manual_seed(sd["config"]["seed"] + 1_000 * sd["step"] + dist.rank())
+            torch.manual_seed(seed_bits(sd["config"]["seed"] + 1_000 * sd["step"] + dist.rank()))
         return warnings
 
 

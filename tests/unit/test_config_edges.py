@@ -2,6 +2,8 @@
 --config, numbers past what they are stored in (a 64-bit seed, a float32 hyperparameter)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -29,3 +31,36 @@ def test_a_directory_as_config_file_says_it_is_a_directory(tmp_path):
         parse_cli(BaseConfig, str(tmp_path / "x.py"), ["--config", str(tmp_path)])
     assert "not found" not in str(e.value)
     parse_cli(BaseConfig, str(tmp_path / "x.py"), ["--config", str(tmp_path / "debug.yaml")])  # the advice works
+
+
+def test_seed_range_is_what_torch_seeds_hold():
+    top = 2**64 - 1
+    assert parse_cli(BaseConfig, "x.py", [f"seed={top}"]).cfg.seed == top
+    torch.manual_seed(top)  # the edge itself is a seed torch takes
+    with pytest.raises(ConfigError, match=rf"'seed' .* must be in \[0, {top}\], got {top + 1}"):
+        parse_cli(BaseConfig, "x.py", [f"seed={top + 1}"])
+
+
+@pytest.mark.parametrize("key", ["optim.weight_decay", "optim.step_gamma", "train.clip_grad_norm"])
+def test_a_float_setting_must_fit_float32(key):
+    top = float(torch.finfo(torch.float32).max)
+    assert parse_cli(BaseConfig, "x.py", [f"{key}={top!r}"]).cfg is not None
+    for beyond in ("3.5e38", "1e308"):
+        with pytest.raises(ConfigError, match=rf"'{key}' .*at most 3\.402823e\+38 in size \(torch computes it in "
+                                              rf"float32\), got {re.escape(repr(float(beyond)))}"):
+            parse_cli(BaseConfig, "x.py", [f"{key}={beyond}"])
+
+
+def test_the_largest_accepted_lr_steps_without_overflow():
+    """optim.lr at its edge is a learning rate torch's optimizers take, Adam with the largest beta1 too
+    (1e308 raised at the first step)."""
+    top = parse_cli(BaseConfig, "x.py", ["optim.lr=3.77789e22"]).cfg.optim.lr
+    with pytest.raises(ConfigError, match=r"'optim\.lr' .* must be in \(0, 3\.77789e\+22\] and finite, got 3\.8e\+22"):
+        parse_cli(BaseConfig, "x.py", ["optim.lr=3.8e22"])
+    beta1 = 1 - 2**-53
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.full((3,), 1e-30)
+    for opt in (torch.optim.SGD([p], lr=top, momentum=0.9), torch.optim.AdamW([p], lr=top, betas=(beta1, 0.999))):
+        opt.step()
+    with pytest.raises(RuntimeError, match="overflow"):
+        torch.optim.SGD([p], lr=1e308, momentum=0.9).step()
