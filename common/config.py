@@ -28,6 +28,10 @@ class UserError(Exception):
     """A problem the user can fix; the message names it and the fix. Shown without a traceback."""
 
 
+# How to start over where a run's checkpoints exist (resume=none alone is refused there: common/train/rundir.py).
+START_OVER = "start over in a new out_dir, or here with resume=none overwrite=true (which moves this run's files aside)"
+
+
 class ConfigError(UserError, ValueError):
     """A config problem the user can fix; the message says how."""
 
