@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from common.config import BaseConfig, CkptConfig, OptimConfig, ranged, seed_bits
 from common.data.images import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
+from common.models.size import within_memory
 from common.entry import exit_after, run
 from common.tasks.fid import frechet_distance, load_judge
 from common.train.log import Grid
@@ -64,7 +65,7 @@ class GanTask:
 
     def __init__(self, Config: type, build_models, train_step, script: str, evaluate=None, build_data=None):
         evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
-        self.Config, self.build_models, self.train_step = Config, build_models, train_step
+        self.Config, self.build_models, self.train_step = Config, within_memory(build_models), train_step
         self._evaluate, self._build_data, self.script = evaluate, build_data, script
         self.judge = None
 

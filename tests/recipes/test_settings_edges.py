@@ -63,3 +63,14 @@ def test_a_custom_dataset_label_outside_the_classes_names_the_sample(tmp_path, w
     (line,) = [line for line in p.stderr.splitlines() if line.strip()]
     assert line == ("error: Labels (train) sample 37 has label 2, outside [0, 2) for 2 classes: fix the dataset's "
                     "labels, or its `classes` (or dataset_data(..., num_classes=N))")
+
+
+def test_a_model_too_large_for_memory_names_its_size(tmp_path):
+    """Larger than any address space, so that no overcommit setting lets the allocation through."""
+    out = tmp_path / "run"
+    p = run_recipe("mnist_mlp", f"out_dir={out}", "model.hidden=[1000000000000]", check=False)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.stderr.strip() == ("error: the model's weights need 2.8 PiB (795,000,000,000,010 parameters), more memory than "
+                                "this machine could allocate for them (before any gradient or optimizer state): make "
+                                "the model smaller (model.*)")
+    assert not (out / "checkpoints").exists()
