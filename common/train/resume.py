@@ -46,6 +46,17 @@ def changes(saved: dict, now: dict) -> list[tuple[str, object, object]]:
             and not any(fnmatch.fnmatchcase(k, p) for p in NOT_SETTINGS)]
 
 
+def with_settings(sd: dict, now: dict, settings: dict) -> tuple[dict, dict]:
+    """The checkpoint's config and this run's, each with the engine's settings (rt.settings) where both
+    have them; a setting one side leaves out is "unset" there, so adding or removing one is a change too."""
+    saved = (sd.get("engine") or {}).get("settings")
+    if not saved or not settings:
+        return sd.get("config", {}), now
+    keys = saved.keys() | settings.keys()
+    return ({**flatten(sd.get("config", {})), **{k: saved.get(k, "unset") for k in keys}},
+            {**flatten(now), **{k: settings.get(k, "unset") for k in keys}})
+
+
 def conflicts(changed, sd: dict, rt) -> list[str]:
     """Lines `key: old -> new (what it decides)` for each change this checkpoint cannot continue with."""
     fixed = {**FIXED, **rt.resume_fixed}
@@ -78,7 +89,7 @@ def resume(cfg, state, rt, ckpt: Checkpointer, recipe: str) -> Path | None:
     if path is None:
         return None
     sd = load_file(path)
-    changed = changes(sd.get("config", {}), to_dict(cfg))
+    changed = changes(*with_settings(sd, to_dict(cfg), rt.settings))
     bad = conflicts(changed, sd, rt)
     if bad:
         raise UserError(f"cannot resume from {path}: this run changes settings the checkpoint fixes:\n"
