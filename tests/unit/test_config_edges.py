@@ -1,4 +1,4 @@
-"""Settings that used to slip through the config checks: duplicate YAML keys, a directory given as
+"""Settings the config checks must catch: duplicate YAML keys, a directory given as
 --config, numbers past what they are stored in (a 64-bit seed, a float32 hyperparameter)."""
 from __future__ import annotations
 
