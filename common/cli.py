@@ -35,6 +35,32 @@ class Cli:
 BASE_KEY = "base"  # in a YAML: the file it extends, relative to the YAML's own directory
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently,
+    dropping e.g. a whole first `train:` block)."""
+    path: Path
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"config file {self.path} gives key '{key}' twice (lines {seen[key]} and {line}); "
+                                  "YAML would silently keep only the second: merge them into one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _safe_load_unique(text: str, path: Path) -> Any:
+    loader = _UniqueKeys(text)
+    loader.path = path
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _parse_value(text: str) -> Any:
     # YAML scalars: 0.05 -> float, true -> bool, [1,2] -> list, anything else stays a string.
     try:
@@ -57,6 +83,10 @@ def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> list[tuple[Path, dic
     `base: FILE` names the YAML this one extends (a path relative to this file's directory),
     so a variant (a cluster or debug config) holds only its differences."""
     path = Path(path)
+    if path.is_dir():
+        yamls = sorted(p.name for p in path.glob("*.yaml"))
+        raise ConfigError(f"config file {path} is a directory: name a YAML file"
+                          + (f" in it, e.g. {path / yamls[0]}" if yamls else ""))
     if not path.is_file():
         named_by = f" (named by 'base:' in {_show(_chain[-1])}; base paths are relative to that file's directory)" \
             if _chain else ""
@@ -66,7 +96,7 @@ def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> list[tuple[Path, dic
         loop = " -> ".join(_show(p) for p in (*_chain[_chain.index(resolved):], resolved))
         raise ConfigError(f"config files extend each other in a cycle: {loop}; remove the 'base:' key from one of them")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _safe_load_unique(path.read_text(), path) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -28,11 +28,30 @@ class UserError(Exception):
     """A problem the user can fix; the message names it and the fix. Shown without a traceback."""
 
 
+# How to start over where a run's checkpoints exist (resume=none alone is refused there: common/train/rundir.py).
+START_OVER = "start over in a new out_dir, or here with resume=none overwrite=true (which moves this run's files aside)"
+
+
 class ConfigError(UserError, ValueError):
     """A config problem the user can fix; the message says how."""
 
 
 # ----------------------------------------------------------------------------- ranges
+
+FLOAT32_MAX = 3.4028234663852886e38  # torch computes in float32: a larger hyperparameter overflows at the first step
+# Adam divides lr by 1 - beta1 (at least 2**-53 for a float below 1): the quotient must fit float32 too.
+LR_MAX = FLOAT32_MAX * 2**-53
+SEED_MAX = 2**64 - 1  # torch.manual_seed and torch.Generator take 64 bits
+
+
+def seed_bits(value: int) -> int:
+    """A seed derived from `seed` (seed * k + epoch, ...) folded into torch's 64 bits: unchanged below 2**64."""
+    return value % (SEED_MAX + 1)
+
+
+def _num(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
 
 @dataclass(frozen=True)
 class Range:
@@ -47,8 +66,8 @@ class Range:
     length: int | None = None  # a list holds exactly this many items
 
     def describe(self) -> str:
-        lo = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
-        hi = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        lo = f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else None
+        hi = f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else None
         if lo and hi:
             return f"in {lo}, {hi}"
         if lo:
@@ -58,7 +77,8 @@ class Range:
         return "finite"
 
     def ok(self, v: float) -> bool:
-        return (math.isfinite(v) and (self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+        return (math.isfinite(v) and (isinstance(v, int) or abs(v) <= FLOAT32_MAX)
+                and (self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
                 and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
 
     def bounded(self) -> bool:
@@ -69,7 +89,7 @@ def ranged(default: Any = MISSING, *, factory: Any = MISSING, ge=None, gt=None, 
            length: int | None = None):
     """A dataclass field whose value (each item, for a list) must lie in a range; `length`: a list's size.
 
-        lr: float = ranged(0.1, gt=0)  # peak learning rate
+        lr: float = ranged(0.1, gt=0, le=LR_MAX)  # peak learning rate
         betas: list[float] = ranged(factory=lambda: [0.9, 0.999], length=2, ge=0, lt=1)  # Adam betas
     """
     return field(default=default, default_factory=factory,
@@ -115,7 +135,7 @@ class TrainConfig:
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "adamw", "adam"] = "sgd"  # optimizer
-    lr: float = ranged(0.1, gt=0)  # peak learning rate
+    lr: float = ranged(0.1, gt=0, le=LR_MAX)  # peak learning rate
     momentum: float = ranged(0.9, ge=0, lt=1)  # SGD momentum
     nesterov: bool = False  # SGD Nesterov momentum
     betas: list[float] = ranged(factory=lambda: [0.9, 0.999], length=2, ge=0, lt=1)  # Adam betas
@@ -151,7 +171,7 @@ class LogConfig:
 
 @dataclass
 class BaseConfig:
-    seed: int = ranged(0, ge=0)  # seeds weights, data order and augmentation
+    seed: int = ranged(0, ge=0, le=SEED_MAX)  # seeds weights, data order and augmentation
     out_dir: str = "runs/{recipe}"  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/; {recipe} = the script's name
     resume: str = "auto"  # auto (newest valid checkpoint in out_dir) | none | path to a checkpoint
     overwrite: bool = False  # starting from scratch in an out_dir holding another run's checkpoints: true = move that run's files to out_dir/previous-<time>/ first; false = refuse
@@ -317,6 +337,8 @@ def check_range(key: str, value: Any, rng: Range | None, default: Any, source: s
             continue
         if not rng.ok(v):
             finite = " and finite" if isinstance(v, float) and rng.bounded() else ""
+            if isinstance(v, float) and math.isfinite(v) and abs(v) > FLOAT32_MAX:
+                finite += f", at most {FLOAT32_MAX:.7g} in size (torch computes it in float32)"
             raise ConfigError(f"config key '{name}' (from {source}) must be {rng.describe()}{finite}, got {v!r}{fix}")
 
 

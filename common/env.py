@@ -11,7 +11,7 @@ import sys
 import torch
 
 from common import dist
-from common.config import UserError
+from common.config import UserError, seed_bits
 
 
 class Env:
@@ -46,7 +46,7 @@ class Env:
 
     def seed(self, seed: int) -> None:
         """Same seed on every rank: identical initial weights (DDP also broadcasts them)."""
-        torch.manual_seed(seed)
+        torch.manual_seed(seed_bits(seed))
 
     def log(self, msg: str) -> None:
         if self.is_main:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.config import ranged
+from common.config import ranged, seed_bits
 from common.models.maxout import Maxout
 from common.tasks import gan
 from common.train.log import Grid
@@ -113,7 +113,7 @@ def evaluate(state, rt, loader, judge) -> dict:
     # G's dropout is part of its noise (as in pix2pix): D only ever saw samples drawn with it, so
     # they are drawn with it here too, from a fixed seed that leaves the training RNG untouched.
     with gan.evaluating(G), torch.random.fork_rng(devices=[rt.device.index or 0] if rt.device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed + 1 + rt.rank)
+        torch.manual_seed(seed_bits(cfg.seed + 1 + rt.rank))
         G.joint.train()
         grid = Grid(G(grid_z, grid_y), nrow=cols)
         # Sample i asks for class i % classes: balanced, and the same requests every evaluation.

@@ -19,28 +19,46 @@ from common.data.folder import FolderEvalLoader, FolderTrainLoader, Seeded
 from common.data.memory import Loaders
 
 
-class Indexed(Dataset):
-    """The loaders' item (index, seed) -> the user dataset's (image, label) at that index, seeded."""
+class LabelError(DataError):
+    """A label outside [0, num_classes). Raised in a loader worker, DataLoader raises it again in the training
+    process as LabelError(the worker's traceback as text): that keeps only the message, its last line."""
 
-    def __init__(self, ds: Dataset, train: bool):
+    def __init__(self, msg: str):
+        last = msg.strip().splitlines()[-1]
+        super().__init__(last.partition(f"{LabelError.__name__}: ")[2] or last)
+
+
+class Indexed(Dataset):
+    """The loaders' item (index, seed) -> the user dataset's (image, label) at that index, seeded. The label
+    is checked here, in the loader (a worker process, or the CPU before the batch is copied): a label the
+    classifier head has no row for would fail on the device mid-step."""
+
+    def __init__(self, ds: Dataset, train: bool, split: str):
         self.ds, self.transform = ds, Seeded(ds.__getitem__, train)  # a bound method pickles to spawned workers
+        self.split, self.classes = split, None  # set once the class count is known
 
     def __len__(self) -> int:
         return len(self.ds)
 
     def __getitem__(self, item):
         x, y = self.transform(*item)
-        return x, int(y)
+        y = int(y)
+        if self.classes is not None and not 0 <= y < self.classes:
+            raise LabelError(f"{type(self.ds).__name__} ({self.split}) sample {item[0]} has label {y}, outside "
+                             f"[0, {self.classes}) for {self.classes} classes: fix the dataset's labels, or its "
+                             "`classes` (or dataset_data(..., num_classes=N))")
+        return x, y
 
 
 def dataset_data(make_dataset, num_classes: int | None = None, workers: int = 2):
     """build_data for Classifier from make_dataset(cfg, split). num_classes: else the train set's
     `classes` (as torchvision datasets have). workers: loader processes per rank (0 = in the training process)."""
     def build_data(cfg, rt) -> Loaders:
-        train, val = Indexed(make_dataset(cfg, "train"), True), Indexed(make_dataset(cfg, "val"), False)
+        train, val = Indexed(make_dataset(cfg, "train"), True, "train"), Indexed(make_dataset(cfg, "val"), False, "val")
         classes = num_classes or len(getattr(train.ds, "classes", []))
         if not classes:
             raise DataError(f"{type(train.ds).__name__} has no `classes`: pass dataset_data(..., num_classes=N)")
+        train.classes = val.classes = classes
         loader = FolderTrainLoader(train, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
                                    seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers)
         evaluate = FolderEvalLoader(val, rt, batch_size=cfg.train.eval_batch_size, workers=workers)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.config import ConfigError
+from common.config import ConfigError, seed_bits
 from common.data.datasets import channel_stats, load_split, read_folder
 from common.data.files import SAVED_CLASSES
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
@@ -119,7 +119,7 @@ class TensorTrainLoader:
             if self.mix is not None:
                 # Seeded per (seed, epoch, step, rank): the same mix after a resume, global RNG untouched.
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + step) * 4096 + self.rank)
+                    torch.manual_seed(seed_bits(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + step) * 4096 + self.rank))
                     x, y = self.mix(x, y)
             yield list(zip(x.tensor_split(self.accum), y.tensor_split(self.accum)))
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common.config import ConfigError
+from common.config import ConfigError, seed_bits
 
 @dataclass(frozen=True)
 class TrainPlan:
@@ -62,14 +62,21 @@ class TrainPlan:
 def check_batch(global_batch: int, world: int, accum: int) -> None:
     if global_batch % (world * accum):
         lo = global_batch // (world * accum) * world * accum
-        hint = f"train.batch_size={lo or world * accum} or {lo + world * accum}"
+        sizes = " or ".join(map(str, sorted({lo or world * accum, lo + world * accum})))
+        # A resumed run keeps its global batch: name the process counts it divides into, not only the
+        # batch sizes a run without a checkpoint could use.
+        counts = [p for p in range(1, global_batch // accum + 1) if global_batch % (p * accum) == 0]
+        near = [max((p for p in counts if p < world), default=None), min((p for p in counts if p > world), default=None)]
+        near = " or ".join(str(p) for p in near if p is not None)
+        keep = (f"run on {near} processes" if near else "change train.grad_accum") + " (a resumed run keeps its global batch)"
         raise ConfigError(f"train.batch_size={global_batch} is the global batch and must be divisible by "
-                          f"world_size x train.grad_accum = {world} x {accum} = {world * accum}; use {hint}")
+                          f"world_size x train.grad_accum = {world} x {accum} = {world * accum}; {keep}, or, "
+                          f"for a new run, use train.batch_size={sizes}")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The permutation for an epoch: a function of (seed, epoch) only, identical on every rank."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(seed_bits(seed * 1_000_003 + epoch))
     return torch.randperm(n, generator=g)
 
 
@@ -80,7 +87,7 @@ def augment_generator(seed: int, epoch: int) -> torch.Generator:
     (in-memory, image folders) draws from it by epoch position, so a sample's augmentation does
     not depend on world size, worker count, or where the run resumed.
     """
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777_777)
+    return torch.Generator().manual_seed(seed_bits(seed * 1_000_003 + epoch + 7_777_777))
 
 
 def eval_shard(n: int, world: int, rank: int) -> torch.Tensor:

@@ -91,6 +91,10 @@ class Engine:
     # Config keys (patterns) a checkpoint of this engine fixes, beyond common/train/resume.py's FIXED:
     # key -> what it decides. A resume that changes one stops before anything is written.
     resume_fixed: dict[str, str] = {}
+    # Settings the engine reads from outside the recipe config (a DeepSpeed JSON): {key: value}, saved in
+    # state.pt by state_dict and compared on resume like config keys (resume_fixed may name them).
+    settings: dict = {}
+    settings_key: str | None = None  # the config key naming where they come from (deepspeed_config)
 
     # -- the environment, as recipes read it ------------------------------------------------
     device = property(lambda self: self.env.device)
@@ -194,7 +198,7 @@ class Engine:
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The engine's own state (tensors and plain values), saved in state.pt."""
-        return {"scaler": self.scaler.state_dict()}
+        return {"scaler": self.scaler.state_dict(), **({"settings": self.settings} if self.settings else {})}
 
     def load_state_dict(self, sd: dict) -> None:
         # A checkpoint from an fp32/bf16 run has an empty scaler state: an fp16 resume starts a fresh scale.

@@ -45,6 +45,10 @@ from common.engines.base import Engine, unwrap
 from common.train.checkpoint import load_file, refuse_code
 
 REPO = Path(__file__).resolve().parents[2]
+# The JSON keys filled from the recipe config (where each comes from).
+FROM_RECIPE = {"train_batch_size": "train.batch_size", "train_micro_batch_size_per_gpu": "train.batch_size / (world x grad_accum)",
+               "gradient_accumulation_steps": "train.grad_accum", "gradient_clipping": "train.clip_grad_norm"}
+SETTING = "deepspeed_config:"  # prefix of a setting read from the JSON, as resume messages show it
 TAG = "state"  # DeepSpeed's tag (sub-folder) inside checkpoints/step_N/deepspeed/<name>/
 # The classes (by name) DeepSpeed 0.19 pickles into its checkpoint files besides tensors and plain values,
 # found by inspecting real ZeRO-2 checkpoints (torch.serialization.get_unsafe_globals_in_checkpoint).
@@ -81,14 +85,12 @@ def resolve_config(path: Path, cfg, world_size: int) -> dict:
     t = cfg.train
     wanted = {"train_batch_size": t.batch_size, "train_micro_batch_size_per_gpu": t.batch_size // (world_size * t.grad_accum),
               "gradient_accumulation_steps": t.grad_accum, "gradient_clipping": t.clip_grad_norm}
-    sources = {"train_batch_size": "train.batch_size", "train_micro_batch_size_per_gpu": "train.batch_size / (world x grad_accum)",
-               "gradient_accumulation_steps": "train.grad_accum", "gradient_clipping": "train.clip_grad_norm"}
     for key, value in wanted.items():
         if ds.get(key, "auto") == "auto":
             ds[key] = value
         elif ds[key] != value:
             raise UserError(f"deepspeed_config {path} sets {key}={ds[key]} but the recipe config gives {value} "
-                            f"({sources[key]}): write \"auto\" in the JSON, or change the recipe config")
+                            f"({FROM_RECIPE[key]}): write \"auto\" in the JSON, or change the recipe config")
     for dtype in ("bf16", "fp16"):
         section = ds.setdefault(dtype, {})
         enabled = section.get("enabled", "auto")
@@ -109,6 +111,19 @@ def resolve_config(path: Path, cfg, world_size: int) -> dict:
         raise UserError("train.compile=true is not wired for engine=deepspeed (DeepSpeed has its own "
                         "compile: engine.compile()); use train.compile=false")
     return ds
+
+
+def json_settings(ds: dict) -> dict:
+    """The resolved JSON as flat settings ("deepspeed_config:zero_optimization.stage": 2), less the keys
+    filled from train.* (compared as those keys). The stage is recorded even when the JSON leaves it out."""
+    flat = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            walk(v, f"{prefix}{k}.") if isinstance(v, dict) else flat.__setitem__(f"{prefix}{k}", v)
+    walk({k: v for k, v in ds.items() if k not in FROM_RECIPE}, SETTING)
+    flat.setdefault(f"{SETTING}zero_optimization.stage", 0)
+    return flat
 
 
 def _cast_inputs(dtype):
@@ -186,8 +201,14 @@ def _safe_types() -> list[type]:
 
 class DeepSpeedEngine(Engine):
     name = "deepspeed"
+    settings_key = "deepspeed_config"
+    # The JSON's content is compared, not its path (the same file may be edited): the stage and precision
+    # decide the layout of the saved partitions; the rest (buckets, overlap, loss-scale window) takes effect.
     resume_fixed = {"precision": "DeepSpeed's saved optimizer and loss-scaler state is for one precision",
-                    "deepspeed_config": "the ZeRO stage and precision DeepSpeed saved its partitions with"}
+                    f"{SETTING}zero_optimization.stage": "the ZeRO stage the partitions were saved with",
+                    f"{SETTING}zero_optimization.sub_group_size": "how ZeRO-3 groups the saved partitions",
+                    f"{SETTING}bf16.enabled": "the precision the partitions were saved with",
+                    f"{SETTING}fp16.enabled": "the precision the partitions were saved with"}
 
     def __init__(self, cfg, env):
         # DeepSpeed picks its accelerator at import time; device=cpu must win on a GPU machine too.
@@ -196,6 +217,7 @@ class DeepSpeedEngine(Engine):
         super().__init__(cfg, env)
         self.config_path = find_config(cfg.deepspeed_config)
         self.ds_config = resolve_config(self.config_path, cfg, self.world_size)
+        self.settings = json_settings(self.ds_config)
         if not torch.distributed.is_initialized():
             # DeepSpeed always talks through a process group, even a group of one (plain `python`).
             env.info.backend = "nccl" if self.device.type == "cuda" else "gloo"

@@ -44,7 +44,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
 from common import dist
-from common.config import UserError
+from common.config import START_OVER, UserError
 from common.engines.base import Engine
 from common.models.blocks import find_blocks
 
@@ -184,7 +184,7 @@ class FSDPEngine(Engine):
         where = ckpt_dir / SUBDIR
         if not (where / ".metadata").is_file():
             raise UserError(f"{ckpt_dir} has no {SUBDIR}/ directory: it was not written by engine=fsdp; resume it "
-                            "with the engine that wrote it (its config.yaml says which), or resume=none")
+                            f"with the engine that wrote it (its config.yaml says which), or {START_OVER}")
         sd = self._sharded_state()
         dcp.load(sd, checkpoint_id=str(where))
         for k, m in self.models.items():

@@ -85,7 +85,7 @@ def init_from(cfg, rt, models: dict[str, nn.Module]) -> None:
     resuming = resume_pending(cfg, rt)
     if resuming:
         rt.log(f"init_from={cfg.init_from} ignored: this run resumes from {resuming}, which holds its weights, "
-               "optimizer and position (a new out_dir, or resume=none, starts from init_from instead)")
+               "optimizer and position (a new out_dir, or resume=none overwrite=true, starts from init_from instead)")
         return
     weights, source = read_init(cfg.init_from)
     if not set(weights) & set(models):

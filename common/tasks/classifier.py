@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from common.config import BaseConfig, DataConfig, TrainConfig, ranged
 from common.data.memory import classification_data
+from common.models.size import within_memory
 from common.entry import exit_after, run
 from common.tasks.metrics import accuracy, evaluate_classifier
 from common.train.loop import total_steps
@@ -57,6 +58,7 @@ class Classifier:
         """classes: the class names a trained model knows (its checkpoint's), for an image folder's labels."""
         return self._build_data(cfg, rt) if classes is None else self._build_data(cfg, rt, classes=classes)
 
+    @within_memory
     def build_models(self, cfg, loaders) -> dict:
         return {"net": self.build_model(cfg.model, loaders.shape, loaders.num_classes)}
 

@@ -26,9 +26,10 @@ import torch.distributed
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.config import BaseConfig, CkptConfig, OptimConfig, ranged
+from common.config import BaseConfig, CkptConfig, OptimConfig, ranged, seed_bits
 from common.data.images import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
+from common.models.size import within_memory
 from common.entry import exit_after, run
 from common.tasks.fid import frechet_distance, load_judge
 from common.train.log import Grid
@@ -64,7 +65,7 @@ class GanTask:
 
     def __init__(self, Config: type, build_models, train_step, script: str, evaluate=None, build_data=None):
         evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
-        self.Config, self.build_models, self.train_step = Config, build_models, train_step
+        self.Config, self.build_models, self.train_step = Config, within_memory(build_models), train_step
         self._evaluate, self._build_data, self.script = evaluate, build_data, script
         self.judge = None
 
@@ -181,7 +182,7 @@ def batch_noise(rt, n: int, shape: tuple[int, ...], kind: str) -> torch.Tensor:
 def noise_bank(n: int, shape: tuple[int, ...], kind: str, seed: int, device) -> torch.Tensor:
     """n fixed noise vectors from a private generator: the same samples at every evaluation, on
     every rank and world size, and the training RNG stream is untouched (exact resume)."""
-    return noise((n, *shape), kind, device, torch.Generator().manual_seed(seed + 20_240_601))
+    return noise((n, *shape), kind, device, torch.Generator().manual_seed(seed_bits(seed + 20_240_601)))
 
 
 @torch.no_grad()

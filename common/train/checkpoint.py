@@ -452,8 +452,8 @@ def refuse_code(files: list[Path], allowed=()) -> None:
                 torch.load(f, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:
                 error = (f"checkpoint file {f} could not be loaded safely (it holds something other than tensors "
-                         f"and plain values: {_first_line(e)}); refusing to resume from it. Use another checkpoint "
-                         "(resume=path/to/step_N) or resume=none")
+                         f"and plain values: {_first_line(e)}); refusing to load it. Use another checkpoint of the run "
+                         "(checkpoints/step_N: resume=, --evaluate and --export take one)")
                 break
     errors = [e for e in dist.all_gather_object(error) if e]
     if errors:

@@ -47,6 +47,17 @@ def changes(saved: dict, now: dict) -> list[tuple[str, object, object]]:
             and not any(fnmatch.fnmatchcase(k, p) for p in NOT_SETTINGS)]
 
 
+def with_settings(sd: dict, now: dict, settings: dict) -> tuple[dict, dict]:
+    """The checkpoint's config and this run's, each with the engine's settings (rt.settings) where both
+    have them; a setting one side leaves out is "unset" there, so adding or removing one is a change too."""
+    saved = (sd.get("engine") or {}).get("settings")
+    if not saved or not settings:
+        return sd.get("config", {}), now
+    keys = saved.keys() | settings.keys()
+    return ({**flatten(sd.get("config", {})), **{k: saved.get(k, "unset") for k in keys}},
+            {**flatten(now), **{k: settings.get(k, "unset") for k in keys}})
+
+
 def conflicts(changed, sd: dict, rt) -> list[str]:
     """Lines `key: old -> new (what it decides)` for each change this checkpoint cannot continue with."""
     fixed = {**FIXED, **rt.resume_fixed}
@@ -56,6 +67,8 @@ def conflicts(changed, sd: dict, rt) -> list[str]:
         if key == "engine" and (sd.get("engine_owned") or rt.owned):
             why = "the checkpoint format (DeepSpeed and FSDP keep weights and optimizer " \
                   "state in their own per-rank format)"
+        if key == rt.settings_key and not (sd.get("engine") or {}).get("settings"):
+            why = "a checkpoint saved without the file's content: only its path can be compared"
         if why:
             out.append(f"  {key}: {old!r} -> {new!r}  ({why})")
     return out
@@ -80,7 +93,7 @@ def resume(cfg, state, rt, ckpt: Checkpointer, recipe: str, classes: list[str] |
     if path is None:
         return None
     sd = load_file(path)
-    changed = changes(sd.get("config", {}), to_dict(cfg))
+    changed = changes(*with_settings(sd, to_dict(cfg), rt.settings))
     bad = conflicts(changed, sd, rt)
     moved = class_change(sd.get("classes"), classes)
     bad += [f"  train/ class folders: {moved}"] if moved else []

@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel
 
 from common import dist
-from common.config import UserError
+from common.config import START_OVER, UserError, seed_bits
 from common.engines.base import full_tensor, unwrap
 from common.lifecycle.init import init_from
 from common.train.optim import build_optimizer, build_scheduler
@@ -116,10 +116,10 @@ class TrainState:
         (e.g. RNG not restorable on a new world size)."""
         if sd.get("format_version", 0) > FORMAT_VERSION:
             raise StateMismatch(f"checkpoint format version {sd['format_version']} is newer than this code "
-                                f"understands ({FORMAT_VERSION}): update dtrain, or resume=none to start fresh")
+                                f"understands ({FORMAT_VERSION}): update dtrain, or {START_OVER}")
         if sd.get("recipe") != recipe:
             raise StateMismatch(f"checkpoint was written by recipe '{sd.get('recipe')}', not '{recipe}': "
-                                "point out_dir or resume at a run of this recipe, or resume=none")
+                                f"point out_dir or resume at a run of this recipe, or {START_OVER}")
         saved_owned = set(sd.get("engine_owned", []))
         if saved_owned != set(owned):
             saved = sd.get("config", {}).get("engine", "deepspeed") if saved_owned else "ddp/accelerate"
@@ -138,8 +138,8 @@ class TrainState:
                 unwrap(m).load_state_dict(sd["models"][k])
             except RuntimeError as e:
                 raise StateMismatch(f"checkpoint weights for '{k}' do not fit this model (another config or "
-                                    f"architecture?): {str(e).splitlines()[0]} ... use resume=none or the "
-                                    "matching model config") from None
+                                    f"architecture?): {str(e).splitlines()[0]} ... use the matching model config, or "
+                                    f"{START_OVER}") from None
         for k, o in self.optims.items():
             if k not in owned:
                 try:
@@ -163,7 +163,7 @@ class TrainState:
             warnings.append(f"checkpoint was written with {len(sd['rng'])} processes, this run has "
                             f"{dist.world_size()}: data order and position continue exactly, but per-rank "
                             "random streams (dropout) restart from the seed")
-            torch.manual_seed(sd["config"]["seed"] + 1_000 * sd["step"] + dist.rank())
+            torch.manual_seed(seed_bits(sd["config"]["seed"] + 1_000 * sd["step"] + dist.rank()))
         return warnings
 
 
