@@ -1,7 +1,7 @@
 """The entry point every recipe goes through, and the one place errors become exit codes.
 
     python recipes/<name>.py [--config FILE ...] [--dry-run] [key=value ...]
-    python recipes/<name>.py --evaluate RUN_DIR_OR_CHECKPOINT | --export RUN_DIR_OR_CHECKPOINT [--to FILE]
+    python recipes/<name>.py --evaluate RUN_DIR_OR_CHECKPOINT | --export RUN_DIR_OR_CHECKPOINT [--to FILE] [--overwrite]
 
 Exit codes, the same on every rank and under every launcher (python, torchrun, accelerate
 launch, deepspeed, srun):
