@@ -23,9 +23,11 @@ import torch
 from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
 from common.lifecycle.source import checkpoint_weights, open_source
+from common.userfiles import damaged, expect, fields, tensors, torch_load
 
 FORMAT = 1
 SUFFIXES = (".safetensors", ".pt", ".pth")
+META = {"recipe": str, "model": str, "weights": str, "step": int}  # what every reader of the metadata indexes
 CLASS_NAMES = {  # for the datasets read by name; ImageFolder trees name their classes by folder
     "mnist": [str(i) for i in range(10)],
     "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -120,20 +122,26 @@ def is_export(path: Path) -> bool:
 
 
 def read_export(path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict, meta) of a file written by --export."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
+    """(state_dict, meta) of a file written by --export; a damaged file or one that --export did not
+    write is a DamagedFile naming it."""
+    path, what = Path(path), "the weight file"
+    fix = "give a file written by --export: `python recipes/<name>.py --export RUN_DIR --to FILE`"
+    if path.suffix == ".safetensors":
+        try:
             from safetensors import safe_open
-            from safetensors.torch import load_file
             with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["dtrain"])
-            return load_file(str(path)), meta
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return blob["state_dict"], blob["meta"]
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise UserError(f"{path} is not a weight file written by --export ({type(e).__name__}: {e}); export one "
-                        "with `python recipes/<name>.py --export RUN_DIR --to FILE`") from None
+                text = (f.metadata() or {}).get("dtrain")
+                weights = {k: f.get_tensor(k) for k in f.keys()}
+            meta = json.loads(expect(text, str, what, path, "its 'dtrain' metadata (written by --export)", fix))
+        except Exception as e:  # SafetensorError, OSError, JSONDecodeError: all mean a damaged file
+            if isinstance(e, UserError):
+                raise
+            raise damaged(what, path, e, fix) from None
+    else:
+        blob = fields(torch_load(path, what, fix), {"state_dict": dict, "meta": dict}, what, path, "the file", fix)
+        weights, meta = blob["state_dict"], blob["meta"]
+    fields(meta, META, what, path, "its metadata", fix)
+    return tensors(weights, what, path, "its weights", fix), meta
 
 
 @dataclass
