@@ -44,7 +44,7 @@ def problem(path, e: BaseException) -> str:
 
 
 def damaged(what: str, path, e: BaseException, fix: str, error: type[UserError] = DamagedFile) -> UserError:
-    if "weights only load failed" in str(e).lower():  # nothing of it ran: the unpickler stopped at the global
+    if "unsupported global" in first_line(e).lower():  # nothing of it ran: the unpickler stopped at the global
         return error(f"{what} {path} could not be loaded safely (it holds objects other than tensors and plain "
                      f"values: {first_line(e)}); {fix}")
     return error(f"{what} {path} cannot be read ({problem(path, e)}); {fix}")
