@@ -23,12 +23,18 @@ def first_line(e: BaseException) -> str:
     """The line of an error that says what happened: torch's weights_only refusal names the refused global
     on a later line; an error with an empty message is named by its type."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else type(e).__name__)
+    line = next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else type(e).__name__)
+    return line.split(". ")[0]  # torch appends advice meant for its own callers
 
 
 def problem(path, e: BaseException) -> str:
     """What is wrong with `path`, in a few words, after reading it raised `e`."""
     path = Path(path)
+    if isinstance(e, FileNotFoundError) and path.exists():  # safetensors reports any failure to open as this
+        try:
+            open(path, "rb").close()
+        except OSError as real:
+            e = real
     if isinstance(e, IsADirectoryError) or path.is_dir():
         return "it is a directory, not a file"
     if isinstance(e, PermissionError):
@@ -37,7 +43,7 @@ def problem(path, e: BaseException) -> str:
         return "no such file"
     try:
         if path.stat().st_size == 0:
-            return "the file is empty (0 bytes: an interrupted copy?)"
+            return "it is empty: 0 bytes, as an interrupted copy leaves"
     except OSError:
         pass
     return f"{type(e).__name__}: {first_line(e)[:300]}"
