@@ -66,8 +66,8 @@ def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> list[tuple[Path, dic
         loop = " -> ".join(_show(p) for p in (*_chain[_chain.index(resolved):], resolved))
         raise ConfigError(f"config files extend each other in a cycle: {loop}; remove the 'base:' key from one of them")
     if path.stat().st_size == 0:  # what an interrupted copy leaves; a file of comments only sets nothing, knowingly
-        raise ConfigError(f"config file {path} is empty: 0 bytes, as an interrupted copy leaves; copy it again, or drop "
-                          "--config for it")
+        raise ConfigError(f"config file {path} is empty: 0 bytes, as an interrupted copy leaves; copy it again, "
+                          "or drop --config for it")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

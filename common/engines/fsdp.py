@@ -76,7 +76,8 @@ class _MetadataUnpickler(pickle.Unpickler):
         ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)  # torch.float32, ...
+        if (module, name) in self.ALLOWED or dtype:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
 

@@ -169,6 +169,7 @@ def load_model(path, task, device="cpu"):
     """(model with the exported weights, in eval mode on `device`, Exported) for a recipe's task:
     the model is built by the recipe's own code from the config stored in the file."""
     weights, meta = read_export(path)
+    fields(meta, {"config": dict, "input": dict}, "the weight file", path, "its metadata", "export it again with --export")
     recipe = Path(task.script).stem
     if meta["recipe"] != recipe:
         raise UserError(f"{path} holds a '{meta['recipe']}' model; load it with that recipe's task, not {recipe}'s")

@@ -24,7 +24,7 @@ import torch
 
 from common import dist
 from common.config import UserError
-from common.userfiles import fields, first_line as _first_line, torch_load
+from common.userfiles import expect, fields, first_line as _first_line, torch_load
 
 MANIFEST = "MANIFEST.json"
 PREFIX = "step_"
@@ -86,7 +86,8 @@ def verify(ckpt_dir: Path) -> str | None:
     except (OSError, ValueError) as e:
         return f"unreadable MANIFEST.json ({e})"
     files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or not all(isinstance(m, dict) and {"size", "sha256"} <= set(m) for m in files.values()):
+    if not isinstance(files, dict) or not all(isinstance(m, dict) and {"size", "sha256"} <= set(m)
+                                              for m in files.values()):
         return "MANIFEST.json does not list the files with their sizes and checksums (damaged)"
     for name, meta in files.items():
         f = ckpt_dir / name
@@ -451,15 +452,13 @@ def refuse_code(files: list[Path], allowed=()) -> None:
     (a pickled object other than tensors, plain values and the `allowed` classes): for files a library loads
     itself with pickle's full power (DeepSpeed's engine.load_checkpoint), checked before it touches them.
     Collective: each rank checks a share of the files (mmap: tensor data is not read), all learn the verdict."""
-    error = None
+    error, fix = None, "use another checkpoint (resume=path/to/step_N) or resume=none"
     with torch.serialization.safe_globals(list(allowed)):
         for f in files[dist.rank()::dist.world_size()]:
-            try:
-                torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as e:
-                error = (f"checkpoint file {f} could not be loaded safely (it holds something other than tensors "
-                         f"and plain values: {_first_line(e)}); refusing to resume from it. Use another checkpoint "
-                         "(resume=path/to/step_N) or resume=none")
+            try:  # each of DeepSpeed's files is a dict
+                expect(torch_load(f, "checkpoint file", fix, mmap=True), dict, "checkpoint file", f, "the file", fix)
+            except UserError as e:
+                error = str(e)
                 break
     errors = [e for e in dist.all_gather_object(error) if e]
     if errors:
