@@ -146,7 +146,9 @@ def _hub(good, tmp) -> Case:
 def _config(good, tmp) -> Case:
     target = tmp / "config.yaml"
     shutil.copy(good / "config.yaml", target)
-    return Case(target, MLP, ["--config", str(target), "device=cpu", f"out_dir={tmp / 'r'}"], {},
+    # A damaged file that slips through would train: make that quick to fail with the settings the file had.
+    return Case(target, MLP, ["--config", str(target), "device=cpu", f"out_dir={tmp / 'r'}", "data.name=synthetic",
+                              "train.max_steps=2", "train.progress=false"], {},
                 lambda t: t.write_text("- train.max_steps: 16\n- optim.lr: 0.05\n"),
                 lambda t, marker: t.write_text(f"train: !!python/object/apply:builtins.open ['{marker}', 'w']\n"))
 
