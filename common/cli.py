@@ -16,6 +16,7 @@ import yaml
 
 
 from common.config import ConfigError, flatten, _type_name, apply, ranges, schema, to_dict
+from common.userfiles import problem
 
 @dataclass
 class Cli:
@@ -95,10 +96,15 @@ def load_yaml(path: Path, _chain: tuple[Path, ...] = ()) -> list[tuple[Path, dic
     if resolved in _chain:
         loop = " -> ".join(_show(p) for p in (*_chain[_chain.index(resolved):], resolved))
         raise ConfigError(f"config files extend each other in a cycle: {loop}; remove the 'base:' key from one of them")
+    if path.stat().st_size == 0:  # what an interrupted copy leaves; a file of comments only sets nothing, knowingly
+        raise ConfigError(f"config file {path} is empty: 0 bytes, as an interrupted copy leaves; copy it again, "
+                          "or drop --config for it")
     try:
         data = _safe_load_unique(path.read_text(), path) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read ({problem(path, e)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
     base = data.pop(BASE_KEY, None)

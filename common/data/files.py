@@ -15,6 +15,14 @@ from common.config import UserError
 class DataError(UserError):
     """A dataset problem the user can fix; the message says how."""
 
+    def __init__(self, message: str = ""):
+        # Raised in a DataLoader worker, it comes back rebuilt from "Caught DataError in DataLoader worker
+        # process N.\nOriginal Traceback ...": the user gets the original one line, not the worker's traceback.
+        tail = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and "Original Traceback" in message and tail in message:
+            message = message.rsplit(tail, 1)[1].strip()
+        super().__init__(message)
+
 
 SAVED_CLASSES = "the training run's train/ (saved in its checkpoint)"  # where a trained model's class list comes from
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}

@@ -32,6 +32,7 @@ step on every rank.
 from __future__ import annotations
 
 import contextlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -47,8 +48,38 @@ from common import dist
 from common.config import START_OVER, UserError
 from common.engines.base import Engine
 from common.models.blocks import find_blocks
+from common.userfiles import damaged, expect
 
 SUBDIR = "fsdp"  # the DCP directory inside checkpoints/step_N/
+
+
+def check_metadata(where: Path) -> None:
+    """DCP reads fsdp/.metadata with pickle's full power: before it does, the file must unpickle allowing only
+    DCP's own metadata classes and the torch values they hold (by name), and be a Metadata. Anything else
+    is a DamagedFile naming it; nothing of it runs."""
+    from torch.distributed.checkpoint import metadata as m
+
+    path, what, fix = where / ".metadata", "checkpoint file", "use another checkpoint"
+    try:
+        with open(path, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+    except Exception as e:
+        raise damaged(what, path, e, fix) from None
+    expect(metadata, m.Metadata, what, path, "the file", fix)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    ALLOWED = {("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "TensorStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING", "ChunkStorageMetadata",
+        "BytesStorageMetadata", "MetadataIndex", "StorageMeta")} | {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+        ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
+
+    def find_class(self, module: str, name: str):
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)  # torch.float32, ...
+        if (module, name) in self.ALLOWED or dtype:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
 
 
 def read_full_weights(ckpt_dir) -> dict[str, dict[str, torch.Tensor]]:
@@ -70,6 +101,7 @@ def read_full_weights(ckpt_dir) -> dict[str, dict[str, torch.Tensor]]:
     if not (where / SUBDIR / ".metadata").is_file():
         raise UserError(f"{where} has no {SUBDIR}/ directory: it was not written by engine=fsdp "
                         "(ddp/accelerate checkpoints hold plain weights in state.pt already)")
+    check_metadata(where / SUBDIR)
     sd: dict = {}
     _load_state_dict(sd, storage_reader=dcp.FileSystemReader(str(where / SUBDIR)),
                      planner=_EmptyStateDictLoadPlanner(), no_dist=True)
@@ -185,6 +217,7 @@ class FSDPEngine(Engine):
         if not (where / ".metadata").is_file():
             raise UserError(f"{ckpt_dir} has no {SUBDIR}/ directory: it was not written by engine=fsdp; resume it "
                             f"with the engine that wrote it (its config.yaml says which), or {START_OVER}")
+        check_metadata(where)
         sd = self._sharded_state()
         dcp.load(sd, checkpoint_id=str(where))
         for k, m in self.models.items():

@@ -24,9 +24,11 @@ from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
 from common.lifecycle.source import build_data, checkpoint_weights, open_source
 from common.train.checkpoint import MANIFEST, write_failure
+from common.userfiles import damaged, expect, fields, tensors, torch_load
 
 FORMAT = 1
 SUFFIXES = (".safetensors", ".pt", ".pth")
+META = {"recipe": str, "model": str, "weights": str, "step": int}  # what every reader of the metadata indexes
 CLASS_NAMES = {  # for the datasets read by name; ImageFolder trees name their classes by folder
     "mnist": [str(i) for i in range(10)],
     "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -153,20 +155,26 @@ def is_export(path: Path) -> bool:
 
 
 def read_export(path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict, meta) of a file written by --export."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
+    """(state_dict, meta) of a file written by --export; a damaged file or one that --export did not
+    write is a DamagedFile naming it."""
+    path, what = Path(path), "the weight file"
+    fix = "give a file written by --export: `python recipes/<name>.py --export RUN_DIR --to FILE`"
+    if path.suffix == ".safetensors":
+        try:
             from safetensors import safe_open
-            from safetensors.torch import load_file
             with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["dtrain"])
-            return load_file(str(path)), meta
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return blob["state_dict"], blob["meta"]
-    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise UserError(f"{path} is not a weight file written by --export ({type(e).__name__}: {e}); export one "
-                        "with `python recipes/<name>.py --export RUN_DIR --to FILE`") from None
+                text = (f.metadata() or {}).get("dtrain")
+                weights = {k: f.get_tensor(k) for k in f.keys()}
+            meta = json.loads(expect(text, str, what, path, "its 'dtrain' metadata (written by --export)", fix))
+        except Exception as e:  # SafetensorError, OSError, JSONDecodeError: all mean a damaged file
+            if isinstance(e, UserError):
+                raise
+            raise damaged(what, path, e, fix) from None
+    else:
+        blob = fields(torch_load(path, what, fix), {"state_dict": dict, "meta": dict}, what, path, "the file", fix)
+        weights, meta = blob["state_dict"], blob["meta"]
+    fields(meta, META, what, path, "its metadata", fix)
+    return tensors(weights, what, path, "its weights", fix), meta
 
 
 @dataclass
@@ -194,6 +202,7 @@ def load_model(path, task, device="cpu"):
     """(model with the exported weights, in eval mode on `device`, Exported) for a recipe's task:
     the model is built by the recipe's own code from the config stored in the file."""
     weights, meta = read_export(path)
+    fields(meta, {"config": dict, "input": dict}, "the weight file", path, "its metadata", "export it again with --export")
     recipe = Path(task.script).stem
     if meta["recipe"] != recipe:
         raise UserError(f"{path} holds a '{meta['recipe']}' model; load it with that recipe's task, not {recipe}'s")

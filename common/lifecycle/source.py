@@ -20,7 +20,7 @@ def locate(path: Path) -> tuple[Path, str] | None:
     path = Path(path)
     if path.is_file() and path.name == "state.pt":
         path = path.parent
-    if (path / "state.pt").is_file():
+    if (path / "state.pt").exists():  # a checkpoint, intact or not: load_file says what is wrong with it
         return path, "the checkpoint given"
     folder = Checkpointer(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
     best, newer_broken = folder.best_name(), []

@@ -19,6 +19,7 @@ import torchvision
 from common import dist
 from common.config import UserError
 from common.lifecycle.init import load_matching
+from common.userfiles import tensors, torch_load
 
 
 def weights_file(name: str) -> tuple[Path, str, str]:
@@ -32,7 +33,7 @@ def load_pretrained(model: nn.Module, name: str, download: bool) -> list[str]:
     """Load torchvision's weights for `name` into model (a head of another shape keeps its fresh init);
     the report (what was loaded, what re-initialised) is printed by rank 0 and returned."""
     path, url, label = weights_file(name)
-    if not path.is_file() and download:
+    if not path.exists() and download:
         error = None
         if dist.rank() == 0:
             try:
@@ -43,16 +44,14 @@ def load_pretrained(model: nn.Module, name: str, download: bool) -> list[str]:
         error = dist.broadcast_object(error)  # the others wait for the file
         if error:
             raise UserError(f"model.pretrained_download: {error}; put {path.name} in {path.parent}/ by hand")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"model.pretrained=true needs torchvision's {label} weights: put the file {path.name} in "
                         f"{path.parent}/ (from {url}; torch.hub.get_dir() decides the directory, set TORCH_HOME to "
                         "move it), or set model.pretrained_download=true on a machine with internet, or "
                         "model.pretrained=false")
-    try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} could not be loaded safely ({str(e).splitlines()[0]}): delete it and fetch it "
-                        f"again from {url}") from None
+    fix = f"delete it and fetch it again from {url}"
+    what = "model.pretrained: the weights file"
+    weights = tensors(torch_load(path, what, fix), what, path, "the file", fix)
     report = load_matching(model, weights, f"{label} ({path})")
     if dist.rank() == 0:
         print("model.pretrained: " + "\n".join(report), flush=True)

@@ -24,9 +24,11 @@ import torch
 
 from common import dist
 from common.config import UserError
+from common.userfiles import expect, fields, first_line as _first_line, torch_load
 
 MANIFEST = "MANIFEST.json"
 PREFIX = "step_"
+STATE = {"recipe": str, "config": dict, "step": int, "models": dict}  # what every reader of a state.pt indexes
 
 
 class CheckpointError(UserError):
@@ -83,14 +85,21 @@ def verify(ckpt_dir: Path) -> str | None:
         return "no MANIFEST.json (the write did not finish)"
     except (OSError, ValueError) as e:
         return f"unreadable MANIFEST.json ({e})"
-    for name, meta in manifest.get("files", {}).items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(m, dict) and {"size", "sha256"} <= set(m)
+                                              for m in files.values()):
+        return "MANIFEST.json does not list the files with their sizes and checksums (damaged)"
+    for name, meta in files.items():
         f = ckpt_dir / name
         if not f.is_file():
             return f"missing file {name}"
         if f.stat().st_size != meta["size"]:
             return f"{name} is {f.stat().st_size} bytes, manifest says {meta['size']} (truncated?)"
-        if _sha256(f) != meta["sha256"]:
-            return f"{name} checksum mismatch (corrupt)"
+        try:
+            if _sha256(f) != meta["sha256"]:
+                return f"{name} checksum mismatch (corrupt)"
+        except OSError as e:
+            return f"cannot read {name} ({e.strerror or e})"
     return None
 
 
@@ -445,25 +454,18 @@ def refuse_code(files: list[Path], allowed=()) -> None:
     (a pickled object other than tensors, plain values and the `allowed` classes): for files a library loads
     itself with pickle's full power (DeepSpeed's engine.load_checkpoint), checked before it touches them.
     Collective: each rank checks a share of the files (mmap: tensor data is not read), all learn the verdict."""
-    error = None
+    error, fix = None, ("refusing to load it. Use another checkpoint of the run (checkpoints/step_N: resume=, "
+                        "--evaluate and --export take one)")
     with torch.serialization.safe_globals(list(allowed)):
         for f in files[dist.rank()::dist.world_size()]:
-            try:
-                torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as e:
-                error = (f"checkpoint file {f} could not be loaded safely (it holds something other than tensors "
-                         f"and plain values: {_first_line(e)}); refusing to load it. Use another checkpoint of the run "
-                         "(checkpoints/step_N: resume=, --evaluate and --export take one)")
+            try:  # each of DeepSpeed's files is a dict
+                expect(torch_load(f, "checkpoint file", fix, mmap=True), dict, "checkpoint file", f, "the file", fix)
+            except UserError as e:
+                error = str(e)
                 break
     errors = [e for e in dist.all_gather_object(error) if e]
     if errors:
         raise CheckpointError(errors[0])
-
-
-def _first_line(e: Exception) -> str:
-    """The line of torch's weights_only refusal that names what was refused."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return next((line for line in lines if "unsupported" in line.lower()), lines[0] if lines else repr(e))
 
 
 def load_file(ckpt_dir: Path) -> dict:
@@ -474,8 +476,6 @@ def load_file(ckpt_dir: Path) -> dict:
     reason = verify(ckpt_dir)
     if reason:
         raise CheckpointError(f"checkpoint {ckpt_dir} is not usable: {reason}")
-    try:
-        # weights_only: a checkpoint holds tensors and plain values; anything else is refused.
-        return torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {ckpt_dir} could not be loaded safely: {str(e).splitlines()[0]}") from None
+    fix = "use another checkpoint (resume=path/to/step_N or the run directory)"
+    sd = torch_load(ckpt_dir / "state.pt", "checkpoint file", fix, CheckpointError)
+    return fields(sd, STATE, "checkpoint file", ckpt_dir / "state.pt", "the file", fix)

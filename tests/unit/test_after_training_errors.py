@@ -44,7 +44,7 @@ def test_flags_parse_with_equals_and_record_the_users_keys():
 def test_a_file_that_is_not_an_export_is_named(tmp_path):
     bad = tmp_path / "w.pt"
     torch.save({"weights": torch.zeros(1)}, bad)
-    with pytest.raises(UserError, match=f"{bad} is not a weight file written by --export .* --export RUN_DIR --to FILE"):
+    with pytest.raises(UserError, match=f"{bad} is incomplete: the file has no 'state_dict'; give a file written by --export: .* --export RUN_DIR --to FILE"):
         read_export(bad)
 
 
@@ -74,7 +74,7 @@ def test_a_corrupt_pretrained_file_is_named(tmp_path, monkeypatch):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a checkpoint")
     mod = load_recipe("imagenet")
-    with pytest.raises(UserError, match=f"{path} could not be loaded safely .* delete it and fetch it again from {url}"):
+    with pytest.raises(UserError, match=f"{path} cannot be read .* delete it and fetch it again from {url}"):
         mod.build_model(mod.ModelConfig(name="resnet18", pretrained=True), (3, 32, 32), 3)
 
 
