@@ -78,7 +78,7 @@ def kill_in_phase(tmp_path, cmd: list[str], env: dict, needle: str) -> tuple[dic
     with adopting_orphans():
         with open(log, "w") as f:
             top = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        below = []
+        below, codes = [], {}
         try:
             wait_for_lines(log, needle, 2, top)
             below = descendants(top.pid)
