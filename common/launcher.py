@@ -28,7 +28,7 @@ FRONT_ENDS = {"deepspeed", "accelerate"}  # commands that start a per-node launc
 _why: str | None = None  # set once the launcher is gone: what is gone
 _gone = threading.Event()  # set with _why
 _handed_over = False  # the training loop stops an orphan itself, with a checkpoint
-_started = False
+_watched: list[tuple[int, str]] | None = None  # (pid, start time) of the launcher's processes, once watched
 
 
 def launcher_of(env=os.environ) -> str:
@@ -51,12 +51,11 @@ def launcher_of(env=os.environ) -> str:
 def watch() -> None:
     """Start the watchdog once, in a launcher's worker (not in plain `python`, not in a DataLoader
     worker: its trainer is watched, and torch ends the loader workers of a trainer that is gone)."""
-    global _started
-    if _started or launcher_of() == "none" or multiprocessing.parent_process() is not None:
+    global _watched
+    if _watched is not None or launcher_of() == "none" or multiprocessing.parent_process() is not None:
         return
-    _started = True
-    watched = _launcher()
-    threading.Thread(target=_watch, args=(watched,), name="dtrain-launcher-watchdog", daemon=True).start()
+    _watched = _launcher()
+    threading.Thread(target=_watch, args=(_watched,), name="dtrain-launcher-watchdog", daemon=True).start()
 
 
 def orphaned() -> str | None:
@@ -100,28 +99,46 @@ def _stat(pid: int) -> tuple[int, str]:
 
 
 def _watch(watched: list[tuple[int, str]]) -> None:
-    global _why
     why = _store_refused()
     while why is None:
         time.sleep(POLL_S)
-        # The parent by getppid() (re-parenting is the kernel's word for "gone"); another by its start
-        # time, so a reused pid is not mistaken for the launcher.
-        if os.getppid() != watched[0][0]:
-            why = f"the launcher (pid {watched[0][0]}) is gone"
-        for pid, started in watched[1:]:
-            if why is None and _stat(pid)[1] != started:
-                why = f"the launcher (pid {pid}) is gone"
-    _why = why
-    _gone.set()
+        why = _gone_now(watched)
+    _orphaned(why)
     if not _handed_over:
         _exit()
 
 
-def exit_if_orphaned(wait_s: float = 3 * POLL_S) -> None:
-    """For an error on the way out: if the launcher is gone (within wait_s: its death closes its store
-    before the kernel re-parents this worker) the error is its consequence, so exit as the orphan this
-    is instead of with a traceback. Returns at once in a process that is not watched."""
-    if _started and _gone.wait(wait_s):
+def _gone_now(watched: list[tuple[int, str]]) -> str | None:
+    """The parent by getppid() (re-parenting is the kernel's word for "gone"); a front end by its start
+    time, so a reused pid is not taken for the launcher."""
+    if os.getppid() != watched[0][0]:
+        return f"the launcher (pid {watched[0][0]}) is gone"
+    for pid, started in watched[1:]:
+        if _stat(pid)[1] != started:
+            return f"the launcher (pid {pid}) is gone"
+    return None
+
+
+def _orphaned(why: str) -> None:
+    global _why
+    _why = _why or why
+    _gone.set()
+
+
+def exit_if_orphaned(wait_s: float = 1.0) -> None:
+    """For an error on the way out: if the launcher is gone (looked at now and for up to wait_s: its
+    death closes its store just before the kernel re-parents this worker) the error is its consequence,
+    so exit as the orphan this is instead of with a traceback. Returns at once where nothing is watched."""
+    if _watched is None:
+        return
+    deadline = time.monotonic() + wait_s
+    while not _gone.is_set() and time.monotonic() < deadline:
+        why = _gone_now(_watched)
+        if why:
+            _orphaned(why)
+        else:
+            time.sleep(0.02)
+    if _gone.is_set():
         _exit()
 
 
