@@ -4,14 +4,14 @@
     python bench/kill_stress.py --kills 5 --engines ddp --seed 3
 
 Each engine first trains once uninterrupted (the reference). Then each kill starts the same command
-and, at a moment drawn uniformly from 0 to the reference's wall time (so start-up is in range:
-imports, rendezvous, data loading), SIGKILLs either the torchrun agent (its workers are then orphans
-that must end by themselves: at once in start-up, or at the next agreed step boundary with a
-checkpoint) or one worker. Every process of the run must be gone within --bound-s seconds; then
-the same command is run again to the end and its final weights must equal the reference's bitwise.
-A kill counts as good only if both hold. A moment after a (faster) run had ended is drawn again. This process adopts the orphans (a child subreaper) to wait
-for them and read their exit codes. A correctness check, not a timing: nothing depends on how fast
-the machine is except where in the run the kills land.
+and SIGKILLs the torchrun agent or one worker at a moment drawn uniformly in the reference's
+start-up (imports, rendezvous, data loading: before its first logged step) or, as often, in its
+training. An orphaned worker must end by itself: at once in start-up, at the next agreed step
+boundary with a checkpoint in training. Every process of the run must be gone within --bound-s
+seconds; then the same command runs again to the end and its final weights must equal the
+reference's bitwise. A kill is good only if both hold; a moment after a (faster) run had ended is
+drawn again. This process adopts the orphans (a child subreaper) to wait for them and read their
+exit codes. A correctness check, not a timing: the machine's speed changes only where kills land.
 """
 from __future__ import annotations
 
@@ -70,6 +70,21 @@ def run_to_end(engine: str, out_dir: Path, log: Path) -> float:
     if rc != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {rc}: see {log}")
     return time.perf_counter() - t0
+
+
+def reference(engine: str, out_dir: Path, log: Path) -> tuple[float, float]:
+    """An uninterrupted run: (seconds to its first logged step, seconds in all)."""
+    cmd, env = command(engine, out_dir)
+    t0, first = time.perf_counter(), None
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    while proc.poll() is None:
+        if first is None and "[train] step" in log.read_text():
+            first = time.perf_counter() - t0
+        time.sleep(0.05)
+    if proc.returncode != 0 or first is None:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: see {log}")
+    return first, time.perf_counter() - t0
 
 
 def descendants(pid: int) -> list[int]:
@@ -161,17 +176,21 @@ def stress(kills: int = 20, engines: tuple[str, ...] = ("ddp", "fsdp"), seed: in
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(out_root or tmp)
         root.mkdir(parents=True, exist_ok=True)
-        ref, wall = {}, {}
+        ref, times = {}, {}
         for engine in engines:
-            wall[engine] = run_to_end(engine, root / f"ref_{engine}", root / f"ref_{engine}.log")
+            times[engine] = reference(engine, root / f"ref_{engine}", root / f"ref_{engine}.log")
             ref[engine] = final_weights(engine, root / f"ref_{engine}")
             if verbose:
-                print(f"reference {engine}: {wall[engine]:.1f} s", flush=True)
+                print(f"reference {engine}: first step at {times[engine][0]:.1f} s, {times[engine][1]:.1f} s in all",
+                      flush=True)
         attempts = 0
         while len(results) < kills and attempts < 3 * kills:
             i, attempts = len(results), attempts + 1
             engine = engines[i % len(engines)]
-            at_s, target = rng.uniform(0, wall[engine]), rng.choice(("agent", "agent", "worker0", "worker1"))
+            # Half the moments in start-up, half in training (start-up is most of a short run's wall time).
+            first, wall = times[engine]
+            at_s = rng.uniform(0, first) if rng.random() < 0.5 else rng.uniform(first, wall)
+            target = rng.choice(("agent", "agent", "worker0", "worker1"))
             out = root / f"kill_{attempts}"
             r = one_kill(engine, out, at_s, target, bound_s, root / f"kill_{attempts}.log")
             if r is None:  # the run was faster than the reference and had ended: draw again
