@@ -5,12 +5,12 @@
 
 Each engine first trains once uninterrupted (the reference). Then each kill starts the same command
 and SIGKILLs the torchrun agent or one worker at a moment drawn uniformly in the reference's
-start-up (imports, rendezvous, data loading: before its first logged step) or, as often, in its
-training. An orphaned worker must end by itself: at once in start-up, at the next agreed step
+start-up (imports, rendezvous, data loading: before its first logged step) or, as often, right
+after a random training step is logged. An orphaned worker must end by itself: at once in start-up, at the next agreed step
 boundary with a checkpoint in training. Every process of the run must be gone within --bound-s
 seconds; then the same command runs again to the end and its final weights must equal the
-reference's bitwise. A kill is good only if both hold; a moment after a (faster) run had ended is
-drawn again. This process adopts the orphans (a child subreaper) to wait for them and read their
+reference's bitwise. A kill is good only if both hold; a moment after the run had ended is drawn
+again. This process adopts the orphans (a child subreaper) to wait for them and read their
 exit codes. A correctness check, not a timing: the machine's speed changes only where kills land.
 """
 from __future__ import annotations
@@ -40,7 +40,8 @@ from common.train.checkpoint import load_file  # noqa: E402
 PR_SET_CHILD_SUBREAPER = 36
 # 40 steps of 48 samples, a checkpoint every 5: kills land before, between and after checkpoints;
 # a log line every step tells a kill in training from one in start-up.
-TRAIN = ("train.max_steps=40", "train.batch_size=48", "data.synthetic_train=768", "train.ckpt_every_steps=5",
+STEPS = 40
+TRAIN = (f"train.max_steps={STEPS}", "train.batch_size=48", "data.synthetic_train=768", "train.ckpt_every_steps=5",
          "train.log_every_steps=1", "train.eval_every_steps=20", "ckpt.keep_last=3")
 
 
@@ -139,16 +140,19 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def one_kill(engine: str, out_dir: Path, at_s: float, target: str, bound_s: float, log: Path) -> dict | None:
-    """Start the run, SIGKILL `target` at_s seconds in, wait for every process of it to end, rerun it to
-    the end. None if the run had ended before at_s (nothing killed)."""
+def one_kill(engine: str, out_dir: Path, at: float | int, target: str, bound_s: float, log: Path) -> dict | None:
+    """Start the run, SIGKILL `target` `at` seconds in (a float) or once step `at` (an int) is logged, wait
+    for every process of it to end, rerun it to the end. None if the run had ended first (nothing killed)."""
     cmd, env = command(engine, out_dir)
+    t0 = time.monotonic()
     with open(log, "a") as f:
         agent = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    deadline, below = time.monotonic() + at_s, []
-    while agent.poll() is None and time.monotonic() < deadline:
+    below = []
+    while agent.poll() is None and not (time.monotonic() - t0 >= at if isinstance(at, float)
+                                        else f"[train] step {at} " in log.read_text()):
         below = descendants(agent.pid) or below
         time.sleep(0.05)
+    at_s = time.monotonic() - t0
     below = descendants(agent.pid) or below
     workers = [p for p in below if "mnist_mlp.py" in cmdline(p)]
     if agent.poll() is not None:
@@ -187,15 +191,15 @@ def stress(kills: int = 20, engines: tuple[str, ...] = ("ddp", "fsdp"), seed: in
         while len(results) < kills and attempts < 3 * kills:
             i, attempts = len(results), attempts + 1
             engine = engines[i % len(engines)]
-            # Half the moments in start-up, half in training (start-up is most of a short run's wall time).
-            first, wall = times[engine]
-            at_s = rng.uniform(0, first) if rng.random() < 0.5 else rng.uniform(first, wall)
+            # Half in start-up, at a time before the reference's first step; half in training, after a step
+            # (by the log, not the clock: a run's speed depends on the machine's load).
+            at = rng.uniform(0, times[engine][0]) if rng.random() < 0.5 else rng.randint(1, STEPS - 1)
             target = rng.choice(("agent", "agent", "worker0", "worker1"))
             out = root / f"kill_{attempts}"
-            r = one_kill(engine, out, at_s, target, bound_s, root / f"kill_{attempts}.log")
-            if r is None:  # the run was faster than the reference and had ended: draw again
+            r = one_kill(engine, out, at, target, bound_s, root / f"kill_{attempts}.log")
+            if r is None:  # the run had ended before the moment: draw again
                 if verbose:
-                    print(f"missed: the {engine} run had ended {at_s:.1f} s in", flush=True)
+                    print(f"missed: the {engine} run had ended before {at}", flush=True)
                 continue
             weights = final_weights(engine, out)
             r["bitwise_equal"] = weights.keys() == ref[engine].keys() and all(
