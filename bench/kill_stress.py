@@ -142,15 +142,17 @@ def cmdline(pid: int) -> str:
 
 def one_kill(engine: str, out_dir: Path, at: float | int, target: str, bound_s: float, log: Path) -> dict | None:
     """Start the run, SIGKILL `target` `at` seconds in (a float) or once step `at` (an int) is logged, wait
-    for every process of it to end, rerun it to the end. None if the run had ended first (nothing killed)."""
+    for every process of it to end, rerun it to the end. {"missed": True, ...} if the run had ended first."""
     cmd, env = command(engine, out_dir)
     t0 = time.monotonic()
     with open(log, "a") as f:
         agent = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    below = []
+    below, first_s = [], None
     while agent.poll() is None and not (time.monotonic() - t0 >= at if isinstance(at, float)
                                         else f"[train] step {at} " in log.read_text()):
         below = descendants(agent.pid) or below
+        if first_s is None and "[train] step" in log.read_text():
+            first_s = time.monotonic() - t0
         time.sleep(0.05)
     at_s = time.monotonic() - t0
     below = descendants(agent.pid) or below
@@ -158,7 +160,7 @@ def one_kill(engine: str, out_dir: Path, at: float | int, target: str, bound_s: 
     if agent.poll() is not None:
         exit_codes(below, bound_s)
         shutil.rmtree(out_dir)
-        return None
+        return {"missed": True, "first_step_s": first_s}
     victim = agent.pid if target == "agent" or not workers else workers[int(target[-1]) % len(workers)]
     phase = "training" if "[train] step" in log.read_text() else "start-up"
     os.kill(victim, signal.SIGKILL)
@@ -167,7 +169,7 @@ def one_kill(engine: str, out_dir: Path, at: float | int, target: str, bound_s: 
     rerun_s = run_to_end(engine, out_dir, log)
     return {"engine": engine, "at_s": round(at_s, 1), "phase": phase, "killed": "agent" if victim == agent.pid else "worker",
             "exit_codes": sorted(map(str, codes.values())), "left_running": sum(c == "running" for c in codes.values()),
-            "rerun_s": round(rerun_s, 1)}
+            "rerun_s": round(rerun_s, 1), "first_step_s": first_s}
 
 
 def stress(kills: int = 20, engines: tuple[str, ...] = ("ddp", "fsdp"), seed: int = 0, bound_s: float = 120,
@@ -180,10 +182,10 @@ def stress(kills: int = 20, engines: tuple[str, ...] = ("ddp", "fsdp"), seed: in
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(out_root or tmp)
         root.mkdir(parents=True, exist_ok=True)
-        ref, times = {}, {}
+        ref, times, start_up = {}, {}, {}
         for engine in engines:
             times[engine] = reference(engine, root / f"ref_{engine}", root / f"ref_{engine}.log")
-            ref[engine] = final_weights(engine, root / f"ref_{engine}")
+            ref[engine], start_up[engine] = final_weights(engine, root / f"ref_{engine}"), times[engine][0]
             if verbose:
                 print(f"reference {engine}: first step at {times[engine][0]:.1f} s, {times[engine][1]:.1f} s in all",
                       flush=True)
@@ -191,13 +193,15 @@ def stress(kills: int = 20, engines: tuple[str, ...] = ("ddp", "fsdp"), seed: in
         while len(results) < kills and attempts < 3 * kills:
             i, attempts = len(results), attempts + 1
             engine = engines[i % len(engines)]
-            # Half in start-up, at a time before the reference's first step; half in training, after a step
-            # (by the log, not the clock: a run's speed depends on the machine's load).
-            at = rng.uniform(0, times[engine][0]) if rng.random() < 0.5 else rng.randint(1, STEPS - 1)
+            # Half in start-up, before the first step (the earliest seen so far: start-up gets shorter when the
+            # machine's load drops); half in training, right after a step is logged (by the log, not the clock).
+            at = rng.uniform(0, start_up[engine]) if rng.random() < 0.5 else rng.randint(1, STEPS - 1)
             target = rng.choice(("agent", "agent", "worker0", "worker1"))
             out = root / f"kill_{attempts}"
             r = one_kill(engine, out, at, target, bound_s, root / f"kill_{attempts}.log")
-            if r is None:  # the run had ended before the moment: draw again
+            if r["first_step_s"] is not None:
+                start_up[engine] = min(start_up[engine], r["first_step_s"])
+            if r.get("missed"):  # the run had ended before the moment: draw again
                 if verbose:
                     print(f"missed: the {engine} run had ended before {at}", flush=True)
                 continue
