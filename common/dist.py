@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from common.hosts import host_facts, loopback_warning
+from common.launcher import launcher_of
 
 
 @dataclass
@@ -66,23 +67,6 @@ def _first_slurm_host(nodelist: str) -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return expand_nodelist(nodelist)[0]
-
-
-def launcher_of(env=os.environ) -> str:
-    """Which launcher started this process, from the variables each one sets."""
-    if "ACCELERATE_MIXED_PRECISION" in env and "ACCELERATE_DYNAMO_BACKEND" in env:
-        return "accelerate"  # `accelerate launch` sets both, whatever it runs underneath
-    if "CROSS_RANK" in env and "CROSS_SIZE" in env and "LOCAL_SIZE" in env:
-        return "deepspeed"  # deepspeed.launcher.launch (the `deepspeed` command)
-    if "TORCHELASTIC_RUN_ID" in env:
-        return "torchrun"
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return "env"  # some other env:// launcher
-    if "OMPI_COMM_WORLD_RANK" in env or "PMI_RANK" in env:
-        return "mpi"
-    if "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
-        return "slurm"
-    return "none"
 
 
 _MPI = (("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),

@@ -43,7 +43,7 @@ import sys
 import traceback
 from typing import Callable, NoReturn
 
-from common import dist
+from common import dist, launcher
 from common.config import UserError
 from common.cli import dump_yaml, parse_cli
 from common.data.sampling import check_batch
@@ -135,6 +135,7 @@ def _call(main: Callable[[], object]) -> int:
         traceback.print_exc()
         return EXIT_INTERRUPTED
     except BaseException:  # what the interpreter would print for an uncaught exception
+        launcher.exit_if_orphaned()  # e.g. the store connection the dead launcher closed: no traceback
         traceback.print_exc()
         return EXIT_ERROR
 

@@ -12,6 +12,10 @@ Faults (N = optimizer step being computed, 1-based):
     SIGUSR1=R@N       rank R gets SIGUSR1 (or SIGTERM=R@N: SIGTERM) at step N, as if from the cluster
     kill_in_write=R@N rank R SIGKILLs itself inside the sharded write (torch.distributed.checkpoint) of the
                       step-N checkpoint, after its shard file is written and before the write completes
+    hold=rendezvous@R rank R prints "faulty: rank R holding before rendezvous" and waits there (300 s); the other
+                      ranks print "faulty: rank r entering rendezvous" and go into it, where they wait for rank R
+    hold=data         every rank prints "faulty: rank r holding in build_data" and waits there (300 s): start-up
+                      phases a test can kill the launcher in, certain that no worker has passed them
     pause=N           every rank prints "faulty: rank R paused at step N" and waits there until it gets
                       SIGUSR1, SIGTERM or SIGINT (at most 300 s): a test can signal a run certain not to have finished
 kill, the signals and pause fire only in a run that started from scratch, not in its resumed or restarted
@@ -60,6 +64,28 @@ def kill_inside_write(rank: int, step: int) -> None:
     FileSystemWriter.write_data = write_data
 
 
+def hold(phase: str, rank: int | None, task) -> None:
+    """Make each rank (or rank `rank`) wait in a start-up phase; see the module docstring."""
+    import torch.distributed
+
+    def held(name, original):
+        def wrapper(*args, **kwargs):
+            me = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+            if rank is None or me == rank:
+                print(f"faulty: rank {me} holding {name}", flush=True)
+                time.sleep(300)
+            else:
+                print(f"faulty: rank {me} entering rendezvous", flush=True)
+            return original(*args, **kwargs)
+        return wrapper
+    if phase == "rendezvous":
+        torch.distributed.rendezvous = held("before rendezvous", torch.distributed.rendezvous)
+    elif phase == "data":
+        task.build_data = held("in build_data", task.build_data)
+    else:
+        raise ValueError(f"hold={phase}")
+
+
 def main():
     if "DTRAIN_FAULT" in os.environ:
         recipe, fault = os.environ["DTRAIN_FAULT"].split()
@@ -91,6 +117,9 @@ def main():
         return original(batch, state, rt)
 
     mod.task.train_step = train_step
+    if kind == "hold":
+        phase, _, rank = arg.partition("@")
+        hold(phase, int(rank) if rank else None, mod.task)
     if kind == "kill_in_write":
         kill_inside_write(*map(int, arg.split("@")))
     run(mod.task, mod.task.script, argv)

@@ -1,5 +1,5 @@
-"""Preemption, Ctrl-C and a dead launcher: SIGUSR1/SIGTERM/SIGINT set a flag, a worker whose launcher
-(torchrun's agent, accelerate launch, deepspeed, srun) died sees its parent change; every rank stops
+"""Preemption, Ctrl-C and a dead launcher: SIGUSR1/SIGTERM/SIGINT set a flag, and so does the launcher
+watchdog (common/launcher.py) once training runs; every rank stops
 at the same step boundary after writing a checkpoint. Preempted and orphaned runs exit 75, Ctrl-C
 exits 130 (a second Ctrl-C exits at once, without the checkpoint)."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ import signal
 
 import torch
 
-from common.dist import launcher_of
+from common import launcher
+from common.launcher import EXIT_PREEMPTED  # checkpointed after a preemption signal; re-run (or requeue) to continue
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after a preemption signal; re-run (or requeue) to continue
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C: checkpointed after Ctrl-C; re-run to continue
 PREEMPT_CHECK_STEPS = 10  # multi-process runs share their preemption flags every N steps (one tiny all-reduce)
 
@@ -40,17 +40,16 @@ class Preemption:
         self.code = EXIT_PREEMPTED  # once agreed() is True: the exit code every rank uses
         self._pending = None  # (work, tensor, host copy or None, event or None) of the last check
         self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        # A launcher's worker is its child: if the launcher dies (SIGKILL, OOM killer, a lost node's
-        # agent) the worker is re-parented and nothing else would stop it training on as an orphan.
-        # Plain `python` is left alone: its parent shell may exit normally (nohup, a closed terminal).
-        self._parent = os.getppid() if launcher_of() != "none" else None
+        # A worker whose launcher is gone (common/launcher.py) stops here from now on, with a checkpoint,
+        # instead of being ended at once by the launcher watchdog.
+        launcher.hand_over()
         self.orphaned = False
 
     @property
     def reason(self) -> str:
         """Why the run stops, once agreed() is True (for the log line)."""
         if self.orphaned:
-            return f"the launcher (pid {self._parent}) is gone, so this worker is an orphan"
+            return f"{launcher.orphaned() or 'the launcher of another rank is gone'}, so this worker is an orphan"
         return "interrupted (Ctrl-C)" if self.code == EXIT_INTERRUPTED else "preempted"
 
     def _handle(self, signum, frame):
@@ -64,14 +63,14 @@ class Preemption:
         self.flag = True
 
     def _level(self) -> float:
-        """0 nothing, 1 orphaned, 2 preempted, 3 Ctrl-C (one getppid() call: cheap at a step boundary).
+        """0 nothing, 1 orphaned, 2 preempted, 3 Ctrl-C (flags only: cheap at a step boundary).
         The highest over the ranks wins: a launcher killed by the same preemption signal (SLURM's, sent
         to the whole step) leaves its workers both orphaned and signalled, and "preempted" says why."""
         if self.interrupted:
             return 3.0
         if self.flag:
             return 2.0
-        return 1.0 if self._parent is not None and os.getppid() != self._parent else 0.0
+        return 1.0 if launcher.orphaned() else 0.0
 
     def _agree(self, level: float) -> bool:
         if level > 0:
