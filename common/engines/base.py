@@ -94,7 +94,6 @@ class Engine:
     # Settings the engine reads from outside the recipe config (a DeepSpeed JSON): {key: value}, saved in
     # state.pt by state_dict and compared on resume like config keys (resume_fixed may name them).
     settings: dict = {}
-    settings_key: str | None = None  # the config key naming where they come from (deepspeed_config)
 
     # -- the environment, as recipes read it ------------------------------------------------
     device = property(lambda self: self.env.device)

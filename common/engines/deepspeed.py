@@ -201,7 +201,6 @@ def _safe_types() -> list[type]:
 
 class DeepSpeedEngine(Engine):
     name = "deepspeed"
-    settings_key = "deepspeed_config"
     # The JSON's content is compared, not its path (the same file may be edited): the stage and precision
     # decide the layout of the saved partitions; the rest (buckets, overlap, loss-scale window) takes effect.
     resume_fixed = {"precision": "DeepSpeed's saved optimizer and loss-scaler state is for one precision",

@@ -67,8 +67,6 @@ def conflicts(changed, sd: dict, rt) -> list[str]:
         if key == "engine" and (sd.get("engine_owned") or rt.owned):
             why = "the checkpoint format (DeepSpeed and FSDP keep weights and optimizer " \
                   "state in their own per-rank format)"
-        if key == rt.settings_key and not (sd.get("engine") or {}).get("settings"):
-            why = "a checkpoint saved without the file's content: only its path can be compared"
         if why:
             out.append(f"  {key}: {old!r} -> {new!r}  ({why})")
     return out

@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from common.config import ConfigError, UserError
 from common.data.sampling import check_batch
-from common.engines.deepspeed import DeepSpeedEngine
 from common.lifecycle.source import FREE_KEYS
 from common.train.checkpoint import refuse_code
-from common.train.resume import conflicts
 from common.train.state import StateMismatch, TrainState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,12 +68,3 @@ def test_a_checkpoint_of_another_class_count_names_a_way_to_start_over_that_is_a
     with pytest.raises(StateMismatch, match=r"update dtrain, or start over in a new out_dir, or here with "
                                             r"resume=none overwrite=true"):
         _state(2).load_state_dict(sd, "test")
-
-
-def test_a_checkpoint_without_the_deepspeed_json_content_keeps_its_path_fixed():
-    """Where a checkpoint did not record the JSON's content, a path change cannot be checked and is refused."""
-    rt = SimpleNamespace(resume_fixed=DeepSpeedEngine.resume_fixed, owned={"net"}, settings_key="deepspeed_config")
-    changed = [("deepspeed_config", "a.json", "b.json")]
-    (line,) = conflicts(changed, {"engine": {"scaler": {}}}, rt)
-    assert line.startswith("  deepspeed_config: 'a.json' -> 'b.json'  (a checkpoint saved without the file's content")
-    assert conflicts(changed, {"engine": {"settings": {"deepspeed_config:zero_optimization.stage": 2}}}, rt) == []
