@@ -164,6 +164,7 @@ class Loaders:
     num_classes: int
     shape: tuple[int, int, int]
     classes: list[str] | None = None  # class names, where the data says them (an image folder's sub-directories)
+    stats: tuple[list[float], list[float]] | None = None  # per-channel (mean, std) the inputs are normalised with
 
 
 def _pad(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -174,10 +175,12 @@ def _pad(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(images, (left, size - w - left, top, size - h - top))
 
 
-def classification_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
+def classification_data(cfg, rt, classes: list[str] | None = None,
+                        stats: tuple[list[float], list[float]] | None = None) -> Loaders:
     """Train and eval loaders for an image-classification recipe, sharded for this rank. classes: the
     class names a trained model knows (its checkpoint's), which an image folder is labelled against;
-    None: a new run's, train/'s sub-directories."""
+    None: a new run's, train/'s sub-directories. stats: the (mean, std) a trained model's inputs were
+    normalised with (its checkpoint's); None: measured on these training images."""
     d = cfg.data
     if d.name == "folder":
         root, known_from = Path(d.root), SAVED_CLASSES if classes else None
@@ -190,7 +193,7 @@ def classification_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
         train_x, train_y = load_split(d, "train")
         test_x, test_y = load_split(d, "test")
     train_x, test_x = _pad(train_x, d.pad_to), _pad(test_x, d.pad_to)
-    mean, std = channel_stats(d.name, train_x)
+    mean, std = stats or channel_stats(d.name, train_x)
     mean, std = mean * (train_x.shape[1] // len(mean)), std * (train_x.shape[1] // len(std))
     common = tensor_loader_args(cfg, rt, train_x, train_y, test_x, test_y)
     num_classes = len(classes) if classes else int(max(train_y.max(), test_y.max())) + 1
@@ -198,4 +201,4 @@ def classification_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
                               accum=cfg.train.grad_accum, seed=cfg.seed, drop_last=d.drop_last,
                               augment=d.augment, mix=batch_mix(d, num_classes), **common)
     evaluate = TensorEvalLoader(test_x, test_y, mean, std, batch_size=cfg.train.eval_batch_size, **common)
-    return Loaders(train, evaluate, num_classes, tuple(train_x.shape[1:]), classes)
+    return Loaders(train, evaluate, num_classes, tuple(train_x.shape[1:]), classes, (mean, std))

@@ -107,10 +107,10 @@ def open_source(cli) -> Source:
 
 def build_data(task, src: Source, rt):
     """The task's data for this checkpoint's model. An image folder is labelled by the class names the
-    run trained on (saved in the checkpoint), so another tree gives the same labels, or exit 2 naming a
-    class the model does not know."""
-    classes = src.sd.get("classes")
-    return task.build_data(src.cfg, rt) if classes is None else task.build_data(src.cfg, rt, classes=classes)
+    run trained on and normalised with its training images' mean/std (both saved in the checkpoint), so
+    another tree gives the same labels and inputs, or exit 2 naming a class the model does not know."""
+    saved = {k: src.sd[k] for k in ("classes", "stats") if src.sd.get(k) is not None}
+    return task.build_data(src.cfg, rt, **saved)
 
 
 def checkpoint_config(cli, saved: dict, flag: str):

@@ -54,9 +54,10 @@ class Classifier:
         """script: the recipe's __file__ (its name goes into checkpoints; configs/<name>.yaml is its base)."""
         self.Config, self.build_model, self.script, self._build_data = Config, build_model, script, build_data
 
-    def build_data(self, cfg, rt, classes: list[str] | None = None):
-        """classes: the class names a trained model knows (its checkpoint's), for an image folder's labels."""
-        return self._build_data(cfg, rt) if classes is None else self._build_data(cfg, rt, classes=classes)
+    def build_data(self, cfg, rt, **saved):
+        """saved: what a trained model's checkpoint says of its data (`classes`, an image folder's labels;
+        `stats`, the inputs' normalisation), for the data builders that read them."""
+        return self._build_data(cfg, rt, **saved)
 
     @within_memory
     def build_models(self, cfg, loaders) -> dict:

@@ -58,7 +58,8 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
         is_best = value is not None and ckpt.is_better(value, state.best)
         state.best = value if is_best else state.best
         payload = {**state.state_dict(to_dict(cfg), recipe, rt.owned), "engine": rt.state_dict(),
-                   "classes": loaders.classes}  # the labels' names: other trees are labelled by them
+                   # The labels' names and the inputs' normalisation: another tree is read the same way.
+                   "classes": loaders.classes, "stats": loaders.stats}
         ckpt.save(payload, state.step, is_best=is_best, metric=value, shards=rt.save_shards)
         return state.step
 

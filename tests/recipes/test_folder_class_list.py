@@ -96,3 +96,17 @@ def test_a_new_run_with_a_val_class_train_lacks_is_refused(full, tmp_path, capsy
     err = fails(capsys, "mnist_mlp", f"out_dir={tmp_path / 'run'}", f"data.root={tree}", *DATA["mnist_mlp"])
     assert "val has class folder(s) 'pullover' that the model does not know" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_another_tree_is_normalised_with_the_training_run_s_statistics(full, tmp_path):
+    """The in-memory path measures mean/std on train/: read back on another tree, the checkpoint's figures
+    are used (the export's input spec shows them), never that tree's."""
+    out = tmp_path / "run"
+    go("mnist_mlp", f"out_dir={out}", f"data.root={full}", *DATA["mnist_mlp"], "train.max_steps=2", "train.batch_size=8")
+    other = variant(full, tmp_path / "other", remove=["train/pullover", "train/trouser"])
+    specs = []
+    for root, name in ((full, "a"), (other, "b")):
+        go("mnist_mlp", "--export", str(out), "--to", str(tmp_path / f"{name}.safetensors"), f"data.root={root}",
+           debug=False)
+        specs.append(read_export(tmp_path / f"{name}.safetensors")[1]["input"])
+    assert specs[0]["mean"] == specs[1]["mean"] and specs[0]["std"] == specs[1]["std"]
