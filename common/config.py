@@ -8,8 +8,6 @@ differences from what they layer on (a `base:` key names the YAML they extend);
 Unknown keys, wrong types and values outside a field's declared range (`ranged(...)`) are errors that
 name the key and the fix.
 The command line and YAML files (layering, base:, provenance, --help) are common/cli.py.
-About 330 lines: the shared sections (with their ranges) and the strict checks that read them are
-one contract; splitting them would put a field and the rule it obeys in different files.
 """
 from __future__ import annotations
 
