@@ -48,6 +48,25 @@ def run_recipe(recipe: str, *overrides: str, nproc: int = 1, config: str | None 
     return proc
 
 
+def run_ranks(cmd: list[str], env: dict, timeout: int = 600) -> tuple[list[int], subprocess.CompletedProcess]:
+    """Each rank of a torchrun command (recipe_command's with nproc > 1, `--no-python` allowed) as a process of
+    its own under env:// variables: (every rank's exit code, the ranks' output joined in rank order). Under
+    torchrun the agent ends the other ranks once one has exited, so the codes it reports depend on timing."""
+    args = cmd[3:]
+    no_python = "--no-python" in args
+    nproc, port = int(args[args.index("--nproc_per_node") + 1]), str(free_port())
+    program = args[args.index("--master_port") + 2:]
+    program = program if no_python else [sys.executable, *program]
+    procs = [subprocess.Popen(program, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(nproc),
+                                   "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+             for r in range(nproc)]
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return ([p.returncode for p in procs],
+            subprocess.CompletedProcess(program, max(p.returncode for p in procs),
+                                        "".join(o for o, _ in outs), "".join(e for _, e in outs)))
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:

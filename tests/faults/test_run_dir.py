@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, last_checkpoint_step, metrics, recipe_command, run_recipe
+from helpers import ROOT, last_checkpoint_step, metrics, recipe_command, run_ranks, run_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +35,8 @@ def test_a_second_run_into_a_used_out_dir_is_refused_naming_the_holder(tmp_path)
         wait_for_line(first.stdout, "paused at step 5")  # it holds the lock and is training
         before = snapshot(out)
         cmd2, env2 = recipe_command("mnist_mlp", f"out_dir={out}", nproc=2)  # torchrun: rank 0 locks
-        cmd2[3:3] = ["--monitor-interval=5"]  # both ranks end on their own before torchrun reacts
-        second = subprocess.run(cmd2, capture_output=True, text=True, env=env2, cwd=ROOT, timeout=300)
-        assert second.returncode != 0 and second.stderr.count("exitcode  : 2") == 2, second.stderr[-3000:]
+        codes, second = run_ranks(cmd2, env2, timeout=300)  # each rank's own exit code
+        assert codes == [2, 2], (codes, second.stderr[-3000:])
         refusals = [line for line in second.stderr.splitlines() if line.startswith(f"error: out_dir {out} is in use")]
         assert len(refusals) == 2, second.stderr[-3000:]  # rank 1 learns it from rank 0
         assert f"in use by another run (pid {first.pid} on host {socket.gethostname()}" in second.stderr

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 
 import pytest
 
-from helpers import ROOT, recipe_command
+from helpers import ROOT, recipe_command, run_ranks
 from launchutil import launch
 
 OVERRIDES = ("train.max_steps=8", "train.log_every_steps=4", "train.eval_every_steps=8", "train.ckpt_every_steps=4")
@@ -34,11 +33,10 @@ def test_another_zero_stage_in_the_same_json_is_refused_on_every_rank(run, tmp_p
         before = sorted(p.relative_to(out) for p in out.rglob("*") if "run.lock" not in p.name)
         cmd, env = recipe_command("mnist_mlp", f"out_dir={out}", *OVERRIDES, "engine=deepspeed",
                                   f"deepspeed_config={config}", nproc=2)
-        cmd[3:3] = ["--monitor-interval=5"]  # each rank ends on its own: the summary shows every rank's exit code
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        codes, p = run_ranks(cmd, env)  # each rank's own exit code
     finally:
         config.write_text(original)
-    assert p.stderr.count("exitcode  : 2") == 2, p.stderr[-3000:]
+    assert codes == [2, 2], (codes, p.stderr[-3000:])
     assert "AssertionError" not in p.stderr and "deepspeed/runtime" not in p.stderr  # DeepSpeed never loaded it
     refusals = [line for line in p.stderr.splitlines() if line.startswith("error: cannot resume from")]
     assert len(refusals) == 2, p.stderr[-3000:]  # each rank says it

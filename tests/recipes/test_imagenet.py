@@ -1,9 +1,8 @@
 """imagenet.py on an ImageFolder tree of real Fashion-MNIST images."""
-import subprocess
 
 import pytest
 
-from helpers import ROOT, fashion_tree, metrics, recipe_command, run_recipe
+from helpers import fashion_tree, metrics, recipe_command, run_ranks, run_recipe
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +52,7 @@ def test_a_link_loop_stops_every_rank_naming_the_link(tree, tmp_path):
     looped = shutil.copytree(tree, tmp_path / "tree")
     (looped / "train" / "tshirt" / "up").symlink_to("..")
     cmd, env = recipe_command("imagenet", f"data.root={looped}", f"out_dir={tmp_path / 'run'}", nproc=2)
-    cmd[3:3] = ["--monitor-interval=5"]  # each rank ends on its own: every exit code shows
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    codes, p = run_ranks(cmd, env, timeout=300)  # each rank's own exit code
     errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and all("symbolic link" in e and "train/tshirt/up" in e for e in errors), p.stderr[-3000:]
-    assert p.stderr.count("exitcode  : 2") == 2, p.stderr[-3000:]
+    assert codes == [2, 2], (codes, p.stderr[-3000:])
