@@ -23,7 +23,8 @@ import torch
 from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
 from common.lifecycle.source import build_data, checkpoint_weights, open_source
-from common.train.checkpoint import MANIFEST, write_failure
+from common.formats.checkpoint import MANIFEST
+from common.formats.writes import write_failure
 from common.userfiles import damaged, expect, fields, tensors, torch_load
 
 FORMAT = 1

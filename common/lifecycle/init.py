@@ -18,7 +18,8 @@ from common.config import UserError
 from common.engines.base import unwrap
 from common.lifecycle.export import is_export, read_export
 from common.lifecycle.source import checkpoint_weights, locate
-from common.train.checkpoint import Checkpointer, load_file, verify
+from common.formats.checkpoint import load_file, verify
+from common.train.checkpoint import Checkpointer
 
 SHOWN = 6  # names listed per kind in the report before "... and N more"
 

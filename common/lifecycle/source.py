@@ -11,7 +11,8 @@ from pathlib import Path
 
 from common.config import ConfigError, UserError, from_dict, schema
 from common.engines import full_weights_reader
-from common.train.checkpoint import Checkpointer, load_file, verify
+from common.formats.checkpoint import load_file, verify
+from common.train.checkpoint import Checkpointer
 
 
 def locate(path: Path) -> tuple[Path, str] | None:

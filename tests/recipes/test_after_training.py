@@ -143,7 +143,7 @@ def test_weights_ema_without_an_ema_copy_says_use_raw(trained):
 
 
 def test_export_refuses_a_destination_inside_a_checkpoint_and_leaves_it_intact(trained, capsys):
-    from common.train.checkpoint import verify
+    from common.formats.checkpoint import verify
     ckpt = trained / "checkpoints" / f"step_{STEPS:08d}"
     before = (ckpt / "state.pt").read_bytes()
     for to in (ckpt / "state.pt", ckpt / "w.safetensors", trained / "checkpoints" / "w.pt"):
