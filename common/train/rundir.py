@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 
 from common import dist
-from common.cli import dump_yaml
+from common.config import dump_yaml
 from common.config import UserError
 from common.formats.checkpoint import read_run_id
 from common.train.checkpoint import Checkpointer
