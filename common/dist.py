@@ -276,6 +276,6 @@ def on_main(rt, work) -> None:
             work()
         except UserError as e:
             error = str(e)
-    error = dist.broadcast_object(error)
+    error = broadcast_object(error)
     if error:
         raise UserError(error)
