@@ -1,7 +1,7 @@
 """Worker processes for the DDP benchmarks (ddp_efficiency.py, grad_comm.py): gloo on CPU.
 
 `launch(world, cases, arms, ...)` starts `world` processes (multiprocessing, spawn) that set the
-torchrun variables, enter the recipe's runtime (common.entry.runtime: common/env.py joins the
+torchrun variables, enter the recipe's runtime (common.train.runtime.runtime: common/env.py joins the
 gloo group; the ddp engine), and per case build two copies of the recipe's model from the same
 seed: one wrapped in DDP the way the ddp engine's prepare() does it (gradient_as_bucket_view=True;
 explicitly at world size 1), one plain.
@@ -86,7 +86,7 @@ def _worker(rank, world, port, cases, arms, alone_blocks, threads, out_dir, barr
     try:
         import torch.distributed as tdist
         from bench import harness as H
-        from common.entry import runtime
+        from common.train.runtime import runtime
         if world == 1:
             # The ddp engine never wraps DDP at world size 1; an explicit DDP needs a process group.
             tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)

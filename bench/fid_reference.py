@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from common.config import BaseConfig, DataConfig
 from common.data.datasets import load_split
-from common.entry import runtime
+from common.train.runtime import runtime
 from common.tasks.fid import frechet_distance, load_judge
 
 

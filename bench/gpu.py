@@ -48,7 +48,7 @@ except ImportError:
     from loader_headroom import _memoize_synthetic
     from loop_overhead import bare_setup, epochs
 
-from common.entry import runtime
+from common.train.runtime import runtime
 from common.train.loop import fit
 
 RECIPE = "resnet_cifar"
@@ -68,7 +68,7 @@ def peak_tflops(name: str, override: float | None) -> tuple[float, str]:
 
 
 class Bench:
-    """One precision/compile setting: its engine (common.entry.runtime) and loaders, and block runners
+    """One precision/compile setting: its engine (common.train.runtime.runtime) and loaders, and block runners
     for ours and bare."""
 
     def __init__(self, mod, tmp: Path, name: str, overrides: list[str], warmup: int, timed: int):

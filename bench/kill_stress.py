@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.exit_stress import free_port  # noqa: E402
 from common.engines.fsdp import read_full_weights  # noqa: E402
-from common.train.checkpoint import load_file  # noqa: E402
+from common.formats.checkpoint import load_file  # noqa: E402
 
 PR_SET_CHILD_SUBREAPER = 36
 # 40 steps of 48 samples, a checkpoint every 5: kills land before, between and after checkpoints;

@@ -39,7 +39,7 @@ except ImportError:
 
 import common.data.datasets
 import common.data.memory
-from common.entry import runtime
+from common.train.runtime import runtime
 
 CIFAR = ["data.name=synthetic", "data.synthetic_shape=[3,32,32]", "data.synthetic_train=50000",
          "data.synthetic_test=1000", "data.synthetic_classes=10"]

@@ -5,7 +5,7 @@ with the same optimizer and LR schedule (common/train/optim.py: SGD foreach + La
 batches (the recipe's task.build_data: the in-memory TensorTrainLoader, synthetic data of the dataset's shape),
 in the same precision, in the same process:
 
-  ours: with common.entry.runtime(cfg) as rt: recipe task.build_data -> task.build_state ->
+  ours: with common.train.runtime.runtime(cfg) as rt: recipe task.build_data -> task.build_state ->
         common.train.loop.fit(cfg, state, rt, loaders, task.train_step, task.evaluate, recipe)
         with train.max_steps=N: everything the loop does per step (micro_step, Meter, NonFiniteGuard,
         schedulers, logging every train.log_every_steps, preemption check) is inside the timing.
@@ -37,7 +37,7 @@ try:
 except ImportError:  # run as a script: bench/ is not on sys.path as a package
     import harness as H
 
-from common.entry import runtime
+from common.train.runtime import runtime
 from common.train.loop import fit
 from common.train.optim import build_optimizer, build_scheduler
 

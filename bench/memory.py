@@ -5,7 +5,7 @@
     python bench/memory.py --json out.json
 
 Each (model, engine) pair is one `torchrun --nproc_per_node 2` of this file in worker mode. A worker
-enters the recipe's runtime exactly as a run does (common.entry.runtime: the engine, gloo), builds the
+enters the recipe's runtime exactly as a run does (common.train.runtime.runtime: the engine, gloo), builds the
 recipe's state (model, SGD + momentum, the engine's wrappers) and takes optimizer steps with the
 recipe's train_step on synthetic data. It reports, per rank:
   state MB   bytes of every tensor storage alive in the process after the steps (params, optimizer
@@ -66,7 +66,7 @@ def worker(recipe: str, steps: int, argv: list[str]) -> None:
     from bench.harness import load_recipe
     from common import dist
     from common.cli import parse_cli
-    from common.entry import runtime
+    from common.train.runtime import runtime
 
     task = load_recipe(recipe).task
     cli = parse_cli(task.Config, task.script, argv)

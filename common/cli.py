@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 
-from common.config import ConfigError, flatten, _type_name, apply, ranges, schema, to_dict
+from common.config import ConfigError, flatten, _type_name, apply, ranges, schema
 from common.userfiles import problem
 
 @dataclass
@@ -251,22 +251,3 @@ def validate(cfg) -> None:
         raise ConfigError("set train.epochs >= 1 or train.max_steps >= 1")
     if cfg.resume not in ("auto", "none") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume={cfg.resume!r} is neither 'auto', 'none' nor an existing checkpoint path")
-
-
-def dump_yaml(cfg, sources: dict[str, str] | None = None) -> str:
-    """The config as YAML; with `sources`, each value set by a layer ends in `# from <source>`."""
-    if sources is None:
-        return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    return "".join(_annotated(to_dict(cfg), sources))
-
-
-def _annotated(d: dict, sources: dict[str, str], prefix: str = "", indent: str = ""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield f"{indent}{k}:\n"
-            yield from _annotated(v, sources, f"{prefix}{k}.", indent + "  ")
-            continue
-        text = yaml.safe_dump(v, default_flow_style=True, width=1 << 20).strip()
-        text = text[:-3].rstrip() if text.endswith("\n...") else text  # a plain scalar ends the document
-        note = f"  # from {sources[prefix + k]}" if prefix + k in sources else ""
-        yield f"{indent}{k}: {text}{note}\n"

@@ -21,6 +21,8 @@ import math
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal
 
+import yaml
+
 
 class UserError(Exception):
     """A problem the user can fix; the message names it and the fix. Shown without a traceback."""
@@ -375,3 +377,22 @@ def to_dict(cfg) -> dict:
 
 def from_dict(cls, d: dict):
     return apply(cls(), flatten(d), "checkpoint")
+
+
+def dump_yaml(cfg, sources: dict[str, str] | None = None) -> str:
+    """The config as YAML; with `sources`, each value set by a layer ends in `# from <source>`."""
+    if sources is None:
+        return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return "".join(_annotated(to_dict(cfg), sources))
+
+
+def _annotated(d: dict, sources: dict[str, str], prefix: str = "", indent: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield f"{indent}{k}:\n"
+            yield from _annotated(v, sources, f"{prefix}{k}.", indent + "  ")
+            continue
+        text = yaml.safe_dump(v, default_flow_style=True, width=1 << 20).strip()
+        text = text[:-3].rstrip() if text.endswith("\n...") else text  # a plain scalar ends the document
+        note = f"  # from {sources[prefix + k]}" if prefix + k in sources else ""
+        yield f"{indent}{k}: {text}{note}\n"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from common.config import UserError
 from common.hosts import host_facts, loopback_warning
 from common.launcher import launcher_of
 
@@ -265,3 +266,16 @@ def all_gather_object(obj) -> list:
     out = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(rt, work) -> None:
+    """Rank 0 runs `work`; every rank raises the UserError it raised (the same exit code on every rank)."""
+    error = None
+    if rt.is_main:
+        try:
+            work()
+        except UserError as e:
+            error = str(e)
+    error = broadcast_object(error)
+    if error:
+        raise UserError(error)

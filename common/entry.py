@@ -36,7 +36,6 @@ before main returns.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import gc
 import os
 import sys
@@ -45,31 +44,15 @@ from typing import Callable, NoReturn
 
 from common import dist, launcher
 from common.config import UserError
-from common.cli import dump_yaml, parse_cli
+from common.cli import parse_cli
+from common.config import dump_yaml
 from common.data.sampling import check_batch
-from common.engines import make_engine, resolve_engine
-from common.env import Env
+from common.lifecycle import evaluate, export
 from common.train import checks
 from common.train.report import batch_split
 from common.train.loop import fit, total_steps
-from common.train.preempt import EXIT_INTERRUPTED, EXIT_PREEMPTED
-
-
-@contextlib.contextmanager
-def runtime(cfg):
-    """The process environment and the engine for cfg (cfg.engine is resolved in place, as it
-    goes to config.yaml). Torn down on exit: with a barrier when every rank got here cleanly."""
-    cfg.engine = resolve_engine(cfg.engine)
-    env = Env(cfg)
-    clean = False
-    try:
-        yield make_engine(cfg, env)
-        clean = True
-    except SystemExit as e:  # an agreed exit (preemption, Ctrl-C): every rank is here
-        clean = e.code in (0, None, EXIT_PREEMPTED, EXIT_INTERRUPTED)
-        raise
-    finally:
-        env.close(clean)
+from common.train.preempt import EXIT_INTERRUPTED
+from common.train.runtime import runtime
 
 
 def dry_run(cli, rt) -> None:
@@ -95,7 +78,6 @@ def run(task, script: str, argv=None):
     try:
         cli = parse_cli(task.Config, script, argv)
         if cli.action != "train":
-            from common.lifecycle import evaluate, export
             return {"evaluate": evaluate.run, "export": export.run}[cli.action](task, cli)
         with runtime(cli.cfg) as rt:
             check_batch(cli.cfg.train.batch_size, rt.world_size, cli.cfg.train.grad_accum)

@@ -98,7 +98,7 @@ def last_checkpoint_step(out_dir: Path) -> int | None:
 
 
 def final_weights(out_dir: Path, model: str = "net") -> dict[str, torch.Tensor]:
-    from common.train.checkpoint import load_file
+    from common.formats.checkpoint import load_file
     step = last_checkpoint_step(out_dir)
     return load_file(Path(out_dir) / "checkpoints" / f"step_{step:08d}")["models"][model]
 

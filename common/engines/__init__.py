@@ -19,6 +19,7 @@ import os
 
 from common import dist
 from common.config import ConfigError
+from common.engines import base
 
 # name -> "module:class", imported only when chosen (DeepSpeed and Accelerate take seconds to import)
 ENGINES = {
@@ -55,7 +56,6 @@ def full_weights_reader(engine: str):
     if engine not in ENGINES:
         raise ConfigError(f"the checkpoint was written with engine={engine!r}, which this version does not know "
                           f"({', '.join(ENGINES)}); read it with the dtrain version that wrote it")
-    from common.engines import base
     module = importlib.import_module(ENGINES[engine].split(":")[0])
     return getattr(module, "read_full_weights", base.read_full_weights)
 

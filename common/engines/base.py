@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from common.config import UserError
+from common.formats.checkpoint import load_file
 from common.models.blocks import checkpoint_blocks
-from common.train.checkpoint import load_file
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

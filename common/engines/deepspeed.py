@@ -42,7 +42,7 @@ import torch.nn as nn
 from common import dist
 from common.config import UserError
 from common.engines.base import Engine, unwrap
-from common.train.checkpoint import load_file, refuse_code
+from common.formats.checkpoint import load_file, refuse_code
 
 REPO = Path(__file__).resolve().parents[2]
 # The JSON keys filled from the recipe config (where each comes from).

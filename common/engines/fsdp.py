@@ -47,6 +47,7 @@ from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from common import dist
 from common.config import START_OVER, UserError
 from common.engines.base import Engine
+from common.formats.checkpoint import CheckpointError, verify
 from common.models.blocks import find_blocks
 from common.userfiles import damaged, expect
 
@@ -89,7 +90,6 @@ def read_full_weights(ckpt_dir) -> dict[str, dict[str, torch.Tensor]]:
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    from common.train.checkpoint import CheckpointError, verify
     where = Path(ckpt_dir)
     if where.is_file():
         where = where.parent

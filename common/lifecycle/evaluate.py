@@ -11,18 +11,18 @@ import json
 import os
 from pathlib import Path
 
+from common import dist
 from common.config import UserError
-from common.lifecycle.export import on_main
-from common.lifecycle.source import build_data, checkpoint_weights, open_source
+from common.lifecycle.source import build_data, open_source
 from common.train.rundir import LockHeld, held
+from common.train.runtime import runtime
 from common.train.state import TrainState
+from common.train.weights import checkpoint_weights
 
 SPLIT = "eval"  # an --evaluate row; training's own evaluations are "val" (same eval split, during training)
 
 
 def run(task, cli) -> dict[str, float]:
-    from common.entry import runtime
-
     src = open_source(cli)
     cfg = src.cfg
     with runtime(cfg) as rt:
@@ -53,7 +53,7 @@ def run(task, cli) -> dict[str, float]:
             rt.log(f"evaluated {src.ckpt} ({src.why}; {which} weights) on the eval split, "
                    f"{rt.world_size} process(es)\n[{SPLIT}] step {state.step} {shown}")
         if where:
-            on_main(rt, lambda: record(where, row))
+            dist.on_main(rt, lambda: record(where, row))
         rt.log(f"appended to {where}" if where else "not written to a metrics.jsonl (no run directory)")
     return numbers
 

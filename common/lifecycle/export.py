@@ -12,8 +12,6 @@ with `Exported.preprocess(uint8 images)` applying the training normalisation.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,13 +20,15 @@ import torch
 
 from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
-from common.lifecycle.source import build_data, checkpoint_weights, open_source
-from common.train.checkpoint import MANIFEST, write_failure
-from common.userfiles import damaged, expect, fields, tensors, torch_load
+from common.data.folder import IMAGENET_MEAN, IMAGENET_STD
+from common.data.memory import _pad
+from common.formats.checkpoint import MANIFEST
+from common.formats.export import FORMAT, SUFFIXES, read_export, write_export
+from common.lifecycle.source import build_data, open_source
+from common.train.runtime import runtime
+from common.train.weights import checkpoint_weights
+from common.userfiles import fields
 
-FORMAT = 1
-SUFFIXES = (".safetensors", ".pt", ".pth")
-META = {"recipe": str, "model": str, "weights": str, "step": int}  # what every reader of the metadata indexes
 CLASS_NAMES = {  # for the datasets read by name; ImageFolder trees name their classes by folder
     "mnist": [str(i) for i in range(10)],
     "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -49,7 +49,6 @@ def input_spec(cfg, loaders) -> dict:
         return spec
     t = getattr(getattr(ev, "ds", None), "transform", None)  # image files (common/data/folder.py)
     if t is not None and hasattr(t, "t"):  # classification presets: resize, center crop, normalise
-        from common.data.folder import IMAGENET_MEAN, IMAGENET_STD
         size = cfg.data.image_size
         spec.update(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=round(size / 0.875), center_crop=size)
     else:  # the GANs' squares in [-1, 1]
@@ -64,8 +63,6 @@ def default_path(src, recipe: str, which: str) -> Path:
 
 def run(task, cli) -> dict:
     """The --export command (every rank takes part; rank 0 writes)."""
-    from common.entry import runtime
-
     to = cli.to
     if to is not None and to.suffix not in SUFFIXES:
         raise ConfigError(f"--to {to}: the file must end in .safetensors (default) or .pt; e.g. --to {to.with_suffix('.safetensors')}")
@@ -76,7 +73,7 @@ def run(task, cli) -> dict:
     with runtime(cfg) as rt:
         weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
         path = to or default_path(src, cli.recipe, which)
-        on_main(rt, lambda: check_destination(path, src, cli.replace, made=to is None))
+        dist.on_main(rt, lambda: check_destination(path, src, cli.replace, made=to is None))
         if src.ignored:
             rt.log(f"--export ignores training settings: {', '.join(src.ignored)}")
         loaders = build_data(task, src, rt)
@@ -85,22 +82,9 @@ def run(task, cli) -> dict:
         meta = {"format": FORMAT, "recipe": cli.recipe, "model": name, "weights": which, "step": src.sd["step"],
                 "checkpoint": str(src.ckpt), "config": to_dict(cfg), "input": input_spec(cfg, loaders),
                 "num_classes": loaders.num_classes, "classes": classes}
-        on_main(rt, lambda: write_export(path, weights[name], meta))
+        dist.on_main(rt, lambda: write_export(path, weights[name], meta))
         rt.log(f"exported '{name}' ({which} weights) of {src.ckpt}, {src.why}, to {path}")
     return {}
-
-
-def on_main(rt, work) -> None:
-    """Rank 0 runs `work`; every rank raises the UserError it raised (the same exit code on every rank)."""
-    error = None
-    if rt.is_main:
-        try:
-            work()
-        except UserError as e:
-            error = str(e)
-    error = dist.broadcast_object(error)
-    if error:
-        raise UserError(error)
 
 
 def check_destination(path: Path, src, replace: bool, made: bool) -> None:
@@ -121,62 +105,6 @@ def check_destination(path: Path, src, replace: bool, made: bool) -> None:
                         "file with --to FILE")
 
 
-def write_export(path: Path, weights: dict, meta: dict) -> None:
-    """Atomically (temp file, then rename) write weights + meta as .safetensors or .pt by path's suffix.
-    The file gets the mode the umask gives any new file (open(2) with 0o666), whatever the format."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    # Own, contiguous storage per tensor: safetensors refuses shared or strided views.
-    plain = {k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import save
-                f.write(save(plain, metadata={"dtrain": json.dumps(meta)}))
-            else:
-                torch.save({"state_dict": plain, "meta": meta}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except Exception as e:
-        reason = write_failure(e, path.parent)
-        if reason is None:
-            raise
-        raise UserError(f"could not write {path}: {reason}; nothing was replaced. Free space or fix permissions "
-                        "there, or choose another file with --to FILE") from None
-    finally:
-        if tmp.exists():  # a failed write's leftover (false, not an error, when the directory is unusable)
-            tmp.unlink()
-
-
-def is_export(path: Path) -> bool:
-    return Path(path).is_file() and Path(path).suffix in SUFFIXES and Path(path).name != "state.pt"
-
-
-def read_export(path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict, meta) of a file written by --export; a damaged file or one that --export did not
-    write is a DamagedFile naming it."""
-    path, what = Path(path), "the weight file"
-    fix = "give a file written by --export: `python recipes/<name>.py --export RUN_DIR --to FILE`"
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors import safe_open
-            with safe_open(str(path), framework="pt") as f:
-                text = (f.metadata() or {}).get("dtrain")
-                weights = {k: f.get_tensor(k) for k in f.keys()}
-            meta = json.loads(expect(text, str, what, path, "its 'dtrain' metadata (written by --export)", fix))
-        except Exception as e:  # SafetensorError, OSError, JSONDecodeError: all mean a damaged file
-            if isinstance(e, UserError):
-                raise
-            raise damaged(what, path, e, fix) from None
-    else:
-        blob = fields(torch_load(path, what, fix), {"state_dict": dict, "meta": dict}, what, path, "the file", fix)
-        weights, meta = blob["state_dict"], blob["meta"]
-    fields(meta, META, what, path, "its metadata", fix)
-    return tensors(weights, what, path, "its weights", fix), meta
-
-
 @dataclass
 class Exported:
     """What load_model returns beside the model: the metadata and the config it describes."""
@@ -191,7 +119,6 @@ class Exported:
         """uint8 images [N, C, H, W] of the training data's size -> the model's input, as in training
         (zero padding to data.pad_to, scale to [0, 1], per-channel mean/std). Image files take
         torchvision's Resize(meta['input']['resize']) + CenterCrop first."""
-        from common.data.memory import _pad
         spec = self.meta["input"]
         x = _pad(images, spec.get("pad_to", 0)).float() / 255
         mean, std = (torch.tensor(spec[k], device=x.device).view(1, -1, 1, 1) for k in ("mean", "std"))

@@ -10,57 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import ConfigError, UserError, from_dict, schema
-from common.engines import full_weights_reader
-from common.train.checkpoint import Checkpointer, load_file, verify
-
-
-def locate(path: Path) -> tuple[Path, str] | None:
-    """(checkpoint directory, why this one) for a run directory, its checkpoints/ folder, a checkpoint
-    directory or a state.pt; None when there is none. Reads only: nothing is cleaned or renamed."""
-    path = Path(path)
-    if path.is_file() and path.name == "state.pt":
-        path = path.parent
-    if (path / "state.pt").exists():  # a checkpoint, intact or not: load_file says what is wrong with it
-        return path, "the checkpoint given"
-    folder = Checkpointer(path / "checkpoints" if (path / "checkpoints").is_dir() else path)
-    best, newer_broken = folder.best_name(), []
-    if best and verify(folder.dir / best) is None:
-        return folder.dir / best, f"the best checkpoint ({folder.dir / 'best.json'})"
-    for p in folder.all():
-        reason = verify(p)
-        if reason is None:
-            why = "the newest valid checkpoint" + (" (best.json names no valid one)" if best else " (no best.json)")
-            return p, why + "".join(f"; skipped {n}" for n in newer_broken)
-        newer_broken.append(f"{p.name}: {reason}")
-    return None
+from common.formats.checkpoint import load_file
+from common.train.weights import locate
 
 
 def run_dir_of(ckpt: Path) -> Path | None:
     """The run directory a checkpoint belongs to (…/RUN/checkpoints/step_N), else None."""
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
-
-
-def strip_ema(sd: dict) -> dict:
-    """An EMA copy's state_dict (AveragedModel: module.<key> and n_averaged) as the model's own."""
-    return {k[len("module."):]: v for k, v in sd.items() if k.startswith("module.")}
-
-
-def checkpoint_weights(ckpt: Path, sd: dict, weights: str | None) -> tuple[dict[str, dict], str]:
-    """({model name: plain state_dict}, "ema" | "raw"): each model's EMA copy where asked for (default:
-    when the checkpoint has one), the trained weights for the others, gathered by the engine that
-    wrote them (common.engines.full_weights_reader: DeepSpeed's ZeRO partitions included)."""
-    emas = sd.get("ema") or {}
-    if weights == "ema" and not emas:
-        raise UserError(f"--weights ema: checkpoint {ckpt} has no EMA copy (the run had train.ema_decay=0); "
-                        "use --weights raw")
-    which = weights or ("ema" if emas else "raw")
-    engine = sd.get("config", {}).get("engine", "ddp")
-    names = set(sd.get("models", {})) | set(sd.get("engine_owned", []))
-    # Every model has its EMA copy in state.pt: no need to gather the trained weights (ZeRO partitions).
-    out = {} if which == "ema" and names <= set(emas) else full_weights_reader(engine)(ckpt)
-    if which == "ema":
-        out.update({name: strip_ema(e) for name, e in emas.items()})
-    return out, which
 
 
 # Keys that do not change the model or the data it is judged on: an after-training command applies them.

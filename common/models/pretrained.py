@@ -18,7 +18,7 @@ import torchvision
 
 from common import dist
 from common.config import UserError
-from common.lifecycle.init import load_matching
+from common.models.matching import load_matching
 from common.userfiles import tensors, torch_load
 
 

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.train.checkpoint import Checkpointer, load_file
+from common.formats.checkpoint import load_file
+from common.train.checkpoint import Checkpointer
 from common.config import UserError
 from common.models.cnn import CNNConfig, small_cnn
 from common.data.datasets import STATS

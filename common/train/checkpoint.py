@@ -1,6 +1,7 @@
-"""Checkpoint files: atomic, checksummed, keep-N plus best, newest-valid auto-resume.
+"""The checkpoint store: atomic, checksummed, keep-N plus best, newest-valid auto-resume.
 
-Layout: out_dir/checkpoints/step_00001200/{state.pt, MANIFEST.json}, best.json.
+File format and verification: common/formats/checkpoint.py; write-failure agreement:
+common/formats/writes.py. Layout: out_dir/checkpoints/step_00001200/{state.pt, MANIFEST.json}, best.json.
 A checkpoint is written into a hidden temp directory, fsynced, then renamed into
 place; MANIFEST.json (sha256 and size of every file) is written last, so a
 directory without a matching manifest is never trusted. Rank 0 writes; every
@@ -8,14 +9,10 @@ rank learns the outcome, so a failed write stops all ranks together.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import os
-import re
 import shutil
-import socket
 import threading
 import warnings
 from pathlib import Path
@@ -23,24 +20,9 @@ from pathlib import Path
 import torch
 
 from common import dist
-from common.config import UserError
-from common.userfiles import expect, fields, first_line as _first_line, torch_load
-
-MANIFEST = "MANIFEST.json"
-PREFIX = "step_"
-STATE = {"recipe": str, "config": dict, "step": int, "models": dict}  # what every reader of a state.pt indexes
-
-
-class CheckpointError(UserError):
-    """A checkpoint could not be written or read; the message says what is intact."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from common.formats.checkpoint import (MANIFEST, PREFIX, CheckpointError, checkpoint_dirs, read_run_id, sha256, verify,
+                                       writer_dead, writer_tag, _TEMP)
+from common.formats.writes import file_system_state, writes_agreed, _torch_write_error
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,58 +31,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def writer_tag() -> str:
-    """Who is writing: `PID@HOST`. Temporary names end in it (.tmp-step_N-PID@HOST, .old-..., .shards-...),
-    so a later run can tell the leftovers of a dead writer from the files of a live one."""
-    return f"{os.getpid()}@{socket.gethostname()}"
-
-
-_TEMP = re.compile(r"^\.(?P<kind>tmp|old|shards)-(?P<name>step_\d+)(?:-(?P<pid>\d+)(?:@(?P<host>.+))?)?$")
-
-
-def writer_dead(pid: int | None, host: str | None) -> bool:
-    """True only when the writer is certainly gone: a process id on this host (or a name without a host,
-    as versions before the host was recorded wrote) that no longer exists. Another host's, an unknown
-    or a live writer (including another user's process) is never judged dead."""
-    if pid is None or (host is not None and host != socket.gethostname()):
-        return False
-    if pid == os.getpid():
-        return True  # our own leftover: this process writes one checkpoint at a time and is done with it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # PermissionError: alive, another user's
-        return False
-    return False
-
-
-def verify(ckpt_dir: Path) -> str | None:
-    """None if the checkpoint is complete and its checksums match, else the reason."""
-    try:
-        manifest = json.loads((ckpt_dir / MANIFEST).read_text())
-    except FileNotFoundError:
-        return "no MANIFEST.json (the write did not finish)"
-    except (OSError, ValueError) as e:
-        return f"unreadable MANIFEST.json ({e})"
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or not all(isinstance(m, dict) and {"size", "sha256"} <= set(m)
-                                              for m in files.values()):
-        return "MANIFEST.json does not list the files with their sizes and checksums (damaged)"
-    for name, meta in files.items():
-        f = ckpt_dir / name
-        if not f.is_file():
-            return f"missing file {name}"
-        if f.stat().st_size != meta["size"]:
-            return f"{name} is {f.stat().st_size} bytes, manifest says {meta['size']} (truncated?)"
-        try:
-            if _sha256(f) != meta["sha256"]:
-                return f"{name} checksum mismatch (corrupt)"
-        except OSError as e:
-            return f"cannot read {name} ({e.strerror or e})"
-    return None
 
 
 def write_checkpoint(final: Path, payload: dict, meta: dict, shards: Path | None = None) -> None:
@@ -118,7 +48,7 @@ def write_checkpoint(final: Path, payload: dict, meta: dict, shards: Path | None
             for entry in shards.iterdir():
                 entry.rename(tmp / entry.name)
         names = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        files = {n: {"size": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in names}
+        files = {n: {"size": (tmp / n).stat().st_size, "sha256": sha256(tmp / n)} for n in names}
         with open(tmp / MANIFEST, "w") as f:
             json.dump({**meta, "files": files}, f, indent=1)
             f.flush()
@@ -149,10 +79,7 @@ class Checkpointer:
 
     def all(self) -> list[Path]:
         """Checkpoint directories, newest first."""
-        if not self.dir.is_dir():
-            return []
-        found = [p for p in self.dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-        return sorted(found, key=lambda p: int(p.name[len(PREFIX):]), reverse=True)
+        return checkpoint_dirs(self.dir)
 
     def path_for(self, step: int) -> Path:
         return self.dir / f"{PREFIX}{step:08d}"
@@ -310,172 +237,3 @@ class Checkpointer:
                 return p
             warnings.warn(f"skipping checkpoint {p}: {reason}; trying the previous one", stacklevel=2)
         return None
-
-
-def read_run_id(ckpt_dir: Path) -> str | None:
-    """The id of the run that wrote a checkpoint (its MANIFEST.json), None when it has none."""
-    try:
-        return json.loads((Path(ckpt_dir) / MANIFEST).read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def newest_intact(directory: Path) -> str:
-    """The newest checkpoint in `directory` that verifies, as a path, or a sentence saying there is none."""
-    for p in Checkpointer(directory).all():
-        if verify(p) is None:
-            return str(p)
-    return "none (no checkpoint was written yet)"
-
-
-@contextlib.contextmanager
-def writes_agreed(what: str, where: Path, checkpoints: Path, every_rank: bool = False):
-    """Collective: run the block (the writes, normally rank 0's), then every rank learns whether a write
-    failed and raises the same CheckpointError, naming the fault and the newest intact checkpoint in
-    `checkpoints`. A failure that is no write failure (write_failure) propagates unchanged.
-
-    every_rank: each rank writes its own files in the block, so every rank's outcome counts (not only
-    rank 0's). A rank whose block failed in another way re-raises that; the others then stop too,
-    instead of waiting for it in the next collective."""
-    reason, bug, caught = None, None, None
-    try:
-        yield
-    except BaseException as e:
-        if not isinstance(e, Exception) and not _dcp_failure(e):
-            raise  # KeyboardInterrupt, SystemExit
-        caught = e
-        if not every_rank:
-            reason = write_failure(e, where)
-            if reason is None:
-                raise
-        else:
-            # Each rank judges its own failure on its own file system; a DCP failure gathered from another
-            # rank is left to that rank to tell.
-            mine = _own_failure(e)
-            reason = write_failure(mine, where) if mine is not None else None
-            bug = mine if mine is not None and reason is None else None
-    if every_rank:
-        outcomes = dist.all_gather_object((reason, bug and f"{type(bug).__name__}: {_first_line(bug)}"))
-        if bug is not None:
-            raise caught
-        failed = [(r, why, other) for r, (why, other) in enumerate(outcomes) if why or other]
-        if caught is not None and not failed:
-            raise caught
-        if failed:
-            r, why, other = failed[0]
-            if other:
-                raise RuntimeError(f"rank {r} failed while it wrote its part of a checkpoint ({what}): {other}")
-            reason = why if dist.world_size() == 1 else f"on rank {r}: {why}"
-    error = failed_write(what, reason, where, checkpoints) if reason else None
-    error = dist.broadcast_object(error)  # rank 0's words on every rank
-    if error:
-        raise CheckpointError(error)
-
-
-def failed_write(what: str, reason: str, where: Path, checkpoints: Path) -> str:
-    return (f"could not {what}: {reason}. The newest intact checkpoint is {newest_intact(checkpoints)}. "
-            f"Free space or fix permissions on {where}, then re-run the same command to resume from it.")
-
-
-def write_failure(e: BaseException, where: Path) -> str | None:
-    """What a failed write ran into, or None when `e` is no write failure (a bug: let it propagate).
-
-    An OSError says it (ENOSPC, EROFS, EDQUOT, EACCES). torch.save does not: a failed write inside its
-    zip writer comes back as RuntimeError("[enforce fail at inline_container.cc:...] unexpected pos ...")
-    or "PytorchStreamWriter failed writing file ...", the errno lost; the file system is asked instead.
-    (A DCP failure holds every rank's: writes_agreed(every_rank=True) passes each rank its own, _own_failure.)"""
-    if isinstance(e, OSError):
-        return str(e)
-    if not _torch_write_error(e):
-        return None
-    state = getattr(e, "file_system_state", None) or file_system_state(where)
-    return f"{state} (torch.save: {str(e).splitlines()[0][:200]})"
-
-
-def _torch_write_error(e: BaseException) -> bool:
-    text = str(e)
-    return isinstance(e, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text)
-
-
-def _own_failure(e: BaseException) -> BaseException | None:
-    """This rank's exception: `e`, or inside a DCP failure (every rank's, gathered) this rank's part of it,
-    None when only other ranks failed."""
-    if not _dcp_failure(e):
-        return e
-    pair = e.failures.get(dist.rank())
-    return pair[0] if pair else None
-
-
-def _dcp_failure(e: BaseException) -> bool:
-    """torch.distributed.checkpoint's CheckpointException (a BaseException holding each rank's failure),
-    known by name: importing that package costs seconds at every start."""
-    return type(e).__name__ == "CheckpointException" and isinstance(getattr(e, "failures", None), dict)
-
-
-def file_system_state(where: Path) -> str:
-    """Why writes under `where` fail: read-only or full (statvfs), else what a small probe write there
-    runs into (a quota: EDQUOT, while statvfs shows room), else neither."""
-    where = Path(where)
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    try:
-        st = os.statvfs(where)
-    except OSError as e:
-        return f"the file system of {where} cannot be examined ({e})"
-    if st.f_flag & os.ST_RDONLY:
-        return f"read-only file system ({where})"
-    free = st.f_bavail * st.f_frsize
-    if free < 16 << 20:
-        return f"no space left on device ({free / 2**20:.1f} MiB free on the file system of {where})"
-    probe = _probe_write(where)
-    if probe is not None:
-        return f"{probe} on {where} ({free / 2**30:.1f} GiB free on the file system itself)"
-    return f"write failed on {where} ({free / 2**30:.1f} GiB free: a quota or a failing device?)"
-
-
-def _probe_write(where: Path) -> str | None:
-    """Write and remove 1 MiB in `where`: the error's text (e.g. "disk quota exceeded"), None if it worked."""
-    probe = where / f".write-probe-{socket.gethostname()}-{os.getpid()}"
-    try:
-        with open(probe, "wb") as f:
-            f.write(bytes(1 << 20))
-            f.flush()
-            os.fsync(f.fileno())
-        return None
-    except OSError as e:
-        return (e.strerror or str(e)).lower()
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
-
-
-def refuse_code(files: list[Path], allowed=()) -> None:
-    """Raise CheckpointError naming the first of `files` that does not load with torch.load(weights_only=True)
-    (a pickled object other than tensors, plain values and the `allowed` classes): for files a library loads
-    itself with pickle's full power (DeepSpeed's engine.load_checkpoint), checked before it touches them.
-    Collective: each rank checks a share of the files (mmap: tensor data is not read), all learn the verdict."""
-    error, fix = None, ("refusing to load it. Use another checkpoint of the run (checkpoints/step_N: resume=, "
-                        "--evaluate and --export take one)")
-    with torch.serialization.safe_globals(list(allowed)):
-        for f in files[dist.rank()::dist.world_size()]:
-            try:  # each of DeepSpeed's files is a dict
-                expect(torch_load(f, "checkpoint file", fix, mmap=True), dict, "checkpoint file", f, "the file", fix)
-            except UserError as e:
-                error = str(e)
-                break
-    errors = [e for e in dist.all_gather_object(error) if e]
-    if errors:
-        raise CheckpointError(errors[0])
-
-
-def load_file(ckpt_dir: Path) -> dict:
-    """Verify and load a checkpoint directory (or a state.pt inside one) on the CPU."""
-    ckpt_dir = Path(ckpt_dir)
-    if ckpt_dir.is_file():
-        ckpt_dir = ckpt_dir.parent
-    reason = verify(ckpt_dir)
-    if reason:
-        raise CheckpointError(f"checkpoint {ckpt_dir} is not usable: {reason}")
-    fix = "use another checkpoint (resume=path/to/step_N or the run directory)"
-    sd = torch_load(ckpt_dir / "state.pt", "checkpoint file", fix, CheckpointError)
-    return fields(sd, STATE, "checkpoint file", ckpt_dir / "state.pt", "the file", fix)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from common import dist
 from common.config import LogConfig, UserError, to_dict
+from common.formats.writes import write_failure, writes_agreed
+from common.train.report import count_parameters
 from common.train.trackers import check_installed, open_trackers
 
 
@@ -82,7 +84,6 @@ class Logger:
         try:
             self.trackers = open_trackers(log_cfg, self.out_dir, resume_step, self.config)
         except Exception as e:  # noqa: BLE001 -- any library's failure, named, on every rank
-            from common.train.checkpoint import write_failure
             if isinstance(e, (OSError, RuntimeError)) and write_failure(e, self.out_dir):
                 raise  # a full or read-only disk: _writes says so on every rank
             return f"log.backends={list(log_cfg.backends)}: a tracker failed to start: {type(e).__name__}: {e}"
@@ -96,7 +97,6 @@ class Logger:
 
     def _writes(self, what: str):
         """Collective (every rank calls it at the same points): rank 0's write failure stops every rank."""
-        from common.train.checkpoint import writes_agreed
         return writes_agreed(f"{what} in {self.out_dir}", self.out_dir, self.out_dir / "checkpoints")
 
     def log(self, split: str, step: int, epoch: int, values: dict) -> dict[str, float]:
@@ -139,7 +139,6 @@ class Logger:
 
     def models(self, models: dict) -> None:
         """Parameter counts of each model, as TensorBoard text (`model`)."""
-        from common.train.report import count_parameters
         counts = count_parameters(models)
         text = "\n".join(["| model | parameters |", "|---|---|", *(f"| {k} | {v:,} |" for k, v in counts.items())])
         with self._writes("write the model summary"):

@@ -21,7 +21,8 @@ from pathlib import Path
 from common import dist
 from common.config import UserError, flatten, to_dict
 from common.data.files import class_change
-from common.train.checkpoint import Checkpointer, load_file
+from common.formats.checkpoint import load_file
+from common.train.checkpoint import Checkpointer
 
 FIXED = {  # key pattern -> what it decides
     "model.*": "the model (the checkpoint's weights have its shape)",

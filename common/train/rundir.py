@@ -32,9 +32,10 @@ import uuid
 from pathlib import Path
 
 from common import dist
-from common.cli import dump_yaml
+from common.config import dump_yaml
 from common.config import UserError
-from common.train.checkpoint import Checkpointer, read_run_id
+from common.formats.checkpoint import read_run_id
+from common.train.checkpoint import Checkpointer
 
 LOCK = "run.lock"
 PREVIOUS = "previous-"  # overwrite=true moves another run's files to out_dir/previous-<time>/

@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 from common import dist
 from common.config import START_OVER, UserError, seed_bits
 from common.engines.base import full_tensor, unwrap
-from common.lifecycle.init import init_from
+from common.train.init import init_from
 from common.train.optim import build_optimizer, build_scheduler
 
 FORMAT_VERSION = 1

@@ -21,7 +21,7 @@ from common import dist
 from common.cli import parse_cli
 from common.engines.base import full_tensor
 from common.engines.fsdp import read_full_weights
-from common.entry import runtime
+from common.train.runtime import runtime
 from common.train.loop import resume
 from common.train.checkpoint import Checkpointer
 from helpers import load_recipe

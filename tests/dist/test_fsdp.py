@@ -21,7 +21,7 @@ import torch
 
 from common.config import UserError
 from common.engines.fsdp import read_full_weights
-from common.train.checkpoint import load_file
+from common.formats.checkpoint import load_file
 from helpers import ROOT, final_weights, free_port, metrics, recipe_command, run_recipe
 
 # 768 samples / global batch 48 = 16 steps, one epoch; 48 divides by 1, 2 and 3 processes x grad_accum 2.

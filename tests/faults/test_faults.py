@@ -126,7 +126,7 @@ def test_fp16_scaler_skips_a_non_finite_step(tmp_path):
     out = tmp_path / "run"
     p = faulty("mnist_cnn", "nan_at=3", f"out_dir={out}", "precision=fp16", "train.max_steps=4", "train.ckpt_every_steps=4")
     assert p.returncode == 0, p.stderr[-3000:]
-    from common.train.checkpoint import load_file
+    from common.formats.checkpoint import load_file
     sd = load_file(out / "checkpoints" / f"step_{last_checkpoint_step(out):08d}")
     assert sd["engine"]["scaler"]["scale"] < 65536.0  # the scaler backed off: the NaN step was skipped
     assert all(torch.isfinite(v).all() for v in sd["models"]["net"].values())
@@ -139,7 +139,7 @@ def test_diverged_run_stops_naming_the_step_without_checkpointing_nan(tmp_path):
     assert p.returncode == 2
     assert "weights are not finite at step 8" in p.stderr or "up to step 7" in p.stderr, p.stderr[-2000:]
     assert last_checkpoint_step(out) == 4
-    from common.train.checkpoint import load_file
+    from common.formats.checkpoint import load_file
     sd = load_file(out / "checkpoints" / "step_00000004")
     assert all(torch.isfinite(v).all() for v in sd["models"]["net"].values())
 

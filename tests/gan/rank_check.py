@@ -16,7 +16,7 @@ import torch
 from common.cli import parse_cli
 from common.train.loop import fit
 from common.engines.base import unwrap
-from common.entry import runtime
+from common.train.runtime import runtime
 
 
 def tensors(state) -> dict[str, torch.Tensor]:

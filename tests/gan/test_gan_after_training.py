@@ -2,7 +2,7 @@
 reproduced from the checkpoint, and the exported generator is the checkpoint's EMA copy of G."""
 import torch
 
-from common.lifecycle.export import read_export
+from common.formats.export import read_export
 from helpers import metrics, run_recipe
 
 

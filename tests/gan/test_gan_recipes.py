@@ -21,7 +21,7 @@ DRIVER = Path(__file__).with_name("rank_check.py")
 
 
 def load_checkpoint(out: Path) -> dict:
-    from common.train.checkpoint import load_file
+    from common.formats.checkpoint import load_file
     return load_file(out / "checkpoints" / f"step_{last_checkpoint_step(out):08d}")
 
 

@@ -14,7 +14,7 @@ from common.tasks.fid import FeatureStats, Gaussian, Judge, frechet_distance
 from common.data.folder import FolderEvalLoader, FolderTrainLoader, ImageFiles, SquareCrop, list_images
 from common.data.images import edges, fit_size
 from common.engines.base import unwrap
-from common.entry import runtime
+from common.train.runtime import runtime
 from common.models.cnn import CNNConfig, small_cnn
 
 RECIPES = ["gan_mnist", "cgan_mnist", "dcgan", "pix2pix"]

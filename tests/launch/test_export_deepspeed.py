@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from common.lifecycle.export import read_export
+from common.formats.export import read_export
 from helpers import metrics
 from launchutil import deepspeed_weights, launch
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from common.entry import run
-from common.lifecycle.export import read_export
+from common.formats.export import read_export
 from helpers import final_weights, load_recipe, metrics, run_recipe
 
 STEPS = 16  # mnist_mlp_debug: checkpoints at 8 and 16
@@ -93,7 +93,8 @@ def test_init_from_an_export_loads_exactly_its_weights(trained, tmp_path):
     run_recipe("mnist_mlp", "--export", str(trained), "--weights", "raw", "--to", str(tmp_path / "w.safetensors"),
                config=None)
     mod = load_recipe("mnist_mlp")
-    from common.lifecycle.init import load_matching, read_init
+    from common.models.matching import load_matching
+    from common.train.init import read_init
     weights, source = read_init(str(tmp_path / "w.safetensors"))
     model = mod.build_model(mod.ModelConfig(), (1, 28, 28), 10)
     assert load_matching(model, weights["net"], "x") == ["loaded 6 of 6 tensors from x"]
@@ -137,13 +138,13 @@ def test_errors_name_the_flag_or_key_and_the_fix(trained, tmp_path, capsys):
 
 def test_weights_ema_without_an_ema_copy_says_use_raw(trained):
     from common.config import UserError
-    from common.lifecycle.source import checkpoint_weights
+    from common.train.weights import checkpoint_weights
     with pytest.raises(UserError, match="has no EMA copy .* use --weights raw"):
         checkpoint_weights(trained / "checkpoints" / f"step_{STEPS:08d}", {"ema": {}}, "ema")
 
 
 def test_export_refuses_a_destination_inside_a_checkpoint_and_leaves_it_intact(trained, capsys):
-    from common.train.checkpoint import verify
+    from common.formats.checkpoint import verify
     ckpt = trained / "checkpoints" / f"step_{STEPS:08d}"
     before = (ckpt / "state.pt").read_bytes()
     for to in (ckpt / "state.pt", ckpt / "w.safetensors", trained / "checkpoints" / "w.pt"):

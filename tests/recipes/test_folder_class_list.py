@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from common.entry import run
-from common.lifecycle.export import read_export
-from common.train.checkpoint import load_file
+from common.formats.export import read_export
+from common.formats.checkpoint import load_file
 from helpers import ROOT, fashion_tree, last_checkpoint_step, load_recipe
 
 CLASSES = ["pullover", "trouser", "tshirt"]

@@ -10,7 +10,7 @@ import torch
 from common.cli import parse_cli
 from common.config import schema
 from common.entry import run
-from common.train.checkpoint import load_file
+from common.formats.checkpoint import load_file
 from common.train.resume import FIXED, NOT_SETTINGS
 from helpers import ROOT, load_recipe, metrics, run_recipe
 

@@ -10,7 +10,7 @@ import torch
 from common.config import ConfigError, UserError
 from common.data.sampling import check_batch
 from common.lifecycle.source import FREE_KEYS
-from common.train.checkpoint import refuse_code
+from common.formats.checkpoint import refuse_code
 from common.train.state import StateMismatch, TrainState
 
 ROOT = Path(__file__).resolve().parents[2]

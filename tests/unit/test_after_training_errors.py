@@ -10,8 +10,8 @@ import torch
 from common.cli import parse_cli
 from common.config import ConfigError, UserError
 from common.engines import full_weights_reader
-from common.lifecycle.export import read_export, write_export
-from common.lifecycle.init import init_from
+from common.formats.export import read_export, write_export
+from common.train.init import init_from
 from helpers import ROOT, load_recipe
 
 MLP = load_recipe("mnist_mlp")

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.train.checkpoint import CheckpointError, Checkpointer, load_file, verify
+from common.formats.checkpoint import CheckpointError, load_file, verify
+from common.train.checkpoint import Checkpointer
 from common.train.optim import build_scheduler
 from common.train.resume import position
 from common.config import OptimConfig

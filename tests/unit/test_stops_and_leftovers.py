@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from common.config import UserError
-from common.train.checkpoint import Checkpointer, verify, write_checkpoint, writer_dead
+from common.formats.checkpoint import verify, writer_dead
+from common.train.checkpoint import Checkpointer, write_checkpoint
 from common.train.meter import NonFiniteGuard
 from common.train.preempt import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preemption
 from helpers import ROOT, recipe_command

@@ -16,37 +16,11 @@ import torch.nn as nn
 from common import dist
 from common.config import UserError
 from common.engines.base import unwrap
-from common.lifecycle.export import is_export, read_export
-from common.lifecycle.source import checkpoint_weights, locate
-from common.train.checkpoint import Checkpointer, load_file, verify
-
-SHOWN = 6  # names listed per kind in the report before "... and N more"
-
-
-def load_matching(model: nn.Module, weights: dict, source: str) -> list[str]:
-    """Load every tensor of `weights` whose name and shape match model's; report lines. A source
-    that shares no tensor with the model is an error (another architecture, most likely)."""
-    own = model.state_dict()
-    fits = {k: v for k, v in weights.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-    if not fits:
-        raise UserError(f"{source} shares no weights with this model (its tensors: {_names(list(weights))}; the "
-                        f"model's: {_names(list(own))}): point init_from (or the weights file) at a run of the "
-                        "same architecture")
-    model.load_state_dict(fits, strict=False)
-    reshaped = [f"{k} {list(weights[k].shape)} -> {list(own[k].shape)}" for k in weights
-                if k in own and k not in fits]
-    lines = [f"loaded {len(fits)} of {len(own)} tensors from {source}"]
-    for what, names in (("re-initialised (shape differs; this run's fresh init is kept)", reshaped),
-                        ("not in the source (fresh init)", [k for k in own if k not in weights]),
-                        ("in the source but not in this model (ignored)", [k for k in weights if k not in own])):
-        if names:
-            lines.append(f"  {what}: {_names(names)}")
-    return lines
-
-
-def _names(names: list[str]) -> str:
-    more = f" ... and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
-    return ", ".join(names[:SHOWN]) + more
+from common.formats.checkpoint import load_file, verify
+from common.formats.export import is_export, read_export
+from common.models.matching import load_matching
+from common.train.checkpoint import Checkpointer
+from common.train.weights import checkpoint_weights, locate
 
 
 def read_init(path: str) -> tuple[dict[str, dict], str]:

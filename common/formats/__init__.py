@@ -1,0 +1,1 @@
+"""File formats below train/ and engines/: checkpoints, exports, and the agreement on a failed write."""
