@@ -19,15 +19,6 @@ from common.data.folder import FolderEvalLoader, FolderTrainLoader, Seeded
 from common.data.memory import Loaders
 
 
-class LabelError(DataError):
-    """A label outside [0, num_classes). Raised in a loader worker, DataLoader raises it again in the training
-    process as LabelError(the worker's traceback as text): that keeps only the message, its last line."""
-
-    def __init__(self, msg: str):
-        last = msg.strip().splitlines()[-1]
-        super().__init__(last.partition(f"{LabelError.__name__}: ")[2] or last)
-
-
 class Indexed(Dataset):
     """The loaders' item (index, seed) -> the user dataset's (image, label) at that index, seeded. The label
     is checked here, in the loader (a worker process, or the CPU before the batch is copied): a label the
@@ -44,7 +35,7 @@ class Indexed(Dataset):
         x, y = self.transform(*item)
         y = int(y)
         if self.classes is not None and not 0 <= y < self.classes:
-            raise LabelError(f"{type(self.ds).__name__} ({self.split}) sample {item[0]} has label {y}, outside "
+            raise DataError(f"{type(self.ds).__name__} ({self.split}) sample {item[0]} has label {y}, outside "
                              f"[0, {self.classes}) for {self.classes} classes: fix the dataset's labels, or its "
                              "`classes` (or dataset_data(..., num_classes=N))")
         return x, y

@@ -84,8 +84,7 @@ def labels_by_name(files: list[str], classes: list[str], where: Path, known_from
     index = {c: i for i, c in enumerate(classes)}
     unknown = [c for c in class_names(files) if c not in index]
     if unknown:
-        shown = ", ".join(repr(c) for c in unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
-        raise DataError(f"{where} has class folder(s) {shown} that the model does not know: its {len(classes)} "
+        raise DataError(f"{where} has class folder(s) {_names(unknown)} that the model does not know: its {len(classes)} "
                         f"classes are the folders of {known_from} ({_names(classes)}); remove or rename "
                         f"{'them' if len(unknown) > 1 else 'it'}, or train with {'them' if len(unknown) > 1 else 'it'} in train/")
     return [index[Path(f).parts[0]] for f in files]
