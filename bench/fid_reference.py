@@ -2,7 +2,7 @@
 
 A generator's val/fd means little alone; this prints the floor (real train images vs the real test
 images the recipes compare against) and what simple damage to real images costs, with the same
-judge, sample count and code path as the recipes (common/tasks/fid.py).
+judge, sample count and code path as the recipes (common/metrics/fid.py).
 
     python bench/fid_reference.py                                # judge in runs/fid_classifier
     python bench/fid_reference.py runs/other_classifier 5000
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from common.config import BaseConfig, DataConfig
 from common.data.datasets import load_split
 from common.train.runtime import runtime
-from common.tasks.fid import frechet_distance, load_judge
+from common.metrics.fid import frechet_distance, load_judge
 
 
 def gaussian(judge, rt, images: torch.Tensor, labels=None):

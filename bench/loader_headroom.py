@@ -38,7 +38,7 @@ except ImportError:
     import harness as H
 
 import common.data.datasets
-import common.data.memory
+import common.data.classifier_data
 from common.train.runtime import runtime
 
 CIFAR = ["data.name=synthetic", "data.synthetic_shape=[3,32,32]", "data.synthetic_train=50000",
@@ -207,7 +207,7 @@ def time_arms(mod, rt, train, model_cfg, model_loaders, smoke: bool):
         t0 = time.perf_counter()
         mod.task.train_step(batch, state, rt)  # warm-up (allocations, kernel selection)
         first = time.perf_counter() - t0
-    streaming = not isinstance(train, common.data.memory.TensorTrainLoader)
+    streaming = not isinstance(train, common.data.classifier_data.TensorTrainLoader)
     # Blocks of roughly a second or two each; at least 2 model steps.
     model_steps = max(2, min(50, int(1.5 / max(first, 1e-4))))
     loader_steps = 1 if smoke else 30

@@ -30,7 +30,7 @@ from typing import Literal
 import torch.nn as nn
 
 from common.config import ranged
-from common.data.images import gan_data
+from common.data.gan_data import gan_data
 from common.tasks import gan
 
 

@@ -35,9 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.config import CkptConfig, ConfigError, ranged
-from common.data.images import head, paired_data
+from common.data.gan_data import head, paired_data
 from common.tasks import gan
-from common.tasks.fid import frechet_distance
+from common.metrics.fid import frechet_distance
 from common.train.log import Grid
 
 

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from common.data.files import DataError
 from common.data.folder import FolderEvalLoader, FolderTrainLoader, Seeded
-from common.data.memory import Loaders
+from common.data.classifier_data import Loaders
 
 
 class Indexed(Dataset):

@@ -2,8 +2,8 @@
 
 Owns listing a tree (rank 0 lists, all ranks index its list), decoding (a failure is a DataError
 naming the file), the two transforms (torchvision's classification presets for imagefolder_data /
-recipes/imagenet.py; the GANs' uint8 square or A|B crop for folder_data / common/data/images.py),
-and one train and one eval loader with memory.py's contract: per step a list of grad_accum
+recipes/imagenet.py; the GANs' uint8 square or A|B crop for folder_data / common/data/gan_data.py),
+and one train and one eval loader with classifier_data.py's contract: per step a list of grad_accum
 micro-batches on the device, TrainPlan shards, order from (seed, epoch), resume by step index
 (set_epoch(epoch, start_step)), unpadded eval shards with `.total`. Per-sample randomness (crop and
 flip, or a seed for the torchvision transform) is handed out by the sampler from
@@ -27,7 +27,7 @@ from common.config import ranged
 from common.data.datasets import DataError, synthetic_tree
 from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_labels, class_names, decode,
                                labels_by_name, list_images)
-from common.data.memory import Loaders
+from common.data.classifier_data import Loaders
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

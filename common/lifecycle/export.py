@@ -21,7 +21,7 @@ import torch
 from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
 from common.data.folder import IMAGENET_MEAN, IMAGENET_STD
-from common.data.memory import _pad
+from common.data.classifier_data import _pad
 from common.formats.checkpoint import MANIFEST
 from common.formats.export import FORMAT, SUFFIXES, read_export, write_export
 from common.lifecycle.source import build_data, open_source
@@ -41,7 +41,7 @@ def input_spec(cfg, loaders) -> dict:
     """What the model's input is, so inference can reproduce it: shape, and how uint8 pixels became it."""
     spec = {"shape": list(loaders.shape), "scale": "uint8 / 255, then (x - mean) / std per channel"}
     ev = loaders.eval
-    if hasattr(ev, "mean"):  # in-memory tensors (common/data/memory.py)
+    if hasattr(ev, "mean"):  # in-memory tensors (common/data/classifier_data.py)
         spec.update(mean=ev.mean.flatten().tolist(), std=ev.std.flatten().tolist(),
                     pad_to=getattr(cfg.data, "pad_to", 0))
         if cfg.data.name == "folder":  # image files converted as common/data/datasets.py's read_folder does

@@ -1,4 +1,4 @@
-"""The small CNN of recipes/mnist_cnn.py, also the feature extractor of the FD judge (common/tasks/fid.py).
+"""The small CNN of recipes/mnist_cnn.py, also the feature extractor of the FD judge (common/metrics/fid.py).
 
 conv5x5(c1) -> ReLU -> maxpool -> conv5x5(c2) -> ReLU -> maxpool -> dropout -> FC(hidden) -> FC(classes)
 1x28x28 -> c1x14x14 -> c2x7x7 -> hidden -> classes logits. A plain nn.Sequential: the judge takes

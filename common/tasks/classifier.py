@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 
 from common.config import BaseConfig, DataConfig, TrainConfig, ranged
-from common.data.memory import classification_data
+from common.data.classifier_data import classification_data
 from common.models.size import within_memory
 from common.entry import exit_after, run
-from common.tasks.metrics import accuracy, evaluate_classifier
+from common.metrics.classify import accuracy, evaluate_classifier
 from common.train.loop import total_steps
 from common.train.state import TrainState, build_state
 

@@ -27,11 +27,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.config import BaseConfig, CkptConfig, OptimConfig, ranged, seed_bits
-from common.data.images import ImageDataConfig, gan_data
+from common.data.gan_data import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
 from common.models.size import within_memory
 from common.entry import exit_after, run
-from common.tasks.fid import frechet_distance, load_judge
+from common.metrics.fid import frechet_distance, load_judge
 from common.train.log import Grid
 from common.train.loop import total_steps
 from common.train.state import TrainState, build_state

@@ -29,7 +29,7 @@ def write_images(root: Path, count: int, size: tuple[int, int], pairs: bool = Fa
     """A small dataset on disk: class sub-folders of PNGs (pairs: side-by-side A|B with A = edges(B))."""
     from PIL import Image
 
-    from common.data.images import edges
+    from common.data.gan_data import edges
     g = torch.Generator().manual_seed(0)
     for i in range(count):
         w, h = size

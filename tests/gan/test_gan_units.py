@@ -10,9 +10,9 @@ from common.config import BaseConfig
 from common.cli import parse_cli
 from common.data.datasets import synthetic
 from common.data.sampling import TrainPlan, epoch_order
-from common.tasks.fid import FeatureStats, Gaussian, Judge, frechet_distance
+from common.metrics.fid import FeatureStats, Gaussian, Judge, frechet_distance
 from common.data.folder import FolderEvalLoader, FolderTrainLoader, ImageFiles, SquareCrop, list_images
-from common.data.images import edges, fit_size
+from common.data.gan_data import edges, fit_size
 from common.engines.base import unwrap
 from common.train.runtime import runtime
 from common.models.cnn import CNNConfig, small_cnn

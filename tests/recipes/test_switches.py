@@ -78,7 +78,7 @@ def test_ema_decay_zero_equals_the_weights():
 
 
 def test_mix_targets_are_soft_and_sum_to_one():
-    from common.data.memory import batch_mix
+    from common.data.classifier_data import batch_mix
     from common.tasks.classifier import ClassifierDataConfig as DataConfig
     torch.manual_seed(1)  # MixUp/CutMix draw from the global RNG; a zero-area CutMix box is possible
     for cfg in (DataConfig(mixup_alpha=0.4), DataConfig(cutmix_alpha=1.0), DataConfig(mixup_alpha=0.2, cutmix_alpha=1.0)):
@@ -101,7 +101,7 @@ def test_channels_last_reaches_model_and_batches():
     rt = _runtime(channels_last=True)
     model = rt.place(torch.nn.Conv2d(3, 8, 3))
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
-    from common.data.memory import TensorEvalLoader
+    from common.data.classifier_data import TensorEvalLoader
     ld = TensorEvalLoader(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
                           [0.5] * 3, [0.2] * 3, batch_size=4, world=1, rank=0, memory_format=rt.memory_format)
     x, _ = next(iter(ld))

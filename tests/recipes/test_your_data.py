@@ -8,7 +8,7 @@ import torch
 
 from common.data.datasets import synthetic_tree
 from common.entry import run
-from common.tasks.metrics import evaluate_classifier
+from common.metrics.classify import evaluate_classifier
 from helpers import ROOT, final_weights, load_recipe, metrics
 
 CLASSIFIERS = ["mnist_mlp", "resnet_cifar", *(pytest.param(r, marks=pytest.mark.heavy)  # the same path, other nets

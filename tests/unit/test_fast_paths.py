@@ -146,7 +146,7 @@ def test_preemption_flag_of_one_rank_stops_every_rank_one_check_later():
 
 # -- where an in-memory dataset lives ----------------------------------------------------------
 def test_dataset_lives_on_the_gpu_only_when_it_fits():
-    from common.data.memory import storage_device
+    from common.data.classifier_data import storage_device
     gpu, gib = torch.device("cuda", 0), 2**30
     assert storage_device(True, gpu, 1 * gib, free_bytes=40 * gib) == gpu
     assert storage_device(True, gpu, 11 * gib, free_bytes=40 * gib) == torch.device("cpu")  # > a quarter
@@ -155,7 +155,7 @@ def test_dataset_lives_on_the_gpu_only_when_it_fits():
 
 
 def _loaders(device, storage, **kw):
-    from common.data.memory import TensorEvalLoader, TensorTrainLoader
+    from common.data.classifier_data import TensorEvalLoader, TensorTrainLoader
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(50) % 10
     train = TensorTrainLoader(x, y, [0.5] * 3, [0.25] * 3, global_batch=8, world=2, rank=1, accum=2, seed=3,

@@ -15,7 +15,7 @@ LAYERS = [
     ["common.formats", "common.env"],  # checkpoint/export file formats, write agreement; process environment
     ["common.models", "common.data", "common.engines"],
     ["common.train"],  # fit(), run directory, resume, warm start, checkpoint store, runtime
-    ["common.lifecycle"],  # after training: evaluate, export
+    ["common.lifecycle", "common.metrics"],  # after training: evaluate, export; accuracy, FD judge
     ["common.cli", "common.entry"],  # parse, dispatch, exit codes
     ["common.tasks"],  # what a classifier / a GAN is; Task.main() hands itself to entry.run
 ]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from common.data.memory import TensorEvalLoader, TensorTrainLoader
+from common.data.classifier_data import TensorEvalLoader, TensorTrainLoader
 from common.data.sampling import TrainPlan, epoch_order, eval_shard
 
 CASES = [(10_000, 3, 96), (10_000, 4, 128), (60_000, 8, 256), (1_000, 3, 30), (97, 2, 8), (50, 5, 50)]

@@ -1,6 +1,6 @@
 """Image data for the generative recipes, all scaled to [-1, 1] (the range of a tanh generator).
 
-* In-memory datasets (MNIST, Fashion-MNIST, CIFAR, synthetic) reuse common/data/memory.py's device
+* In-memory datasets (MNIST, Fashion-MNIST, CIFAR, synthetic) reuse common/data/classifier_data.py's device
   loaders; 28x28 images are zero-padded to 32 and then resized when a model wants 32/64 px.
 * `data.name=folder`: image files under `data.root` (ImageFolder, CelebA, an exported LSUN,
   or pix2pix's side-by-side "AB" pairs) go to common/data/folder.py's loaders (folder_data),
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from common.config import DataConfig, ranged
 from common.data.folder import FolderEvalLoader, folder_data
 from common.data.datasets import load_split
-from common.data.memory import Loaders, TensorEvalLoader, TensorTrainLoader, tensor_loader_args
+from common.data.classifier_data import Loaders, TensorEvalLoader, TensorTrainLoader, tensor_loader_args
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Evaluation metrics: classification accuracy and the Fréchet distance of generated images."""
