@@ -3,6 +3,7 @@
     python bench/results.py --only mnist_mlp,mnist_cnn            # the short CPU rows
     python bench/results.py --gpu --parallel 6 --out results.json  # every row, on one GPU
     python bench/results.py --table results.json [more.json ...]   # print the markdown table
+    python bench/results.py --table bench/results_h100.json --into docs/results.md  # regenerate the page's table
 
 Each run is the recipe's own command line (printed in the table), in its own process, writing
 to runs/results/<name>. Several runs can share one GPU (--parallel): the small nets leave most
@@ -81,6 +82,18 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- table from bench/results.py: begin -->", "<!-- table from bench/results.py: end -->"
+
+
+def into(page: Path, text: str) -> None:
+    """Replace the table between the BEGIN and END markers of page (docs/results.md) with text."""
+    old = page.read_text()
+    if BEGIN not in old or END not in old:
+        sys.exit(f"error: {page} has no {BEGIN} ... {END} markers to put the table between")
+    head, rest = old.split(BEGIN, 1)
+    page.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(RUNS), help="comma-separated rows: " + ", ".join(RUNS))
@@ -89,9 +102,11 @@ def main() -> None:
     p.add_argument("--data-root", default=None, help="directory with the Fashion-MNIST IDX files")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--table", nargs="*", help="only print the table of these JSON files")
+    p.add_argument("--into", type=Path, help="with --table: write it into this page between its markers")
     a = p.parse_args()
     if a.table:
-        print(table([r for f in a.table for r in json.loads(Path(f).read_text())]))
+        text = table([r for f in a.table for r in json.loads(Path(f).read_text())])
+        into(a.into, text) if a.into else print(text)
         return
     names = [n for n in a.only.split(",") if n]
     out_root = ROOT / "runs" / "results"

@@ -1,10 +1,12 @@
 """Every markdown page of the repository stays true: relative links resolve, the recipe commands they show
-parse, and every ```python block compiles.
+parse, every test they name exists, and every ```python block compiles.
 
 Links: every relative markdown link (and image) points to an existing file, and a #fragment names a
 heading of that file (GitHub's anchor rules). Commands: every `recipes/<name>.py ...` command in a
 code span or block is parsed by that recipe's own CLI (unknown keys, wrong types and missing config
 files fail), and every repository path a command names (launch/..., slurm/..., --config files) exists.
+Tests: a `tests/<file>.py` in a code span exists, and so does a test it names (`file.py::test_x`, `::test_x`
+after it, or a bare `test_x`, which may be in any test file).
 """
 import importlib.util
 import re
@@ -114,3 +116,32 @@ def test_recipe_commands_parse_and_name_existing_files(page, monkeypatch, capsys
 def test_python_blocks_compile(page):
     for i, block in enumerate(PYTHON_FENCE.findall(page.read_text())):
         compile(block, f"{page.name}: python block {i + 1}", "exec")
+
+
+TEST_REF = re.compile(r"(tests/[\w/]+\.py)?(?:::)?(test_\w+)?")
+
+
+def _test_names() -> dict[str, set[str]]:
+    return {str(f.relative_to(ROOT)): set(re.findall(r"^\s*(?:async )?def (test_\w+)", f.read_text(), re.M))
+            for f in (ROOT / "tests").rglob("*.py")}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_ids(PAGES))
+def test_tests_the_page_names_exist(page):
+    names = _test_names()
+    everywhere = set().union(*names.values())
+    missing, last_file = [], None
+    for span in CODE_SPAN.findall(page.read_text()):
+        m = TEST_REF.fullmatch(span.strip())
+        if not m or not (m.group(1) or m.group(2)):
+            continue
+        file, test = m.group(1), m.group(2)
+        if file:
+            last_file = file
+            if file not in names:
+                missing.append(file)
+        if test:
+            where = names.get(file or (last_file if span.startswith("::") else None), everywhere)
+            if test not in where:
+                missing.append(span)
+    assert not missing, f"{page.relative_to(ROOT)} names tests that do not exist: {missing}"
