@@ -7,7 +7,7 @@ data.root holds train/ and val/ with one sub-directory per class (the ImageNet l
 
 Reference schedule (torchvision's ResNet-50 recipe): 90 epochs, global batch 256, SGD 0.1,
 momentum 0.9, weight decay 1e-4, LR x0.1 at epochs 30 and 60: about 76.1% top-1 on ImageNet-1k.
-Not measured by this project (no ImageNet here); see the README's results table.
+Not measured by this project (no ImageNet here); see docs/results.md.
 
     torchrun --nproc_per_node=8 recipes/imagenet.py data.root=/datasets/imagenet model.name=resnet50
     sbatch slurm/multi_node.sbatch recipes/imagenet.py data.root=/datasets/imagenet

@@ -4,7 +4,7 @@ conv5x5 3->6 -> ReLU -> maxpool -> conv5x5 6->16 -> ReLU -> maxpool -> FC 400->1
 3x32x32 -> 6x28x28 -> 6x14x14 -> 16x10x10 -> 16x5x5 = 400 -> 120 -> 84 -> 10 logits.
 Fashion-MNIST runs by config (1 channel, zero-padded to 32x32: data.name=fashion_mnist data.pad_to=32).
 
-Result: see the README's results table.
+Result: docs/results.md.
 
     python recipes/lenet_cifar.py                                 # CIFAR-10
     python recipes/lenet_cifar.py data.name=fashion_mnist data.pad_to=32      # offline, real data

@@ -4,7 +4,7 @@ conv5x5(24) -> ReLU -> maxpool -> conv5x5(32) -> ReLU -> maxpool -> dropout -> F
 1x28x28 -> 24x14x14 -> 32x7x7 -> 256 -> 10 logits (common/models/cnn.py: the FD judge of the
 generative recipes is this model too).
 
-Result: see the README's results table (real Fashion-MNIST test accuracy, hardware, wall time).
+Result: docs/results.md (real Fashion-MNIST test accuracy, hardware, wall time).
 
     python recipes/mnist_cnn.py                                   # one process, CPU or GPU
     torchrun --nproc_per_node=2 recipes/mnist_cnn.py              # DDP, same global batch

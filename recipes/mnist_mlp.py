@@ -2,7 +2,7 @@
 
 flatten 784 -> [Linear -> ReLU -> Dropout] x len(hidden) -> Linear -> 10 logits.
 
-Result: see the README's results table (real Fashion-MNIST test accuracy, hardware, wall time).
+Result: docs/results.md (real Fashion-MNIST test accuracy, hardware, wall time).
 
     python recipes/mnist_mlp.py                                   # one process, CPU or GPU
     torchrun --nproc_per_node=2 recipes/mnist_mlp.py              # DDP, same global batch

@@ -6,7 +6,7 @@ ResNet-6n+2 is a 3x3 conv stem, three stages of n basic blocks at 16/32/64 chann
 the map shrinks. ResNet-18: [2, 2, 2, 2] blocks at 64/128/256/512 channels, 3x3 stride-1 stem.
 Fashion-MNIST runs by config (1 channel, zero-padded to 32x32: data.name=fashion_mnist data.pad_to=32).
 
-Result: see the README's results table.
+Result: docs/results.md.
 
     python recipes/resnet_cifar.py                      # CIFAR-10 (data.download=true fetches it)
     torchrun --nproc_per_node=4 recipes/resnet_cifar.py model.arch=resnet18

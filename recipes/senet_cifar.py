@@ -6,7 +6,7 @@ with the reduction ratio r = model.se_reduction (16 in the paper). Stages, short
 (1x1 stride-2 projections where the map shrinks) and stems are those of resnet_cifar.py.
 Fashion-MNIST runs by config (1 channel, zero-padded to 32x32: data.name=fashion_mnist data.pad_to=32).
 
-Result: see the README's results table.
+Result: docs/results.md.
 
     python recipes/senet_cifar.py                                 # SE-ResNet-20 on CIFAR-10
     torchrun --nproc_per_node=4 recipes/senet_cifar.py model.arch=resnet18

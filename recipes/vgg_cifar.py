@@ -5,7 +5,7 @@ Stacks of 3x3 conv -> BatchNorm -> ReLU with 2x2 max pools between stages:
 1x1x512 map instead of ImageNet's 4096-wide FC layers (too many parameters for 32x32 data).
 Fashion-MNIST runs by config (1 channel, zero-padded to 32x32: data.name=fashion_mnist data.pad_to=32).
 
-Result: see the README's results table.
+Result: docs/results.md.
 
     python recipes/vgg_cifar.py                                   # VGG-16-BN on CIFAR-10
     torchrun --nproc_per_node=4 recipes/vgg_cifar.py model.depth=19
