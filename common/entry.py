@@ -3,35 +3,10 @@
     python recipes/<name>.py [--config FILE ...] [--dry-run] [key=value ...]
     python recipes/<name>.py --evaluate RUN_DIR_OR_CHECKPOINT | --export RUN_DIR_OR_CHECKPOINT [--to FILE] [--overwrite]
 
-Exit codes, the same on every rank and under every launcher (python, torchrun, accelerate
-launch, deepspeed, srun):
-    0   finished; also --help and --dry-run
-    2   a problem the user can fix (config, batch arithmetic, process layout, data, checkpoint):
-        one message on stderr naming it and the fix, no traceback
-    75  preempted: the checkpoint is written, re-run or requeue to continue (common.train.preempt)
-    130 interrupted (Ctrl-C): the first Ctrl-C, like a preemption signal, stops every rank at a step
-        boundary after writing a checkpoint (re-run to continue); a second Ctrl-C exits at once
-        (KeyboardInterrupt, traceback, no new checkpoint)
-    1   any other error (traceback on stderr)
-
-run() is the whole run, in-process (tests call it); Task.main() is the script's entry: run(),
-then exit_after() ends the process.
-
-Why the process ends with os._exit and not by returning to the interpreter: destroy_process_group
-does not end gloo's threads while something still holds the group, and after a DDP run (the DDP
-constructor leaves a reference in C++) or any DeepSpeed run, dry runs included, something does.
-Measured on torch 2.14.1: after main() returned, destroy_process_group ran and gc.collect(), every
-rank still had gloo's threads (2 x pt_gloo_runloop, gloo_tcp_loop) with no Python object left
-referring to the group. Those threads then live into interpreter finalization and C++ static
-destruction, where a gloo thread that needs the GIL is ended with pthread_exit (or a joinable
-std::thread is destroyed), and std::terminate aborts the process: "terminate called without an
-active exception", -6 (250 through the deepspeed launcher). A finished run then looks like a
-crash to torchrun, SLURM and every sweep built on them. So after the orderly part of the exit
-(process group destroyed, garbage collected while Python is fully alive, atexit handlers run,
-stdout/stderr flushed) nothing is left whose destruction matters, and os._exit(code) ends the
-process without interpreter finalization or C++ static destructors.
-Everything a run writes (checkpoints, metrics.jsonl, TensorBoard events) is closed by fit()
-before main returns.
+run() is the whole run, in-process (tests call it) and returns the exit code (the table:
+docs/reliability.md#exit-codes); exit_after() then ends the process: group destroyed, garbage
+collected, atexit handlers run, streams flushed, os._exit(code), so no gloo thread outlives the
+interpreter into an abort (why: docs/reliability.md#why-the-process-ends-with-os_exit).
 """
 from __future__ import annotations
 

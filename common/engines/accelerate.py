@@ -1,19 +1,11 @@
 """engine=accelerate: Hugging Face Accelerate drives DDP, mixed precision and accumulation.
 
-The recipe is unchanged: `rt.prepare(models, optims)` returns `accelerator.prepare_model` and
-`prepare_optimizer` of each, `rt.backward` is `accelerator.backward` (it divides by the
-accumulation steps and applies fp16 loss scaling), and every micro-step runs inside
-`accelerator.accumulate(*models)`, which skips the gradient all-reduce until the last one.
-
-What stays ours, on purpose: the process group (common.dist creates it, Accelerate adopts it),
-and the data. Our loaders are device-resident tensors already sharded by (seed, epoch) per
-rank, not torch DataLoaders, so `accelerator.prepare` would pass them through unchanged; the
-same sharding under every engine is what makes loss curves and resume match across engines.
-Checkpoints are the same files as under engine=ddp (plain state_dicts), so a run can resume
-under the other engine.
-
-Precision comes from the recipe's `precision=` key. An Accelerate config file that asks for
-another `mixed_precision` (or a dynamo backend) is an error, not a silent override.
+`rt.prepare` is `accelerator.prepare_model`/`prepare_optimizer`, `rt.backward` is
+`accelerator.backward`, and every micro-step runs inside `accelerator.accumulate(*models)`.
+The process group and the data stay ours (the same sharding under every engine), and checkpoints
+are engine=ddp's files, so a run can resume under the other engine. An Accelerate config that asks
+for another `mixed_precision` (or a dynamo backend) than `precision=` is an error.
+Why: docs/launch.md#engines.
 """
 from __future__ import annotations
 

@@ -1,33 +1,12 @@
 """engine=fsdp: PyTorch FSDP2 (`fully_shard`) with sharded DCP checkpoints that reshard on resume.
 
-Each model is sharded per block (common/models/blocks.py: residual blocks, VGG conv layers, U-Net
-levels, torchvision blocks) and at its root; every rank keeps 1/world of each parameter, its
-gradient and its optimizer state, and gathers a block's weights just for its forward and backward.
-Works under python (a group of one), torchrun, srun and the SLURM templates.
-
-How the recipe's calls map, unchanged train_step:
-  rt.prepare          fully_shard per block and the root; the optimizers are pointed at the sharded
-                      parameters (FSDP2 replaces each nn.Parameter by a DTensor one; the optimizer
-                      object stays, so the LR schedulers built on it keep driving it)
-  rt.autocast()       autocast as under ddp; with precision=bf16/fp16 the parameters are also gathered
-                      in that dtype (MixedPrecisionPolicy) and gradients reduced in fp32
-  rt.backward(loss)   loss.backward(); FSDP2 reduce-scatters each block's gradient as backward passes it
-  micro_step          non-final micro-steps: set_requires_gradient_sync(False) (no reduce-scatter, the
-                      unsharded gradients accumulate) and set_reshard_after_backward(False)
-  rt.step(opt)        clip_grad_norm_ on the DTensor gradients (the norm is global), step, zero_grad
-  rt.frozen(D)        requires_grad off on D's sharded parameters: the G step computes no D
-                      gradient and reduce-scatters none of D
-  rt.whole(models)    evaluation: every block gathered once, kept gathered until the end (evaluation
-                      shards differ in length, so ranks run different numbers of forwards)
-  checkpoints         every rank writes its own shard with torch.distributed.checkpoint into
-                      checkpoints/step_N/fsdp/ (models and optimizers); state.pt keeps the counters,
-                      schedulers, RNG and the EMA (a whole copy on every rank). dcp.load reshards, so
-                      a run resumes on another number of processes. ckpt.async_save=true: dcp.async_save
-                      stages the shards in memory and writes them while training goes on.
-read_full_weights(checkpoint) turns the fsdp/ directory into plain state_dicts in one process.
-
-precision=fp16 uses torch's ShardedGradScaler: a gradient overflow found on any rank's shard skips the
-step on every rank.
+Each model is sharded per block (common/models/blocks.py) and at its root; every rank keeps 1/world
+of each parameter, its gradient and its optimizer state. The recipe's calls keep their meaning:
+`rt.prepare` shards and points the optimizers at the sharded parameters, non-final micro-steps skip
+the reduce-scatter, `rt.step` clips the global norm, `rt.whole` gathers every block for evaluation.
+Checkpoints: each rank writes its shard with torch.distributed.checkpoint into `step_N/fsdp/`
+(`ckpt.async_save` writes while training goes on); `read_full_weights` reads them in one process.
+precision=fp16 uses ShardedGradScaler. Why and how it compares: docs/launch.md#engines.
 """
 from __future__ import annotations
 

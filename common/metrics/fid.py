@@ -1,19 +1,11 @@
 """Fréchet distance on the features of our own Fashion-MNIST classifier (the "judge").
 
-FID (Heusel et al. 2017) compares Gaussians fitted to Inception features of real and
-generated images. Inception weights are a download; here the features come from a
-classifier this project trains itself, offline, with `recipes/mnist_cnn.py` on real
-Fashion-MNIST (README, "Generative recipes"):
-
-    python recipes/mnist_cnn.py out_dir=runs/fid_classifier train.epochs=5   # -> runs/fid_classifier/checkpoints/
-
-The features are the input of its last Linear layer (the 256 ReLU units of the default
-model). Numbers are therefore comparable between runs of this project, not with
-published Inception FIDs. The same classifier scores a conditional generator: the
-accuracy with which it recognises the class each sample was asked to be.
-
-Distributed: each rank sums features, outer products and counts over its unpadded shard
-in float64; one all-reduce adds them; mean and covariance follow from the sums.
+FID compares Gaussians fitted to Inception features of real and generated images; here the
+features are the input of the last Linear layer of a classifier this project trains offline with
+`recipes/mnist_cnn.py`, so figures compare between runs of this project, not with published FIDs.
+The judge also scores a conditional generator's label accuracy. Distributed: each rank sums
+features, outer products and counts in float64 over its unpadded shard; one all-reduce adds them.
+How to train the judge: docs/generative.md.
 """
 from __future__ import annotations
 
