@@ -132,11 +132,11 @@ def interleaved_block(recipe: str, mod, cfg, rt, loaders, warmup: int, steps: in
         bare_t.append(b1 - b0)
         inner.append(time.perf_counter() - t0)
 
-    def timed_step(batch, state, rt):
+    def timed_step(cfg, batch, state, rt):
         entries.append(time.perf_counter())
         if not bare_after:
             bare_step()
-        out = mod.task.train_step(batch, state, rt)
+        out = mod.task.train_step(cfg, batch, state, rt)
         ours_losses.append(out["loss"])
         if bare_after:
             bare_step()

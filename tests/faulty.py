@@ -99,7 +99,7 @@ def main():
     original = mod.task.train_step
     first_step = []  # the first step this process computes: 1 unless it resumed
 
-    def train_step(batch, state, rt):
+    def train_step(cfg, batch, state, rt):
         step = state.step + 1
         first_step[:] = first_step or [step]
         if kind in ("raise", "kill", "SIGUSR1", "SIGTERM"):
@@ -114,7 +114,7 @@ def main():
         if (kind == "nan_from" and step >= int(arg)) or (kind == "nan_at" and step == int(arg)):
             x, y = batch
             batch = (x * float("nan"), y)
-        return original(batch, state, rt)
+        return original(cfg, batch, state, rt)
 
     mod.task.train_step = train_step
     if kind == "hold":

@@ -67,17 +67,17 @@ class Classifier:
         rt.seed()
         return build_state(cfg, rt, self.build_models(cfg, loaders), total_steps(cfg, loaders.train), ema=("net",))
 
-    def train_step(self, batch, state: TrainState, rt) -> dict:
+    def train_step(self, cfg, batch, state: TrainState, rt) -> dict:
         x, y = batch
         with rt.autocast():
             logits = state.models["net"](x)
-            loss = F.cross_entropy(logits, y, label_smoothing=rt.cfg.label_smoothing)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         rt.backward(loss)
         rt.step(state.optims["net"])
         return {"loss": loss.detach(), "acc1": accuracy(logits.detach(), y)}
 
-    def evaluate(self, state: TrainState, rt, loader) -> dict:
-        return evaluate_classifier(state.eval_model("net"), rt, loader, tta_flip=rt.cfg.train.tta_flip)
+    def evaluate(self, cfg, state: TrainState, rt, loader) -> dict:
+        return evaluate_classifier(state.eval_model("net"), rt, loader, tta_flip=cfg.train.tta_flip)
 
     def main(self, argv=None):
         """The script's entry: run, then end the process with the run's exit code (common/entry.py)."""

@@ -78,8 +78,8 @@ class GanTask:
         rt.seed()
         return build_state(cfg, rt, self.build_models(cfg, loaders), total_steps(cfg, loaders.train), ema=("G",))
 
-    def evaluate(self, state: TrainState, rt, loader) -> dict:
-        return self._evaluate(state, rt, loader, self.judge)
+    def evaluate(self, cfg, state: TrainState, rt, loader) -> dict:
+        return self._evaluate(cfg, state, rt, loader, self.judge)
 
     def main(self, argv=None):
         """The script's entry: run, then end the process with the run's exit code (common/entry.py)."""
@@ -186,11 +186,12 @@ def noise_bank(n: int, shape: tuple[int, ...], kind: str, seed: int, device) -> 
 
 
 @torch.no_grad()
-def quality(rt, judge, loader, generate, n: int, real_labels: bool = False) -> dict[str, float]:
-    """Fréchet distance of n generated samples to the real images of the eval loader, in the judge's features.
+def quality(cfg, rt, judge, loader, generate, real_labels: bool = False) -> dict[str, float]:
+    """Fréchet distance of eval.samples generated samples to the real images of the eval loader, in the
+    judge's features.
 
     generate(indices) -> (images in [-1, 1], requested labels or None) for global sample indices;
-    each rank generates its unpadded shard of range(n). With requested labels, also `label_acc`:
+    each rank generates its unpadded shard of range(eval.samples), train.eval_batch_size at a time. With requested labels, also `label_acc`:
     percent of samples the judge classifies as the class they were asked to show (and with
     real_labels, `real_label_acc`: the judge on the real eval images, the ceiling).
     """
@@ -198,7 +199,7 @@ def quality(rt, judge, loader, generate, n: int, real_labels: bool = False) -> d
         return {}
     reference = judge.reference(rt, ((x, y if real_labels else None) for x, y in loader), loader.total)
     fake = judge.stats()
-    batch = max(1, rt.cfg.train.eval_batch_size // rt.world_size)
+    n, batch = cfg.eval.samples, max(1, cfg.train.eval_batch_size // rt.world_size)
     for idx in eval_shard(n, rt.world_size, rt.rank).split(batch):
         images, labels = generate(idx.to(rt.device))
         fake.add(images, labels)
@@ -214,12 +215,12 @@ def quality(rt, judge, loader, generate, n: int, real_labels: bool = False) -> d
 
 
 @torch.no_grad()
-def evaluate_from_noise(state, rt, loader, judge) -> dict:
+def evaluate_from_noise(cfg, state, rt, loader, judge) -> dict:
     """An unconditional G (z ~ U(-1, 1)) on a fixed noise bank: val/fd against the real eval
     images, and the first eval.grid samples as a grid."""
-    cfg, G = rt.cfg, state.eval_model("G")
+    G = state.eval_model("G")
     sync_buffers(rt, state.models["G"], G)  # rank 0's BatchNorm statistics, as DDP would use next
     z = noise_bank(max(cfg.eval.samples, cfg.eval.grid), (cfg.model.z_dim,), "uniform", cfg.seed, rt.device)
     with evaluating(G):
         grid = Grid(G(z[:cfg.eval.grid]))
-        return {**quality(rt, judge, loader, lambda idx: (G(z[idx]), None), cfg.eval.samples), "fixed_noise": grid}
+        return {**quality(cfg, rt, judge, loader, lambda idx: (G(z[idx]), None)), "fixed_noise": grid}
