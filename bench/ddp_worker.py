@@ -119,7 +119,7 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
     if rt.world_size == 1:  # as the ddp engine's prepare() would at world > 1
         ddp_state.models["net"] = DDP(ddp_state.models["net"], gradient_as_bucket_view=True)
     rt.seed()
-    plain = mod.task.build_model(cfg.model, loaders.shape, loaders.num_classes)
+    plain = mod.task.build_models(cfg, loaders)["net"]
     plain = plain.to(rt.device, memory_format=rt.memory_format)
     plain_opt = build_optimizer(cfg.optim, plain)
     for mine, ref in zip(plain_opt.param_groups, ddp_state.optims["net"].param_groups, strict=True):

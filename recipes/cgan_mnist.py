@@ -121,7 +121,7 @@ def evaluate(cfg, state, rt, loader, judge) -> dict:
                               real_labels=True), "class_rows": grid}
 
 
-task = gan.GanTask(Config, build_models, train_step, __file__, evaluate=evaluate)
+task = gan.GanTask(Config, build_models, __file__, train_step=train_step, evaluate=evaluate)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def train_step(cfg, batch, state, rt) -> dict:
     return {"loss_d": loss_d.detach(), "loss_g": loss_g, **probs}
 
 
-task = gan.GanTask(Config, build_models, train_step, __file__, build_data=build_data)
+task = gan.GanTask(Config, build_models, __file__, train_step=train_step, build_data=build_data)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def train_step(cfg, batch, state, rt) -> dict:
     return {"loss_d": loss_d.detach(), "loss_g": loss_g, **probs}
 
 
-task = gan.GanTask(Config, build_models, train_step, __file__)
+task = gan.GanTask(Config, build_models, __file__, train_step=train_step)
 
 
 if __name__ == "__main__":

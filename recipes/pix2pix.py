@@ -164,7 +164,8 @@ def evaluate(cfg, state, rt, loader, judge) -> dict:
     return out
 
 
-task = gan.GanTask(Config, build_models, train_step, __file__, evaluate=evaluate, build_data=build_data)
+task = gan.GanTask(Config, build_models, __file__, train_step=train_step, evaluate=evaluate,
+                   build_data=build_data)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -64,8 +65,8 @@ def kill_inside_write(rank: int, step: int) -> None:
     FileSystemWriter.write_data = write_data
 
 
-def hold(phase: str, rank: int | None, task) -> None:
-    """Make each rank (or rank `rank`) wait in a start-up phase; see the module docstring."""
+def hold(phase: str, rank: int | None, task):
+    """Make each rank (or rank `rank`) wait in a start-up phase; see the module docstring. Returns the task to run."""
     import torch.distributed
 
     def held(name, original):
@@ -80,10 +81,10 @@ def hold(phase: str, rank: int | None, task) -> None:
         return wrapper
     if phase == "rendezvous":
         torch.distributed.rendezvous = held("before rendezvous", torch.distributed.rendezvous)
-    elif phase == "data":
-        task.build_data = held("in build_data", task.build_data)
-    else:
-        raise ValueError(f"hold={phase}")
+        return task
+    if phase == "data":
+        return replace(task, build_data=held("in build_data", task.build_data))
+    raise ValueError(f"hold={phase}")
 
 
 def main():
@@ -116,13 +117,13 @@ def main():
             batch = (x * float("nan"), y)
         return original(cfg, batch, state, rt)
 
-    mod.task.train_step = train_step
+    task = replace(mod.task, train_step=train_step)
     if kind == "hold":
         phase, _, rank = arg.partition("@")
-        hold(phase, int(rank) if rank else None, mod.task)
+        task = hold(phase, int(rank) if rank else None, task)
     if kind == "kill_in_write":
         kill_inside_write(*map(int, arg.split("@")))
-    run(mod.task, mod.task.script, argv)
+    run(task, task.script, argv)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,9 @@ from common.config import BaseConfig, CkptConfig, OptimConfig, ranged, seed_bits
 from common.data.gan_data import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
 from common.models.size import within_memory
-from common.entry import exit_after, run
+from common.entry import Task
 from common.metrics.fid import frechet_distance, load_judge
 from common.train.log import Grid
-from common.train.loop import total_steps
-from common.train.state import TrainState, build_state
 
 
 @dataclass
@@ -55,35 +53,24 @@ class GanConfig(BaseConfig):
     ckpt: CkptConfig = field(default_factory=lambda: CkptConfig(best_metric="val/fd", best_mode="min"))
 
 
-class GanTask:
-    """The task interface (Config, build_data, build_state, train_step, evaluate, main) for a GAN:
-    models G and D, one optimizer each, an EMA of G. The recipe gives its own
-    build_models(cfg, loaders) -> {"G", "D"} and train_step (D step, then the frozen-D G step), and
-    where they differ from an unconditional GAN's, evaluate(state, rt, loader, judge) and build_data(cfg, rt)."""
+def GanTask(Config: type, build_models, script: str, *, train_step, evaluate=None, build_data=None) -> Task:
+    """A GAN recipe's Task: models G and D from build_models(cfg, loaders) -> {"G", "D"}, one optimizer
+    each, an EMA of G (exported). The recipe gives its train_step(cfg, batch, state, rt) (D step, then the
+    frozen-D G step) and, where they differ from an unconditional GAN's, evaluate(cfg, state, rt, loader,
+    judge) (judge: the FD classifier of eval.classifier, or None) and build_data(cfg, rt, **saved)."""
+    evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
+    judge = None  # this run's, loaded with its data
 
-    exported = "G"  # the model --export writes
-
-    def __init__(self, Config: type, build_models, train_step, script: str, evaluate=None, build_data=None):
-        evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
-        self.Config, self.build_models, self.train_step = Config, within_memory(build_models), train_step
-        self._evaluate, self._build_data, self.script = evaluate, build_data, script
-        self.judge = None
-
-    def build_data(self, cfg, rt):
+    def data(cfg, rt, **saved):
+        nonlocal judge
         # The judge first: a missing classifier stops the run before any data is read.
-        self.judge = load_judge(cfg.eval.classifier, rt.device)
-        return self._build_data(cfg, rt)
+        judge = load_judge(cfg.eval.classifier, rt.device)
+        return build_data(cfg, rt, **saved)
 
-    def build_state(self, cfg, rt, loaders) -> TrainState:
-        rt.seed()
-        return build_state(cfg, rt, self.build_models(cfg, loaders), total_steps(cfg, loaders.train), ema=("G",))
+    def judged(cfg, state, rt, loader) -> dict:
+        return evaluate(cfg, state, rt, loader, judge)
 
-    def evaluate(self, cfg, state: TrainState, rt, loader) -> dict:
-        return self._evaluate(cfg, state, rt, loader, self.judge)
-
-    def main(self, argv=None):
-        """The script's entry: run, then end the process with the run's exit code (common/entry.py)."""
-        exit_after(lambda: run(self, self.script, argv))
+    return Task(Config, script, data, within_memory(build_models), train_step, judged, ema=("G",), exported="G")
 
 
 def images_for_fd(cfg, rt):
