@@ -61,8 +61,8 @@ from common.train.runtime import runtime
 from common.train.state import TrainState, build_state
 
 # The callable members and the positional arguments each is called with.
-CALLS = {"build_data": ("cfg", "rt"), "build_models": ("cfg", "loaders"), "train_step": ("cfg", "batch", "state", "rt"),
-         "evaluate": ("cfg", "state", "rt", "loader")}
+CALLS = {"build_data": ("cfg", "rt"), "build_models": ("cfg", "loaders"),
+         "train_step": ("cfg", "batch", "state", "rt"), "evaluate": ("cfg", "state", "rt", "loader")}
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,8 @@ def GanTask(Config: type, build_models, script: str, *, train_step, evaluate=Non
     """A GAN recipe's Task: models G and D from build_models(cfg, loaders) -> {"G", "D"}, one optimizer
     each, an EMA of G (exported). The recipe gives its train_step(cfg, batch, state, rt) (D step, then the
     frozen-D G step) and, where they differ from an unconditional GAN's, evaluate(cfg, state, rt, loader,
-    judge) (judge: the FD classifier of eval.classifier, or None) and build_data(cfg, rt, **saved)."""
+    judge) (judge: the FD classifier of eval.classifier, or None) and build_data(cfg, rt) (a GAN's
+    checkpoint saves no classes or stats, so `saved` is empty)."""
     evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
     judge = None  # this run's, loaded with its data
 

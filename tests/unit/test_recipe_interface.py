@@ -98,3 +98,11 @@ def test_exported_and_ema_must_name_built_models(member, value):
         with pytest.raises(TypeError, match=r"must name models build_models returns: \['net'\]"):
             task.build_state(cfg, rt, loaders)
         mod.task.build_state(cfg, rt, loaders)  # the control: the recipe's own names fit
+
+
+def test_the_docs_show_every_member_with_its_arguments():
+    text = (ROOT / "docs" / "usage.md").read_text()
+    table = text[text.index("**The task contract.**"):text.index("`saved` is what a checkpoint records")]
+    for name in [*MEMBERS, "main"]:
+        shown = f"{name}({', '.join(CALLS[name])}" if name in CALLS else name
+        assert f"| `{shown}" in table, f"docs/usage.md's task contract lacks {shown}"
