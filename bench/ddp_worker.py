@@ -119,7 +119,7 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
     if rt.world_size == 1:  # as the ddp engine's prepare() would at world > 1
         ddp_state.models["net"] = DDP(ddp_state.models["net"], gradient_as_bucket_view=True)
     rt.seed()
-    plain = mod.task.build_model(cfg.model, loaders.shape, loaders.num_classes)
+    plain = mod.task.build_models(cfg, loaders)["net"]
     plain = plain.to(rt.device, memory_format=rt.memory_format)
     plain_opt = build_optimizer(cfg.optim, plain)
     for mine, ref in zip(plain_opt.param_groups, ddp_state.optims["net"].param_groups, strict=True):
@@ -135,7 +135,7 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
     # DDP rebuilds its buckets (in gradient-ready order) after the first backward and logs
     # the rebuilt sizes a step later: three DDP steps before reading them.
     for i in range(3):
-        mod.task.train_step(batches[i], ddp_state, rt)
+        mod.task.train_step(cfg, batches[i], ddp_state, rt)
     logged = ddp_state.models["net"]._get_ddp_logging_data()
     sizes = str(logged.get("rebuilt_bucket_sizes") or logged.get("bucket_sizes", ""))
     bucket_bytes = [int(b) for b in sizes.split(",") if b.strip()]
@@ -151,13 +151,13 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
     def element(name):
         if name == "ddp":
             intervals.clear()
-            mod.task.train_step(next(feed["ddp"]), ddp_state, rt)
+            mod.task.train_step(cfg, next(feed["ddp"]), ddp_state, rt)
         elif name == "ddp_builtin":  # DDP's own C++ all-reduce hook, no timing hook (grad_comm compares the two)
-            mod.task.train_step(next(feed["ddp_builtin"]), builtin_state, rt)
+            mod.task.train_step(cfg, next(feed["ddp_builtin"]), builtin_state, rt)
         elif name == "local":
-            mod.task.train_step(next(feed["local"]), plain_state, rt)
+            mod.task.train_step(cfg, next(feed["local"]), plain_state, rt)
         elif name == "ours":
-            mod.task.train_step(next(feed["ours"]), ours_state, rt)
+            mod.task.train_step(cfg, next(feed["ours"]), ours_state, rt)
         else:
             collectives(name)
 
@@ -166,7 +166,7 @@ def run_case(mod, cfg, rt, loaders, case, arms, alone_blocks, barrier) -> dict:
         t0 = time.perf_counter()
         if rt.rank == 0:
             for _ in range(steps):
-                mod.task.train_step(next(feed["local"]), plain_state, rt)
+                mod.task.train_step(cfg, next(feed["local"]), plain_state, rt)
         dt = (time.perf_counter() - t0) / steps
         barrier.wait()
         return dt

@@ -103,13 +103,13 @@ class Bench:
         torch.manual_seed(cfg.seed + 1)
         stamps, losses = [], []
 
-        def timed_step(batch, state, rt):
+        def timed_step(cfg, batch, state, rt):
             if on_step and len(stamps) == self.steps - 1:
                 on_step("end")
             self._stamp(stamps)
             if on_step and len(stamps) == self.warmup + 1:
                 on_step("start")
-            out = mod.task.train_step(batch, state, rt)
+            out = mod.task.train_step(cfg, batch, state, rt)
             losses.append(out["loss"])
             return out
 

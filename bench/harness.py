@@ -32,8 +32,8 @@ def load_recipe(name: str):
     """Import recipes/<name>.py as a module (recipes are scripts, not a package), once per process.
 
     The benchmarks' only copy (tests/helpers.py keeps its own, which loads a fresh module each
-    time). Benchmarks use only the recipe's `task` (Config, build_data, build_state, train_step,
-    evaluate, and build_model for classifiers)."""
+    time). Benchmarks use only the recipe's `task`, the contract common.entry.Task (Config, build_data,
+    build_models, build_state, train_step, evaluate, exported)."""
     key = f"dtrain_recipe_{name}"
     if key in sys.modules:
         return sys.modules[key]

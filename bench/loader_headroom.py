@@ -144,10 +144,10 @@ def epoch_block(train) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def model_block(mod, state, rt, batch, steps: int) -> float:
+def model_block(mod, cfg, state, rt, batch, steps: int) -> float:
     n, t0 = 0, time.perf_counter()
     for _ in range(steps):
-        mod.task.train_step(batch, state, rt)
+        mod.task.train_step(cfg, batch, state, rt)
         n += len(batch[0])
     H.sync(rt.device)
     return n / (time.perf_counter() - t0)
@@ -205,7 +205,7 @@ def time_arms(mod, rt, train, model_cfg, model_loaders, smoke: bool):
     batch = next(iter(model_loaders.train))[0]
     with H.quiet():
         t0 = time.perf_counter()
-        mod.task.train_step(batch, state, rt)  # warm-up (allocations, kernel selection)
+        mod.task.train_step(model_cfg, batch, state, rt)  # warm-up (allocations, kernel selection)
         first = time.perf_counter() - t0
     streaming = not isinstance(train, common.data.classifier_data.TensorTrainLoader)
     # Blocks of roughly a second or two each; at least 2 model steps.
@@ -215,7 +215,7 @@ def time_arms(mod, rt, train, model_cfg, model_loaders, smoke: bool):
         arms = {"loader": lambda: epoch_block(train)}
     else:
         arms = {"loader": lambda: loader_block(train, min(loader_steps, max(1, train.plan.steps - 1)))}
-    arms["model"] = lambda: model_block(mod, state, rt, batch, 1 if smoke else model_steps)
+    arms["model"] = lambda: model_block(mod, model_cfg, state, rt, batch, 1 if smoke else model_steps)
     pairs = 1 if smoke else (2 if first > 1.0 else 3)
     return H.alternate(arms, pairs), first, batch[0].shape[0], streaming
 

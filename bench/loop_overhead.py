@@ -1,6 +1,6 @@
 """Loop overhead: our fit() + engine vs a bare hand-written PyTorch loop.
 
-Both arms train the recipe's own model (recipe task.build_model, same seed, same initial weights),
+Both arms train the recipe's own model (recipe task.build_models, same seed, same initial weights),
 with the same optimizer and LR schedule (common/train/optim.py: SGD foreach + LambdaLR), on the same
 batches (the recipe's task.build_data: the in-memory TensorTrainLoader, synthetic data of the dataset's shape),
 in the same precision, in the same process:
@@ -71,7 +71,7 @@ def case_overrides(recipe: str, extra: list[str], steps: int, batch: int, out_di
 def bare_setup(mod, cfg, rt, loaders, steps: int):
     """What a hand-written script builds: the same model (same seed), optimizer and schedule."""
     torch.manual_seed(cfg.seed)
-    model = mod.task.build_model(cfg.model, loaders.shape, loaders.num_classes)
+    model = mod.task.build_models(cfg, loaders)[mod.task.exported]
     model = model.to(rt.device, memory_format=rt.memory_format)
     opt = build_optimizer(cfg.optim, model)
     return model, opt, build_scheduler(cfg.optim, opt, steps)
@@ -132,11 +132,11 @@ def interleaved_block(recipe: str, mod, cfg, rt, loaders, warmup: int, steps: in
         bare_t.append(b1 - b0)
         inner.append(time.perf_counter() - t0)
 
-    def timed_step(batch, state, rt):
+    def timed_step(cfg, batch, state, rt):
         entries.append(time.perf_counter())
         if not bare_after:
             bare_step()
-        out = mod.task.train_step(batch, state, rt)
+        out = mod.task.train_step(cfg, batch, state, rt)
         ours_losses.append(out["loss"])
         if bare_after:
             bare_step()

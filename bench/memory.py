@@ -82,7 +82,7 @@ def worker(recipe: str, steps: int, argv: list[str]) -> None:
             t = time.perf_counter()
             for i, b in enumerate(micro):
                 with rt.micro_step(i, len(micro)):
-                    task.train_step(b, state, rt)
+                    task.train_step(cli.cfg, b, state, rt)
             rt.end_step()
             times.append(time.perf_counter() - t)
         gc.collect()

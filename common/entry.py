@@ -3,22 +3,26 @@
     python recipes/<name>.py [--config FILE ...] [--dry-run] [key=value ...]
     python recipes/<name>.py --evaluate RUN_DIR_OR_CHECKPOINT | --export RUN_DIR_OR_CHECKPOINT [--to FILE] [--overwrite]
 
-run() is the whole run, in-process (tests call it) and returns the exit code (the table:
-docs/reliability.md#exit-codes); exit_after() then ends the process: group destroyed, garbage
-collected, atexit handlers run, streams flushed, os._exit(code), so no gloo thread outlives the
-interpreter into an abort (why: docs/reliability.md#why-the-process-ends-with-os_exit).
+Task is the contract every recipe's `task` fulfils (built by common/tasks/); the entry point, the
+after-training commands, tests and benchmarks use its members and nothing else. run() is the whole
+run, in-process (tests call it), and returns the exit code (docs/reliability.md#exit-codes);
+Task.main() runs it, then exit_after() ends the process: group destroyed, garbage collected, atexit
+handlers run, streams flushed, os._exit(code) (why: docs/reliability.md#why-the-process-ends-with-os_exit).
 """
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import gc
+import inspect
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from typing import Callable, NoReturn
 
 from common import dist, launcher
-from common.config import UserError
+from common.config import BaseConfig, UserError
 from common.cli import parse_cli
 from common.config import dump_yaml
 from common.data.sampling import check_batch
@@ -28,6 +32,56 @@ from common.train.report import batch_split
 from common.train.loop import fit, total_steps
 from common.train.preempt import EXIT_INTERRUPTED
 from common.train.runtime import runtime
+from common.train.state import TrainState, build_state
+
+# The callable members and the positional arguments each is called with.
+CALLS = {"build_data": ("cfg", "rt"), "build_models": ("cfg", "loaders"),
+         "train_step": ("cfg", "batch", "state", "rt"), "evaluate": ("cfg", "state", "rt", "loader")}
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a recipe is to everything that runs it (docs/usage.md, "Writing a recipe"). Classifier(...)
+    and GanTask(...) build one; a member that is missing or does not fit is a TypeError when it is built."""
+    Config: type  # the recipe's config dataclass, a BaseConfig
+    script: str  # the recipe's __file__: its name goes into checkpoints, configs/<name>.yaml is its base
+    build_data: Callable  # (cfg, rt, **saved) -> Loaders; saved: a checkpoint's `classes` and `stats`, when it has them
+    build_models: Callable  # (cfg, loaders) -> {name: nn.Module}; reads only loaders.shape and loaders.num_classes
+    train_step: Callable  # (cfg, batch, state, rt) -> {name: tensor}; does its own rt.backward and rt.step
+    evaluate: Callable  # (cfg, state, rt, loader) -> {name: number or Grid} over the whole eval split
+    ema: tuple[str, ...]  # the models with an EMA copy (train.ema_decay > 0), which evaluation uses
+    exported: str  # the model --export writes and load_model builds
+
+    def __post_init__(self):
+        if not (isinstance(self.Config, type) and issubclass(self.Config, BaseConfig)
+                and dataclasses.is_dataclass(self.Config)):
+            raise TypeError(f"Task.Config must be a dataclass deriving from BaseConfig, not {self.Config!r}")
+        if not (isinstance(self.script, str) and self.script.endswith(".py")):
+            raise TypeError(f"Task.script must be the recipe's __file__, not {self.script!r}")
+        for name, args in CALLS.items():
+            fn = getattr(self, name)
+            try:
+                inspect.signature(fn).bind(*args)
+            except (TypeError, ValueError):  # not callable, or another number of arguments
+                raise TypeError(f"Task.{name} must be called as {name}({', '.join(args)}); got {fn!r}") from None
+        if not (isinstance(self.ema, tuple) and all(isinstance(n, str) for n in self.ema)
+                and isinstance(self.exported, str)):
+            raise TypeError(f"Task.ema must be a tuple of model names and Task.exported one name, not "
+                            f"{self.ema!r} and {self.exported!r}")
+
+    def build_state(self, cfg, rt, loaders) -> TrainState:
+        """The models from build_models (seeded), placed, with optimizers, LR schedules, EMA copies of
+        `ema`, wrapped by the engine."""
+        rt.seed()
+        models = self.build_models(cfg, loaders)
+        if self.exported not in models or not set(self.ema) <= set(models):
+            raise TypeError(f"Task.exported {self.exported!r} and Task.ema {self.ema} must name models "
+                            f"build_models returns: {sorted(models)}")
+        return build_state(cfg, rt, models, total_steps(cfg, loaders.train), ema=self.ema)
+
+    def main(self, argv=None) -> NoReturn:
+        """The script's entry: run, then end the process with the run's exit code."""
+        exit_after(lambda: run(self, self.script, argv))
 
 
 def dry_run(cli, rt) -> None:
@@ -47,7 +101,7 @@ def dry_run(cli, rt) -> None:
         rt.log(f"warning: {warning}")
 
 
-def run(task, script: str, argv=None):
+def run(task: Task, script: str, argv=None):
     """Parse the command line for task.Config, then dry-run, train, or evaluate/export a finished run
     (common/lifecycle/); returns the final metrics."""
     try:

@@ -88,10 +88,10 @@ def build_models(cfg: Config, loaders) -> dict:
     return {"G": Generator(*args), "D": Discriminator(*args)}
 
 
-def train_step(batch, state, rt) -> dict:
+def train_step(cfg, batch, state, rt) -> dict:
     real, y = batch
     G, D, n = state.models["G"], state.models["D"], len(real)
-    z = gan.batch_noise(rt, n, (rt.cfg.model.z_dim,), "uniform01")  # this rank's rows of the global batch's noise
+    z = gan.batch_noise(rt, n, (cfg.model.z_dim,), "uniform01")  # this rank's rows of the global batch's noise
     with rt.autocast():
         fake = G(z, y)  # one G forward; the D step sees it detached
         loss_d, probs = gan.d_loss(*D(torch.cat([real, fake.detach()]), torch.cat([y, y])).split(n))
@@ -102,8 +102,8 @@ def train_step(batch, state, rt) -> dict:
 
 
 @torch.no_grad()
-def evaluate(state, rt, loader, judge) -> dict:
-    cfg, G = rt.cfg, state.eval_model("G")
+def evaluate(cfg, state, rt, loader, judge) -> dict:
+    G = state.eval_model("G")
     classes = G.num_classes
     cols = max(1, cfg.eval.grid // classes)
     z = gan.noise_bank(max(cfg.eval.samples, cols), (cfg.model.z_dim,), "uniform01", cfg.seed, rt.device)
@@ -117,11 +117,11 @@ def evaluate(state, rt, loader, judge) -> dict:
         G.joint.train()
         grid = Grid(G(grid_z, grid_y), nrow=cols)
         # Sample i asks for class i % classes: balanced, and the same requests every evaluation.
-        return {**gan.quality(rt, judge, loader, lambda idx: (G(z[idx], idx % classes), idx % classes),
-                              cfg.eval.samples, real_labels=True), "class_rows": grid}
+        return {**gan.quality(cfg, rt, judge, loader, lambda idx: (G(z[idx], idx % classes), idx % classes),
+                              real_labels=True), "class_rows": grid}
 
 
-task = gan.GanTask(Config, build_models, train_step, __file__, evaluate=evaluate)
+task = gan.GanTask(Config, build_models, __file__, train_step=train_step, evaluate=evaluate)
 
 
 if __name__ == "__main__":

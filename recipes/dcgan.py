@@ -102,9 +102,9 @@ def build_models(cfg: Config, loaders) -> dict:
     return {"G": Generator(cfg.model, channels), "D": build_discriminator(cfg.model, channels)}
 
 
-def train_step(batch, state, rt) -> dict:
+def train_step(cfg, batch, state, rt) -> dict:
     real, D = batch[0], state.models["D"]
-    z = gan.batch_noise(rt, len(real), (rt.cfg.model.z_dim,), "uniform")  # this rank's rows of the global batch's noise
+    z = gan.batch_noise(rt, len(real), (cfg.model.z_dim,), "uniform")  # this rank's rows of the global batch's noise
     with rt.autocast():
         fake = state.models["G"](z)  # one G forward; the D step sees it detached
         # Pure real and pure fake batches for D's BatchNorm; one backward, one D all-reduce.
@@ -115,7 +115,7 @@ def train_step(batch, state, rt) -> dict:
     return {"loss_d": loss_d.detach(), "loss_g": loss_g, **probs}
 
 
-task = gan.GanTask(Config, build_models, train_step, __file__, build_data=build_data)
+task = gan.GanTask(Config, build_models, __file__, train_step=train_step, build_data=build_data)
 
 
 if __name__ == "__main__":

@@ -67,10 +67,10 @@ def build_models(cfg: Config, loaders) -> dict:
     return {"G": Generator(cfg.model, loaders.shape), "D": build_discriminator(cfg.model, loaders.shape)}
 
 
-def train_step(batch, state, rt) -> dict:
+def train_step(cfg, batch, state, rt) -> dict:
     real, _ = batch
     G, D, n = state.models["G"], state.models["D"], len(real)
-    z = gan.batch_noise(rt, n, (rt.cfg.model.z_dim,), "uniform")  # this rank's rows of the global batch's noise
+    z = gan.batch_noise(rt, n, (cfg.model.z_dim,), "uniform")  # this rank's rows of the global batch's noise
     with rt.autocast():
         fake = G(z)  # one G forward; the D step sees it detached
         loss_d, probs = gan.d_loss(*D(torch.cat([real, fake.detach()])).split(n))  # no BatchNorm: one forward
@@ -80,7 +80,7 @@ def train_step(batch, state, rt) -> dict:
     return {"loss_d": loss_d.detach(), "loss_g": loss_g, **probs}
 
 
-task = gan.GanTask(Config, build_models, train_step, __file__)
+task = gan.GanTask(Config, build_models, __file__, train_step=train_step)
 
 
 if __name__ == "__main__":

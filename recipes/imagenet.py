@@ -25,7 +25,7 @@ import torchvision
 from common.config import ConfigError
 from common.data.folder import FolderDataConfig, imagefolder_data
 from common.models.pretrained import load_pretrained
-from common.tasks.classifier import Classifier, ClassifierConfig
+from common.tasks import classifier
 
 # Nets whose auxiliary heads return tuples in training mode; one loss head is enough here.
 NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v3": {"aux_logits": False, "init_weights": True}}
@@ -39,7 +39,7 @@ class ModelConfig:
 
 
 @dataclass
-class Config(ClassifierConfig):
+class Config(classifier.ClassifierConfig):
     data: FolderDataConfig = field(default_factory=FolderDataConfig)  # no MixUp/CutMix/padding: torchvision's presets
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -53,7 +53,8 @@ def build_model(m: ModelConfig, in_shape, num_classes: int):
     return model
 
 
-task = Classifier(Config, build_model, __file__, build_data=imagefolder_data)
+task = classifier.Classifier(Config, build_model, __file__, train_step=classifier.train_step,
+                             build_data=imagefolder_data)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,15 @@ Result: docs/results.md (real Fashion-MNIST test accuracy, hardware, wall time).
 from dataclasses import dataclass, field
 
 from common.models.cnn import CNNConfig, small_cnn
-from common.tasks.classifier import Classifier, ClassifierConfig
+from common.tasks import classifier
 
 
 @dataclass
-class Config(ClassifierConfig):
+class Config(classifier.ClassifierConfig):
     model: CNNConfig = field(default_factory=CNNConfig)
 
 
-task = Classifier(Config, small_cnn, __file__)
+task = classifier.Classifier(Config, small_cnn, __file__, train_step=classifier.train_step)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from common.config import ranged
-from common.tasks.classifier import Classifier, ClassifierConfig
+from common.tasks import classifier
 
 
 @dataclass
@@ -24,7 +24,7 @@ class ModelConfig:
 
 
 @dataclass
-class Config(ClassifierConfig):
+class Config(classifier.ClassifierConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -36,7 +36,7 @@ def build_model(m: ModelConfig, in_shape, num_classes: int) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
-task = Classifier(Config, build_model, __file__)
+task = classifier.Classifier(Config, build_model, __file__, train_step=classifier.train_step)
 
 
 if __name__ == "__main__":

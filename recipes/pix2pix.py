@@ -115,7 +115,7 @@ def build_models(cfg: Config, loaders) -> dict:
     return {"G": UNet(cfg.model, c, c), "D": build_patchgan(cfg.model, 2 * c)}
 
 
-def train_step(batch, state, rt) -> dict:
+def train_step(cfg, batch, state, rt) -> dict:
     pairs, _ = batch
     a, b = pairs.chunk(2, dim=1)
     G, D = state.models["G"], state.models["D"]
@@ -129,15 +129,15 @@ def train_step(batch, state, rt) -> dict:
     with rt.frozen(D) as D_, rt.autocast():
         loss_gan = gan.g_loss(D_(torch.cat([a, fake], 1)))
         loss_l1 = F.l1_loss(fake.float(), b.float())
-        loss_g = loss_gan + rt.cfg.model.l1_weight * loss_l1
+        loss_g = loss_gan + cfg.model.l1_weight * loss_l1
     rt.backward(loss_g)
     rt.step(state.optims["G"])
     return {"loss_d": loss_d.detach(), "loss_g": loss_gan.detach(), "l1": loss_l1.detach(), **probs}
 
 
 @torch.no_grad()
-def evaluate(state, rt, loader, judge) -> dict:
-    cfg, G = rt.cfg, state.eval_model("G")
+def evaluate(cfg, state, rt, loader, judge) -> dict:
+    G = state.eval_model("G")
     gan.sync_buffers(rt, state.models["G"], G)  # rank 0's BatchNorm statistics, as DDP would use next
     sums = torch.zeros(3, dtype=torch.float64, device=rt.device)  # L1, PSNR, count
     fakes = judge.stats() if judge else None
@@ -164,7 +164,8 @@ def evaluate(state, rt, loader, judge) -> dict:
     return out
 
 
-task = gan.GanTask(Config, build_models, train_step, __file__, evaluate=evaluate, build_data=build_data)
+task = gan.GanTask(Config, build_models, __file__, train_step=train_step, evaluate=evaluate,
+                   build_data=build_data)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ Result: docs/results.md.
 from dataclasses import dataclass, field
 
 from common.models.resnet import ResNetConfig, resnet
-from common.tasks.classifier import Classifier, ClassifierConfig
+from common.tasks import classifier
 
 
 @dataclass
-class Config(ClassifierConfig):
+class Config(classifier.ClassifierConfig):
     model: ResNetConfig = field(default_factory=ResNetConfig)
 
 
@@ -27,7 +27,7 @@ def build_model(m: ResNetConfig, in_shape, num_classes: int):
     return resnet(m.arch, m.width_mult, in_shape[0], num_classes)
 
 
-task = Classifier(Config, build_model, __file__)
+task = classifier.Classifier(Config, build_model, __file__, train_step=classifier.train_step)
 
 
 if __name__ == "__main__":

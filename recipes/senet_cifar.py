@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from common.config import ranged
 from common.models.resnet import ResNetConfig, resnet
-from common.tasks.classifier import Classifier, ClassifierConfig
+from common.tasks import classifier
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ModelConfig(ResNetConfig):
 
 
 @dataclass
-class Config(ClassifierConfig):
+class Config(classifier.ClassifierConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -35,7 +35,7 @@ def build_model(m: ModelConfig, in_shape, num_classes: int) -> nn.Module:
     return resnet(m.arch, m.width_mult, in_shape[0], num_classes, se_reduction=m.se_reduction)
 
 
-task = Classifier(Config, build_model, __file__)
+task = classifier.Classifier(Config, build_model, __file__, train_step=classifier.train_step)
 
 
 if __name__ == "__main__":

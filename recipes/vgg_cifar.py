@@ -18,7 +18,7 @@ from typing import Literal
 import torch.nn as nn
 
 from common.config import ranged
-from common.tasks.classifier import Classifier, ClassifierConfig
+from common.tasks import classifier
 
 
 LAYOUTS = {  # conv widths per stage; "M" = 2x2 max pool (configurations A, B, D, E of the paper)
@@ -36,7 +36,7 @@ class ModelConfig:
 
 
 @dataclass
-class Config(ClassifierConfig):
+class Config(classifier.ClassifierConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -52,7 +52,7 @@ def build_model(m: ModelConfig, in_shape, num_classes: int) -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes))
 
 
-task = Classifier(Config, build_model, __file__)
+task = classifier.Classifier(Config, build_model, __file__, train_step=classifier.train_step)
 
 
 if __name__ == "__main__":

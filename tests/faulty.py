@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -64,8 +65,8 @@ def kill_inside_write(rank: int, step: int) -> None:
     FileSystemWriter.write_data = write_data
 
 
-def hold(phase: str, rank: int | None, task) -> None:
-    """Make each rank (or rank `rank`) wait in a start-up phase; see the module docstring."""
+def hold(phase: str, rank: int | None, task):
+    """Make each rank (or rank `rank`) wait in a start-up phase; see the module docstring. Returns the task to run."""
     import torch.distributed
 
     def held(name, original):
@@ -80,10 +81,10 @@ def hold(phase: str, rank: int | None, task) -> None:
         return wrapper
     if phase == "rendezvous":
         torch.distributed.rendezvous = held("before rendezvous", torch.distributed.rendezvous)
-    elif phase == "data":
-        task.build_data = held("in build_data", task.build_data)
-    else:
-        raise ValueError(f"hold={phase}")
+        return task
+    if phase == "data":
+        return replace(task, build_data=held("in build_data", task.build_data))
+    raise ValueError(f"hold={phase}")
 
 
 def main():
@@ -99,7 +100,7 @@ def main():
     original = mod.task.train_step
     first_step = []  # the first step this process computes: 1 unless it resumed
 
-    def train_step(batch, state, rt):
+    def train_step(cfg, batch, state, rt):
         step = state.step + 1
         first_step[:] = first_step or [step]
         if kind in ("raise", "kill", "SIGUSR1", "SIGTERM"):
@@ -114,15 +115,15 @@ def main():
         if (kind == "nan_from" and step >= int(arg)) or (kind == "nan_at" and step == int(arg)):
             x, y = batch
             batch = (x * float("nan"), y)
-        return original(batch, state, rt)
+        return original(cfg, batch, state, rt)
 
-    mod.task.train_step = train_step
+    task = replace(mod.task, train_step=train_step)
     if kind == "hold":
         phase, _, rank = arg.partition("@")
-        hold(phase, int(rank) if rank else None, mod.task)
+        task = hold(phase, int(rank) if rank else None, task)
     if kind == "kill_in_write":
         kill_inside_write(*map(int, arg.split("@")))
-    run(mod.task, mod.task.script, argv)
+    run(task, task.script, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A user's own torch.utils.data.Dataset as a classifier's data, sharded and resumable like the built-in sets.
 
-    task = Classifier(Config, build_model, __file__, build_data=dataset_data(make_dataset))
+    task = classifier.Classifier(Config, build_model, __file__, train_step=classifier.train_step,
+                                 build_data=dataset_data(make_dataset))
 
 `make_dataset(cfg, split)` returns a map-style Dataset for split "train" or "val" whose items are
 (float image tensor [C, H, W], int label). The loaders are common/data/folder.py's: the sampler

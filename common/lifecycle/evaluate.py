@@ -38,7 +38,7 @@ def run(task, cli) -> dict[str, float]:
         # are the models themselves (state.eval_model(name) returns them).
         state = TrainState(models={k: rt.place(m) for k, m in models.items()}, optims={},
                            step=src.sd["step"], epoch=src.sd["epoch"])
-        out = task.evaluate(state, rt, loaders.eval)
+        out = task.evaluate(cfg, state, rt, loaders.eval)
         numbers = {k: v for k, v in out.items() if isinstance(v, (int, float))}
         if not numbers:
             judge = getattr(getattr(cfg, "eval", None), "classifier", None)

@@ -1,11 +1,10 @@
-"""The image-classification task every classifier recipe shares: config, state, step, evaluation, entry.
+"""The image-classification task every classifier recipe shares: config, the cross-entropy step, evaluation.
 
 A classifier recipe declares its Config (a ClassifierConfig with its `model` section) and
 `build_model(model_cfg, in_shape, num_classes)`, and hands both to Classifier with its own
-__file__; everything else is here, once (docs/usage.md, "Writing a recipe").
-
-The step is cross-entropy (label smoothing, MixUp/CutMix soft targets) with top-1 accuracy;
-a recipe whose model needs another step subclasses Classifier and overrides train_step.
+__file__ and the step it trains with: this module's train_step, or its own
+train_step(cfg, batch, state, rt). Classifier returns the recipe's Task (common/entry.py;
+docs/usage.md, "Writing a recipe").
 """
 from __future__ import annotations
 
@@ -16,10 +15,9 @@ import torch.nn.functional as F
 from common.config import BaseConfig, DataConfig, TrainConfig, ranged
 from common.data.classifier_data import classification_data
 from common.models.size import within_memory
-from common.entry import exit_after, run
+from common.entry import Task
 from common.metrics.classify import accuracy, evaluate_classifier
-from common.train.loop import total_steps
-from common.train.state import TrainState, build_state
+from common.train.state import TrainState
 
 
 @dataclass
@@ -43,42 +41,30 @@ class ClassifierConfig(BaseConfig):
     label_smoothing: float = ranged(0.0, ge=0, lt=1)  # cross-entropy label smoothing
 
 
-class Classifier:
-    """The task interface the entry point, tests and benchmarks use for every recipe:
-    Config, build_data, build_state, train_step, evaluate, main (and for --evaluate, --export and
-    load_model: build_models, exported)."""
+def train_step(cfg, batch, state: TrainState, rt) -> dict:
+    """Cross-entropy on one micro-batch (label smoothing; MixUp/CutMix soft targets), top-1 accuracy."""
+    x, y = batch
+    with rt.autocast():
+        logits = state.models["net"](x)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    rt.backward(loss)
+    rt.step(state.optims["net"])
+    return {"loss": loss.detach(), "acc1": accuracy(logits.detach(), y)}
 
-    exported = "net"  # the model --export writes
 
-    def __init__(self, Config: type, build_model, script: str, build_data=classification_data):
-        """script: the recipe's __file__ (its name goes into checkpoints; configs/<name>.yaml is its base)."""
-        self.Config, self.build_model, self.script, self._build_data = Config, build_model, script, build_data
+def evaluate_accuracy(cfg, state: TrainState, rt, loader) -> dict:
+    """Loss, top-1 and top-5 accuracy of the EMA weights (else the model's) over the whole eval split."""
+    return evaluate_classifier(state.eval_model("net"), rt, loader, tta_flip=cfg.train.tta_flip)
 
-    def build_data(self, cfg, rt, **saved):
-        """saved: what a trained model's checkpoint says of its data (`classes`, an image folder's labels;
-        `stats`, the inputs' normalisation), for the data builders that read them."""
-        return self._build_data(cfg, rt, **saved)
 
+def Classifier(Config: type, build_model, script: str, *, train_step, evaluate=evaluate_accuracy,
+               build_data=classification_data) -> Task:
+    """A classifier recipe's Task: its one model "net" = build_model(cfg.model, in_shape, num_classes),
+    the train_step it names, evaluate (default: loss and accuracy on the eval split) and
+    build_data(cfg, rt, **saved) (default: the in-memory datasets and image folders of cfg.data)."""
     @within_memory
-    def build_models(self, cfg, loaders) -> dict:
-        return {"net": self.build_model(cfg.model, loaders.shape, loaders.num_classes)}
+    def build_models(cfg, loaders) -> dict:
+        return {"net": build_model(cfg.model, loaders.shape, loaders.num_classes)}
 
-    def build_state(self, cfg, rt, loaders) -> TrainState:
-        rt.seed()
-        return build_state(cfg, rt, self.build_models(cfg, loaders), total_steps(cfg, loaders.train), ema=("net",))
-
-    def train_step(self, batch, state: TrainState, rt) -> dict:
-        x, y = batch
-        with rt.autocast():
-            logits = state.models["net"](x)
-            loss = F.cross_entropy(logits, y, label_smoothing=rt.cfg.label_smoothing)
-        rt.backward(loss)
-        rt.step(state.optims["net"])
-        return {"loss": loss.detach(), "acc1": accuracy(logits.detach(), y)}
-
-    def evaluate(self, state: TrainState, rt, loader) -> dict:
-        return evaluate_classifier(state.eval_model("net"), rt, loader, tta_flip=rt.cfg.train.tta_flip)
-
-    def main(self, argv=None):
-        """The script's entry: run, then end the process with the run's exit code (common/entry.py)."""
-        exit_after(lambda: run(self, self.script, argv))
+    return Task(Config, script, build_data, build_models, train_step, evaluate,
+                ema=("net",), exported="net")

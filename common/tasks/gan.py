@@ -30,11 +30,9 @@ from common.config import BaseConfig, CkptConfig, OptimConfig, ranged, seed_bits
 from common.data.gan_data import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
 from common.models.size import within_memory
-from common.entry import exit_after, run
+from common.entry import Task
 from common.metrics.fid import frechet_distance, load_judge
 from common.train.log import Grid
-from common.train.loop import total_steps
-from common.train.state import TrainState, build_state
 
 
 @dataclass
@@ -55,35 +53,25 @@ class GanConfig(BaseConfig):
     ckpt: CkptConfig = field(default_factory=lambda: CkptConfig(best_metric="val/fd", best_mode="min"))
 
 
-class GanTask:
-    """The task interface (Config, build_data, build_state, train_step, evaluate, main) for a GAN:
-    models G and D, one optimizer each, an EMA of G. The recipe gives its own
-    build_models(cfg, loaders) -> {"G", "D"} and train_step (D step, then the frozen-D G step), and
-    where they differ from an unconditional GAN's, evaluate(state, rt, loader, judge) and build_data(cfg, rt)."""
+def GanTask(Config: type, build_models, script: str, *, train_step, evaluate=None, build_data=None) -> Task:
+    """A GAN recipe's Task: models G and D from build_models(cfg, loaders) -> {"G", "D"}, one optimizer
+    each, an EMA of G (exported). The recipe gives its train_step(cfg, batch, state, rt) (D step, then the
+    frozen-D G step) and, where they differ from an unconditional GAN's, evaluate(cfg, state, rt, loader,
+    judge) (judge: the FD classifier of eval.classifier, or None) and build_data(cfg, rt) (a GAN's
+    checkpoint saves no classes or stats, so `saved` is empty)."""
+    evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
+    judge = None  # this run's, loaded with its data
 
-    exported = "G"  # the model --export writes
-
-    def __init__(self, Config: type, build_models, train_step, script: str, evaluate=None, build_data=None):
-        evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
-        self.Config, self.build_models, self.train_step = Config, within_memory(build_models), train_step
-        self._evaluate, self._build_data, self.script = evaluate, build_data, script
-        self.judge = None
-
-    def build_data(self, cfg, rt):
+    def data(cfg, rt, **saved):
+        nonlocal judge
         # The judge first: a missing classifier stops the run before any data is read.
-        self.judge = load_judge(cfg.eval.classifier, rt.device)
-        return self._build_data(cfg, rt)
+        judge = load_judge(cfg.eval.classifier, rt.device)
+        return build_data(cfg, rt, **saved)
 
-    def build_state(self, cfg, rt, loaders) -> TrainState:
-        rt.seed()
-        return build_state(cfg, rt, self.build_models(cfg, loaders), total_steps(cfg, loaders.train), ema=("G",))
+    def judged(cfg, state, rt, loader) -> dict:
+        return evaluate(cfg, state, rt, loader, judge)
 
-    def evaluate(self, state: TrainState, rt, loader) -> dict:
-        return self._evaluate(state, rt, loader, self.judge)
-
-    def main(self, argv=None):
-        """The script's entry: run, then end the process with the run's exit code (common/entry.py)."""
-        exit_after(lambda: run(self, self.script, argv))
+    return Task(Config, script, data, within_memory(build_models), train_step, judged, ema=("G",), exported="G")
 
 
 def images_for_fd(cfg, rt):
@@ -186,11 +174,12 @@ def noise_bank(n: int, shape: tuple[int, ...], kind: str, seed: int, device) -> 
 
 
 @torch.no_grad()
-def quality(rt, judge, loader, generate, n: int, real_labels: bool = False) -> dict[str, float]:
-    """Fréchet distance of n generated samples to the real images of the eval loader, in the judge's features.
+def quality(cfg, rt, judge, loader, generate, real_labels: bool = False) -> dict[str, float]:
+    """Fréchet distance of eval.samples generated samples to the real images of the eval loader, in the
+    judge's features.
 
     generate(indices) -> (images in [-1, 1], requested labels or None) for global sample indices;
-    each rank generates its unpadded shard of range(n). With requested labels, also `label_acc`:
+    each rank generates its unpadded shard of range(eval.samples), train.eval_batch_size at a time. With requested labels, also `label_acc`:
     percent of samples the judge classifies as the class they were asked to show (and with
     real_labels, `real_label_acc`: the judge on the real eval images, the ceiling).
     """
@@ -198,7 +187,7 @@ def quality(rt, judge, loader, generate, n: int, real_labels: bool = False) -> d
         return {}
     reference = judge.reference(rt, ((x, y if real_labels else None) for x, y in loader), loader.total)
     fake = judge.stats()
-    batch = max(1, rt.cfg.train.eval_batch_size // rt.world_size)
+    n, batch = cfg.eval.samples, max(1, cfg.train.eval_batch_size // rt.world_size)
     for idx in eval_shard(n, rt.world_size, rt.rank).split(batch):
         images, labels = generate(idx.to(rt.device))
         fake.add(images, labels)
@@ -214,12 +203,12 @@ def quality(rt, judge, loader, generate, n: int, real_labels: bool = False) -> d
 
 
 @torch.no_grad()
-def evaluate_from_noise(state, rt, loader, judge) -> dict:
+def evaluate_from_noise(cfg, state, rt, loader, judge) -> dict:
     """An unconditional G (z ~ U(-1, 1)) on a fixed noise bank: val/fd against the real eval
     images, and the first eval.grid samples as a grid."""
-    cfg, G = rt.cfg, state.eval_model("G")
+    G = state.eval_model("G")
     sync_buffers(rt, state.models["G"], G)  # rank 0's BatchNorm statistics, as DDP would use next
     z = noise_bank(max(cfg.eval.samples, cfg.eval.grid), (cfg.model.z_dim,), "uniform", cfg.seed, rt.device)
     with evaluating(G):
         grid = Grid(G(z[:cfg.eval.grid]))
-        return {**quality(rt, judge, loader, lambda idx: (G(z[idx]), None), cfg.eval.samples), "fixed_noise": grid}
+        return {**quality(cfg, rt, judge, loader, lambda idx: (G(z[idx]), None)), "fixed_noise": grid}

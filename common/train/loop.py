@@ -75,7 +75,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                 rt.want_grad_norm = log_at.due(state.step + 1, epoch_end, last)  # the norm only where it is logged
                 for i, batch in enumerate(micro_batches):
                     with rt.micro_step(i, len(micro_batches)):
-                        out_step = train_step(batch, state, rt)
+                        out_step = train_step(cfg, batch, state, rt)
                     guard.update(meter.add(out_step), state.step + 1)
                     speed.samples += len(batch[0]) * rt.world_size
                 rt.end_step()
@@ -95,7 +95,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                                                                   **grad_norms(rt, state.optims), **peak_memory(rt)})
                 if eval_at.due(state.step, epoch_end, last):
                     with rt.whole(state.models.values()):
-                        last_eval, eval_step = logger.log("val", state.step, state.epoch, evaluate(state, rt, loaders.eval)), state.step
+                        last_eval, eval_step = logger.log("val", state.step, state.epoch, evaluate(cfg, state, rt, loaders.eval)), state.step
                 if ckpt_at.due(state.step, epoch_end, last):
                     saved_step = save()
                 if (rt.world_size == 1 or state.step % PREEMPT_CHECK_STEPS == 0) and preempt.agreed(rt):

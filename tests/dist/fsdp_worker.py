@@ -61,7 +61,7 @@ def accum(argv) -> dict:
         per_micro = []
         for i, batch in enumerate(micro_batches):
             with profile(activities=[ProfilerActivity.CPU]) as prof, rt.micro_step(i, len(micro_batches)):
-                task.train_step(batch, state, rt)
+                task.train_step(cli.cfg, batch, state, rt)
             per_micro.append(dict(Counter(e.name for e in prof.events() if e.name in COLLECTIVES)))
         grads = [p.grad is None for p in state.models["net"].parameters()]
         return rt.is_main, {"micro_steps": per_micro, "grads_cleared_after_step": all(grads)}

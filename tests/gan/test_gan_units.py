@@ -112,7 +112,7 @@ def test_g_step_gives_the_discriminator_no_gradient(name):
                 p.register_hook(lambda grad, key=f"{net}.{pname}": calls.__setitem__(key, calls.get(key, 0) + 1))
         batch = next(iter(loaders.train))[0]
         with rt.micro_step(0, 1):
-            out = mod.task.train_step(batch, state, rt)
+            out = mod.task.train_step(cli.cfg, batch, state, rt)
         rt.end_step()
         D = unwrap(state.models["D"])
         # Each D parameter got exactly one gradient (the D step), each G parameter one (the G step:

@@ -22,7 +22,7 @@ import torch
 from dataclasses import dataclass, field
 from common.data.custom import dataset_data
 from common.models.cnn import CNNConfig, small_cnn
-from common.tasks.classifier import Classifier, ClassifierConfig
+from common.tasks.classifier import Classifier, ClassifierConfig, train_step
 
 
 class Labels(torch.utils.data.Dataset):
@@ -43,7 +43,7 @@ class Config(ClassifierConfig):
     model: CNNConfig = field(default_factory=CNNConfig)
 
 
-task = Classifier(Config, small_cnn, __file__,
+task = Classifier(Config, small_cnn, __file__, train_step=train_step,
                   build_data=dataset_data(lambda cfg, split: Labels(64), workers=int(os.environ["WORKERS"])))
 
 if __name__ == "__main__":

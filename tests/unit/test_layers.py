@@ -16,8 +16,8 @@ LAYERS = [
     ["common.models", "common.data", "common.engines"],
     ["common.train"],  # fit(), run directory, resume, warm start, checkpoint store, runtime
     ["common.lifecycle", "common.metrics"],  # after training: evaluate, export; accuracy, FD judge
-    ["common.cli", "common.entry"],  # parse, dispatch, exit codes
-    ["common.tasks"],  # what a classifier / a GAN is; Task.main() hands itself to entry.run
+    ["common.cli", "common.entry"],  # parse, dispatch, exit codes; the Task contract every recipe fulfils
+    ["common.tasks"],  # what a classifier / a GAN is: each builds an entry.Task, whose main() runs entry.run
 ]
 LAYER = {group: i for i, groups in enumerate(LAYERS) for group in groups}
 
