@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 
-from common.config import ConfigError, flatten, _type_name, apply, ranges, schema
+from common.config import ConfigError, flatten, type_name, apply, ranges, schema
 from common.userfiles import problem
 
 @dataclass
@@ -148,7 +148,7 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
             extra = ", ".join(([f"{rng.length} items"] if rng.length is not None else []) +
                               ([("each " if rng.length is not None or isinstance(default, list) else "") + rng.describe()]
                                if rng.bounded() else []))
-        lines.append(f"  {key:<{width}}  ({default!r}) {text} [{_type_name(tp)}{', ' + extra if extra else ''}]")
+        lines.append(f"  {key:<{width}}  ({default!r}) {text} [{type_name(tp)}{', ' + extra if extra else ''}]")
     return "\n".join(lines)
 
 
