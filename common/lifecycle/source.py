@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import ConfigError, UserError, from_dict, schema
+from common.fields import get, put
 from common.formats.checkpoint import load_file
 from common.train.weights import locate
 
@@ -76,9 +77,9 @@ def checkpoint_config(cli, saved: dict, flag: str):
     cfg.engine = "auto"  # the engine it was trained under does not bind how it is read back
     conflicts, ignored = [], []
     for key in sorted(cli.user_keys):
-        new, old = _get(cli.cfg, key), _get(cfg, key)
+        new, old = get(cli.cfg, key), get(cfg, key)
         if key in FREE_KEYS:
-            _set(cfg, key, new)
+            put(cfg, key, new)
         elif key.startswith(TRAINING_ONLY):
             ignored += [key] if new != old else []
         elif new != old:
@@ -89,17 +90,3 @@ def checkpoint_config(cli, saved: dict, flag: str):
                           f"change them: {'; '.join(conflicts)}. Drop them (only {free} may differ), or start a "
                           "new run from these weights with init_from=RUN_DIR and your settings")
     return cfg, ignored
-
-
-def _get(cfg, key: str):
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def _set(cfg, key: str, value) -> None:
-    *path, last = key.split(".")
-    for part in path:
-        cfg = getattr(cfg, part)
-    setattr(cfg, last, value)
-

@@ -20,7 +20,7 @@ from common.entry import run as run_recipe_in_process
 from helpers import ROOT, load_recipe
 
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
-NOT_READS = {"_asdict_inner", "asdict", "schema", "apply", "to_dict", "dump_yaml", "validate", "_flat"}
+NOT_READS = {"_asdict_inner", "asdict", "schema", "apply", "to_dict", "dump_yaml", "validate"}
 
 # key -> the override under which it takes effect (checked by a second run with it)
 CONDITIONAL = {
