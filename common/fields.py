@@ -1,6 +1,10 @@
 """How a config field is declared, and the declarations read back as flat maps keyed by dotted key.
 
-A field's trailing `# comment` is its `--help` line; `ranged(...)` declares its range.
+A field's trailing `# comment` is its `--help` line; `setting(...)` (or its alias `ranged`) declares
+its range and its roles: fixed on resume or not compared there, applied or ignored by --evaluate and
+--export, and the override under which it is read at all. A section field's roles pass to every key
+in it, and a field redeclared in a subclass keeps what its base declared unless it declares its own,
+so each fact about a key is said once, next to it (docs/usage.md, "Config keys").
 The dotted-key helpers (flatten, get, put) are the one walk between dotted keys and nested values.
 """
 from __future__ import annotations
@@ -50,21 +54,90 @@ class Range:
         return any(b is not None for b in (self.ge, self.gt, self.le, self.lt))
 
 
-def ranged(default: Any = MISSING, *, factory: Any = MISSING, ge=None, gt=None, le=None, lt=None,
-           length: int | None = None):
-    """A dataclass field whose value (each item, for a list) must lie in a range; `length`: a list's size.
+# ----------------------------------------------------------------------------- roles
 
-        lr: float = ranged(0.1, gt=0, le=LR_MAX)  # peak learning rate
-        betas: list[float] = ranged(factory=lambda: [0.9, 0.999], length=2, ge=0, lt=1)  # Adam betas
+OWN_FORMAT = "own format"  # Fixed(engine=...): the checkpoint's or this run's engine keeps its own format
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """Fixed on resume: a resume that changes the key is refused, naming what it decides (`why`)."""
+    why: str
+    engine: str = ""  # fixed only under this engine (its name), or OWN_FORMAT; "" = under every engine
+
+
+MAY_CHANGE = "may change"  # resume: a change takes effect and is logged (the default)
+NOT_COMPARED = "not compared"  # resume: where the run lives or what it starts from, not how it trains
+MUST_MATCH = "must match"  # --evaluate/--export: defines the model or its eval data (the default)
+APPLIED = "applied"  # --evaluate/--export: this command's value is used (device, data.root, ...)
+IGNORED = "ignored"  # --evaluate/--export: training-only; a value given is ignored, and the command says so
+
+
+@dataclass(frozen=True)
+class Role:
+    """What a key is to a resume, to --evaluate and --export, and when it is read at all."""
+    resume: Fixed | str = MAY_CHANGE
+    evaluate: str = MUST_MATCH
+    read_when: str = ""  # the override under which it is read (e.g. optim.name=sgd); "" = always
+
+    def describe(self) -> str:
+        """The roles --help shows: only those that are not the defaults."""
+        out = []
+        if isinstance(self.resume, Fixed):
+            engine = self.resume.engine
+            out.append("fixed on resume" + (" where an engine keeps its own format" if engine == OWN_FORMAT
+                                            else f" under engine={engine}" if engine else ""))
+        elif self.resume == NOT_COMPARED:
+            out.append("not compared on resume")
+        out += {APPLIED: ["--evaluate may set it"], IGNORED: ["training-only"]}.get(self.evaluate, [])
+        return "; ".join(out)
+
+
+def setting(default: Any = MISSING, *, factory: Any = MISSING, resume: Fixed | str | None = None,
+            evaluate: str | None = None, read_when: str | None = None, ge=None, gt=None, le=None, lt=None,
+            length: int | None = None):
+    """A dataclass field with its declared range (each item's, for a list; `length`: a list's size) and
+    roles (Role); a role left out is its base declaration's, else its section's, else the default.
+
+        lr: float = setting(0.1, gt=0, le=LR_MAX)  # peak learning rate
+        name: str = setting("mnist", resume=Fixed("the dataset"))  # the dataset
+        train: TrainConfig = setting(factory=TrainConfig, evaluate=IGNORED)
     """
+    roles = {k: v for k, v in (("resume", resume), ("evaluate", evaluate), ("read_when", read_when)) if v is not None}
+    rng = Range(ge=ge, gt=gt, le=le, lt=lt, length=length)
     return field(default=default, default_factory=factory,
-                 metadata={"range": Range(ge=ge, gt=gt, le=le, lt=lt, length=length)})
+                 metadata={"roles": roles, **({"range": rng} if rng != Range() else {})})
+
+
+ranged = setting  # the name the declarations whose point is a range use
 
 
 # ----------------------------------------------------------------------------- reading the declarations
 
 def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _declared(cls, name: str) -> dict:
+    """The metadata of field `name`, its bases' first and each redeclaration's on top of them."""
+    out: dict = {}
+    for klass in reversed(cls.__mro__):
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None:
+            out = {**out, **f.metadata, "roles": {**out.get("roles", {}), **f.metadata.get("roles", {})}}
+    return out
+
+
+def _leaves(cls, prefix: str = "", roles: dict | None = None):
+    """(dotted key, type, field, declared metadata with the sections' roles under the field's own) per leaf."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = _declared(cls, f.name)
+        merged = {**(roles or {}), **meta.get("roles", {})}
+        if _is_dataclass_type(hints[f.name]):
+            yield from _leaves(hints[f.name], prefix + f.name + ".", merged)
+        else:
+            yield prefix + f.name, hints[f.name], f, {**meta, "roles": merged}
 
 
 def field_help(cls) -> dict[str, str]:
@@ -95,15 +168,14 @@ def schema(cls, prefix: str = "") -> dict[str, tuple[Any, Any, str]]:
     return out
 
 
-def ranges(cls, prefix: str = "") -> dict[str, Range]:
-    """Flat map dotted key -> Range for every leaf field declared with ranged(...)."""
-    hints, out = typing.get_type_hints(cls), {}
-    for f in dataclasses.fields(cls):
-        if _is_dataclass_type(hints[f.name]):
-            out.update(ranges(hints[f.name], prefix + f.name + "."))
-        elif "range" in f.metadata:
-            out[prefix + f.name] = f.metadata["range"]
-    return out
+def ranges(cls) -> dict[str, Range]:
+    """Flat map dotted key -> Range for every leaf field declared with a range."""
+    return {key: meta["range"] for key, _, _, meta in _leaves(cls) if "range" in meta}
+
+
+def roles(cls) -> dict[str, Role]:
+    """Flat map dotted key -> Role for every leaf field."""
+    return {key: Role(**meta["roles"]) for key, _, _, meta in _leaves(cls)}
 
 
 # ----------------------------------------------------------------------------- dotted keys

@@ -198,11 +198,11 @@ class DeepSpeedEngine(Engine):
     name = "deepspeed"
     # The JSON's content is compared, not its path (the same file may be edited): the stage and precision
     # decide the layout of the saved partitions; the rest (buckets, overlap, loss-scale window) takes effect.
-    resume_fixed = {"precision": "DeepSpeed's saved optimizer and loss-scaler state is for one precision",
-                    f"{SETTING}zero_optimization.stage": "the ZeRO stage the partitions were saved with",
-                    f"{SETTING}zero_optimization.sub_group_size": "how ZeRO-3 groups the saved partitions",
-                    f"{SETTING}bf16.enabled": "the precision the partitions were saved with",
-                    f"{SETTING}fp16.enabled": "the precision the partitions were saved with"}
+    # (precision itself is fixed under DeepSpeed by its field's declaration in common/config.py.)
+    fixed_settings = {f"{SETTING}zero_optimization.stage": "the ZeRO stage the partitions were saved with",
+                      f"{SETTING}zero_optimization.sub_group_size": "how ZeRO-3 groups the saved partitions",
+                      f"{SETTING}bf16.enabled": "the precision the partitions were saved with",
+                      f"{SETTING}fp16.enabled": "the precision the partitions were saved with"}
 
     def __init__(self, cfg, env):
         # DeepSpeed picks its accelerator at import time; device=cpu must win on a GPU machine too.
