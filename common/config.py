@@ -1,13 +1,9 @@
 """Config: dataclass schema <- recipe YAML <- each --config FILE in order <- dotted CLI overrides.
 
-The dataclasses are the schema. A field's trailing comment is its `--help` text,
-so defaults, units and meaning live in one place. YAML files hold only the
-differences from what they layer on (a `base:` key names the YAML they extend);
-`key=value` arguments on the command line win. Where each value came from is kept
-(Cli.sources) for `--dry-run`.
-Unknown keys, wrong types and values outside a field's declared range (`ranged(...)`) are errors that
-name the key and the fix. How a field is declared and read back: common/fields.py; setting and writing
-values: common/values.py. The command line and YAML files (layering, base:, --help) are common/cli.py.
+The dataclasses are the schema: each field holds its default, its `--help` line (the trailing comment),
+its range and its roles on resume and after training (`setting(...)`, common/fields.py), so adding a key
+is one line. Unknown keys, wrong types and values out of range are errors naming the key and the fix
+(common/values.py). The command line and YAML files (layering, base:, --help) are common/cli.py.
 """
 from __future__ import annotations
 

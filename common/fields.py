@@ -4,7 +4,7 @@ A field's trailing `# comment` is its `--help` line; `setting(...)` (or its alia
 its range and its roles: fixed on resume or not compared there, applied or ignored by --evaluate and
 --export, and the override under which it is read at all. A section field's roles pass to every key
 in it, and a field redeclared in a subclass keeps what its base declared unless it declares its own,
-so each fact about a key is said once, next to it (docs/usage.md, "Config keys").
+so each fact about a key is said once, next to it (docs/usage.md, "Declaring a key").
 The dotted-key helpers (flatten, get, put) are the one walk between dotted keys and nested values.
 """
 from __future__ import annotations
@@ -103,10 +103,10 @@ def setting(default: Any = MISSING, *, factory: Any = MISSING, resume: Fixed | s
         name: str = setting("mnist", resume=Fixed("the dataset"))  # the dataset
         train: TrainConfig = setting(factory=TrainConfig, evaluate=IGNORED)
     """
-    roles = {k: v for k, v in (("resume", resume), ("evaluate", evaluate), ("read_when", read_when)) if v is not None}
+    given = {k: v for k, v in (("resume", resume), ("evaluate", evaluate), ("read_when", read_when)) if v is not None}
     rng = Range(ge=ge, gt=gt, le=le, lt=lt, length=length)
     return field(default=default, default_factory=factory,
-                 metadata={"roles": roles, **({"range": rng} if rng != Range() else {})})
+                 metadata={"roles": given, **({"range": rng} if rng != Range() else {})})
 
 
 ranged = setting  # the name the declarations whose point is a range use
@@ -128,16 +128,16 @@ def _declared(cls, name: str) -> dict:
     return out
 
 
-def _leaves(cls, prefix: str = "", roles: dict | None = None):
-    """(dotted key, type, field, declared metadata with the sections' roles under the field's own) per leaf."""
+def _leaves(cls, prefix: str = "", outer: dict | None = None):
+    """(dotted key, declared metadata with the sections' roles under the field's own) for each leaf."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = _declared(cls, f.name)
-        merged = {**(roles or {}), **meta.get("roles", {})}
+        merged = {**(outer or {}), **meta.get("roles", {})}
         if _is_dataclass_type(hints[f.name]):
             yield from _leaves(hints[f.name], prefix + f.name + ".", merged)
         else:
-            yield prefix + f.name, hints[f.name], f, {**meta, "roles": merged}
+            yield prefix + f.name, {**meta, "roles": merged}
 
 
 def field_help(cls) -> dict[str, str]:
@@ -170,12 +170,12 @@ def schema(cls, prefix: str = "") -> dict[str, tuple[Any, Any, str]]:
 
 def ranges(cls) -> dict[str, Range]:
     """Flat map dotted key -> Range for every leaf field declared with a range."""
-    return {key: meta["range"] for key, _, _, meta in _leaves(cls) if "range" in meta}
+    return {key: meta["range"] for key, meta in _leaves(cls) if "range" in meta}
 
 
 def roles(cls) -> dict[str, Role]:
     """Flat map dotted key -> Role for every leaf field."""
-    return {key: Role(**meta["roles"]) for key, _, _, meta in _leaves(cls)}
+    return {key: Role(**meta["roles"]) for key, meta in _leaves(cls)}
 
 
 # ----------------------------------------------------------------------------- dotted keys
