@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 
-from common.config import ConfigError, flatten, _type_name, apply, ranges, schema
+from common.config import ConfigError, flatten, type_name, apply, ranges, schema
+from common.fields import roles
 from common.userfiles import problem
 
 @dataclass
@@ -137,9 +138,12 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
         "                  an existing one (without it an existing file is an error)",
         "  --weights W     with --evaluate/--export: ema or raw (default: ema when the run kept one)",
         "",
-        "config keys (default) meaning:",
+        "config keys (default) meaning [type, range] {role}. Roles (docs/usage.md): 'fixed on resume': a resume",
+        "that changes it is refused; 'not compared on resume': where a run lives or starts from; 'training-only':",
+        "--evaluate and --export ignore it; '--evaluate may set it'. Any other key may change on resume, and",
+        "--evaluate and --export refuse a value other than the checkpoint's.",
     ]
-    rows, limits = schema(cls), ranges(cls)
+    rows, limits, keys = schema(cls), ranges(cls), roles(cls)
     width = max(len(k) for k in rows)
     for key, (tp, default, text) in rows.items():
         rng = limits.get(key)
@@ -148,7 +152,9 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
             extra = ", ".join(([f"{rng.length} items"] if rng.length is not None else []) +
                               ([("each " if rng.length is not None or isinstance(default, list) else "") + rng.describe()]
                                if rng.bounded() else []))
-        lines.append(f"  {key:<{width}}  ({default!r}) {text} [{_type_name(tp)}{', ' + extra if extra else ''}]")
+        role = keys[key].describe()
+        lines.append(f"  {key:<{width}}  ({default!r}) {text} [{type_name(tp)}{', ' + extra if extra else ''}]"
+                     + (f" {{{role}}}" if role else ""))
     return "\n".join(lines)
 
 

@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common import dist
-from common.config import ranged
+from common.config import DATASET, ranged
+from common.fields import APPLIED, IGNORED, setting
 from common.data.datasets import DataError, synthetic_tree
 from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_labels, class_names, decode,
                                labels_by_name, list_images)
@@ -253,11 +254,11 @@ class FolderEvalLoader:
 
 @dataclass
 class FolderDataConfig:
-    name: Literal["imagefolder", "synthetic"] = "imagefolder"  # imagefolder = data.root/train and data.root/val; synthetic = a small generated tree made in data.root on first use (offline debugging)
-    root: str = "data/imagenet"  # dataset directory with train/ and val/ class sub-directories
+    name: Literal["imagefolder", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; synthetic = a small tree made there (offline runs)
+    root: str = setting("data/imagenet", evaluate=APPLIED)  # dataset directory with train/ and val/ class sub-directories
     image_size: int = ranged(224, ge=1)  # training crop and eval crop side, pixels
-    workers: int = ranged(8, ge=0)  # decoding worker processes per rank (persistent, pinned memory)
-    drop_last: bool = True  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
+    workers: int = ranged(8, ge=0, evaluate=APPLIED)  # decoding worker processes per rank (persistent, pinned memory)
+    drop_last: bool = setting(True, evaluate=IGNORED)  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
 
 
 def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from common.config import DataConfig, ranged
+from common.fields import APPLIED, Fixed, setting
 from common.data.folder import FolderEvalLoader, folder_data
 from common.data.datasets import load_split
 from common.data.classifier_data import Loaders, TensorEvalLoader, TensorTrainLoader, tensor_loader_args
@@ -26,8 +27,8 @@ from common.data.classifier_data import Loaders, TensorEvalLoader, TensorTrainLo
 @dataclass
 class ImageDataConfig(DataConfig):
     name: str = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | cifar100 | synthetic | folder (image files under data.root)
-    workers: int = ranged(4, ge=0)  # data.name=folder: decoding worker processes per rank (0 = in the training process)
-    direction: Literal["AtoB", "BtoA"] = "AtoB"  # pix2pix AB folders: AtoB = left half is the input, right half the target
+    workers: int = ranged(4, ge=0, evaluate=APPLIED, read_when="data.name=folder")  # data.name=folder: decoding worker processes per rank (0 = in the training process)
+    direction: Literal["AtoB", "BtoA"] = setting("AtoB", read_when="data.name=folder", resume=Fixed("which image is the input and which the target"))  # pix2pix AB folders: AtoB = left half is the input, right half the target
 
 
 def fit_size(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -88,12 +88,12 @@ class Engine:
 
     async_save = False  # whether save_shards can leave its write in flight (ckpt.async_save)
 
-    # Config keys (patterns) a checkpoint of this engine fixes, beyond common/train/resume.py's FIXED:
-    # key -> what it decides. A resume that changes one stops before anything is written.
-    resume_fixed: dict[str, str] = {}
     # Settings the engine reads from outside the recipe config (a DeepSpeed JSON): {key: value}, saved in
-    # state.pt by state_dict and compared on resume like config keys (resume_fixed may name them).
+    # state.pt by state_dict and compared on resume like config keys. A config key's role is declared on
+    # its field (common/fields.py); fixed_settings: the settings a checkpoint of this engine fixes,
+    # key -> what it decides. A resume that changes one stops before anything is written.
     settings: dict = {}
+    fixed_settings: dict[str, str] = {}
 
     # -- the environment, as recipes read it ------------------------------------------------
     device = property(lambda self: self.env.device)

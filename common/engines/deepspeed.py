@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from common import dist
-from common.config import UserError
+from common.config import UserError, flatten
 from common.engines.base import Engine, unwrap
 from common.formats.checkpoint import load_file, refuse_code
 
@@ -116,12 +116,7 @@ def resolve_config(path: Path, cfg, world_size: int) -> dict:
 def json_settings(ds: dict) -> dict:
     """The resolved JSON as flat settings ("deepspeed_config:zero_optimization.stage": 2), less the keys
     filled from train.* (compared as those keys). The stage is recorded even when the JSON leaves it out."""
-    flat = {}
-
-    def walk(d, prefix):
-        for k, v in d.items():
-            walk(v, f"{prefix}{k}.") if isinstance(v, dict) else flat.__setitem__(f"{prefix}{k}", v)
-    walk({k: v for k, v in ds.items() if k not in FROM_RECIPE}, SETTING)
+    flat = flatten({k: v for k, v in ds.items() if k not in FROM_RECIPE}, SETTING)
     flat.setdefault(f"{SETTING}zero_optimization.stage", 0)
     return flat
 
@@ -203,11 +198,11 @@ class DeepSpeedEngine(Engine):
     name = "deepspeed"
     # The JSON's content is compared, not its path (the same file may be edited): the stage and precision
     # decide the layout of the saved partitions; the rest (buckets, overlap, loss-scale window) takes effect.
-    resume_fixed = {"precision": "DeepSpeed's saved optimizer and loss-scaler state is for one precision",
-                    f"{SETTING}zero_optimization.stage": "the ZeRO stage the partitions were saved with",
-                    f"{SETTING}zero_optimization.sub_group_size": "how ZeRO-3 groups the saved partitions",
-                    f"{SETTING}bf16.enabled": "the precision the partitions were saved with",
-                    f"{SETTING}fp16.enabled": "the precision the partitions were saved with"}
+    # (precision itself is fixed under DeepSpeed by its field's declaration in common/config.py.)
+    fixed_settings = {f"{SETTING}zero_optimization.stage": "the ZeRO stage the partitions were saved with",
+                      f"{SETTING}zero_optimization.sub_group_size": "how ZeRO-3 groups the saved partitions",
+                      f"{SETTING}bf16.enabled": "the precision the partitions were saved with",
+                      f"{SETTING}fp16.enabled": "the precision the partitions were saved with"}
 
     def __init__(self, cfg, env):
         # DeepSpeed picks its accelerator at import time; device=cpu must win on a GPU machine too.

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import ConfigError, UserError, from_dict, schema
+from common.config import ConfigError, UserError, from_dict
+from common.fields import APPLIED, IGNORED, get, put, roles
 from common.formats.checkpoint import load_file
 from common.train.weights import locate
 
@@ -18,15 +19,6 @@ def run_dir_of(ckpt: Path) -> Path | None:
     """The run directory a checkpoint belongs to (…/RUN/checkpoints/step_N), else None."""
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
 
-
-# Keys that do not change the model or the data it is judged on: an after-training command applies them.
-FREE_KEYS = ("data.root", "data.download", "data.workers", "data.in_memory", "engine", "deepspeed_config",
-             "device", "precision", "dist_timeout_s", "train.eval_batch_size", "train.tta_flip",
-             "train.channels_last", "train.compile", "train.progress", "eval.classifier", "eval.samples", "eval.grid")
-# Keys only training reads (where a run writes, its schedule, augmentation): ignored, and the command says so,
-# so a --config file made for training still works. Every other key defines the model or the eval data.
-TRAINING_ONLY = ("out_dir", "resume", "init_from", "optim.", "ckpt.", "train.", "data.augment", "data.drop_last",
-                 "data.mixup_alpha", "data.cutmix_alpha")
 
 
 @dataclass
@@ -70,36 +62,25 @@ def build_data(task, src: Source, rt):
 
 
 def checkpoint_config(cli, saved: dict, flag: str):
-    """(the trained config with the FREE_KEYS the user set, the TRAINING_ONLY keys the user set);
-    any other key set to a value other than the checkpoint's is refused, all of them in one message."""
+    """(the trained config with the keys the user set that this command APPLIES, the training-only keys
+    the user set, which it IGNORES: roles declared on the fields, common/fields.py); any other key (it
+    defines the model or the eval data) set to a value other than the checkpoint's is refused, all of
+    them in one message. A --config file made for training still works."""
     cfg = from_dict(type(cli.cfg), saved)
     cfg.engine = "auto"  # the engine it was trained under does not bind how it is read back
+    keys = roles(type(cli.cfg))
     conflicts, ignored = [], []
     for key in sorted(cli.user_keys):
-        new, old = _get(cli.cfg, key), _get(cfg, key)
-        if key in FREE_KEYS:
-            _set(cfg, key, new)
-        elif key.startswith(TRAINING_ONLY):
+        new, old = get(cli.cfg, key), get(cfg, key)
+        if keys[key].evaluate == APPLIED:
+            put(cfg, key, new)
+        elif keys[key].evaluate == IGNORED:
             ignored += [key] if new != old else []
         elif new != old:
             conflicts.append(f"{key}: checkpoint {old!r}, given {new!r}")
     if conflicts:
-        free = ", ".join(k for k in FREE_KEYS if k in schema(type(cli.cfg)))
+        free = ", ".join(k for k, role in keys.items() if role.evaluate == APPLIED)
         raise ConfigError(f"{flag} uses the model and data of the checkpoint's config; these settings would "
                           f"change them: {'; '.join(conflicts)}. Drop them (only {free} may differ), or start a "
                           "new run from these weights with init_from=RUN_DIR and your settings")
     return cfg, ignored
-
-
-def _get(cfg, key: str):
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
-def _set(cfg, key: str, value) -> None:
-    *path, last = key.split(".")
-    for part in path:
-        cfg = getattr(cfg, part)
-    setattr(cfg, last, value)
-

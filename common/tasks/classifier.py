@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 
 from common.config import BaseConfig, DataConfig, TrainConfig, ranged
+from common.fields import APPLIED, IGNORED, Fixed, setting
 from common.data.classifier_data import classification_data
 from common.models.size import within_memory
 from common.entry import Task
@@ -22,16 +23,16 @@ from common.train.state import TrainState
 
 @dataclass
 class ClassifierDataConfig(DataConfig):
-    name: str = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | cifar100 | synthetic | folder (data.root/train and data.root/val, one sub-directory per class)
-    folder_shape: list[int] = ranged(factory=lambda: [3, 32, 32], length=3, ge=1)  # data.name=folder: C, H, W the images are converted to (grey for C=1), resized and centre-cropped
-    pad_to: int = ranged(0, ge=0)  # zero-pad images to this square size (e.g. 32 for 28x28 data on CIFAR nets); 0 = off
-    mixup_alpha: float = ranged(0.0, ge=0)  # MixUp Beta(alpha, alpha) on training batches (soft targets); 0 = off
-    cutmix_alpha: float = ranged(0.0, ge=0)  # CutMix Beta(alpha, alpha); with MixUp too, each batch picks one at random; 0 = off
+    name: str = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | cifar100 | synthetic | folder (docs/data.md)
+    folder_shape: list[int] = ranged(factory=lambda: [3, 32, 32], length=3, ge=1, read_when="data.name=folder")  # data.name=folder: C, H, W the images are converted to (grey for C=1), resized and centre-cropped
+    pad_to: int = ranged(0, ge=0, resume=Fixed("the input shape"))  # zero-pad images to this square size (e.g. 32 for 28x28 data on CIFAR nets); 0 = off
+    mixup_alpha: float = ranged(0.0, ge=0, evaluate=IGNORED)  # MixUp Beta(alpha, alpha) on training batches (soft targets); 0 = off
+    cutmix_alpha: float = ranged(0.0, ge=0, evaluate=IGNORED)  # CutMix Beta(alpha, alpha); with MixUp too, each batch picks one at random; 0 = off
 
 
 @dataclass
 class ClassifierTrainConfig(TrainConfig):
-    tta_flip: bool = False  # evaluate on the mean logits of each image and its mirror image
+    tta_flip: bool = setting(False, evaluate=APPLIED)  # evaluate on the mean logits of each image and its mirror image
 
 
 @dataclass

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.config import BaseConfig, CkptConfig, OptimConfig, ranged, seed_bits
+from common.fields import APPLIED, setting
 from common.data.gan_data import ImageDataConfig, gan_data
 from common.data.sampling import eval_shard
 from common.models.size import within_memory
@@ -47,7 +48,7 @@ class GanConfig(BaseConfig):
     """What every GAN recipe shares: image data, evaluation, Adam(2e-4, beta1 0.5) at a constant
     LR (Radford et al. 2016), and the best checkpoint by the lowest Fréchet distance."""
     data: ImageDataConfig = field(default_factory=ImageDataConfig)
-    eval: GanEvalConfig = field(default_factory=GanEvalConfig)
+    eval: GanEvalConfig = setting(factory=GanEvalConfig, evaluate=APPLIED)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=2e-4, betas=[0.5, 0.999],
                                                                    schedule="constant"))
     ckpt: CkptConfig = field(default_factory=lambda: CkptConfig(best_metric="val/fd", best_mode="min"))

@@ -16,20 +16,15 @@ import torch
 from pathlib import Path
 
 from common import dist
-from common.config import LogConfig, UserError, to_dict
+from common.config import LogConfig, UserError, flatten, to_dict
 from common.formats.writes import write_failure, writes_agreed
 from common.train.report import count_parameters
 from common.train.trackers import check_installed, open_trackers
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+def _hparams(config: dict) -> dict:
+    """The config as trackers take hyperparameters: dotted keys, each value a scalar (lists as text)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
 
 
 def read_metrics(out_dir: Path) -> list[dict]:
@@ -63,7 +58,7 @@ class Logger:
         log_cfg = cfg.log if cfg is not None else LogConfig()
         check_installed(log_cfg.backends)
         self.enabled, self.trackers, self.out_dir = enabled, [], Path(out_dir)
-        self.config = _flat(to_dict(cfg)) if cfg is not None else {}
+        self.config = _hparams(to_dict(cfg)) if cfg is not None else {}
         error = None
         with self._writes("open the logs"):
             error = self._open(resume_step, log_cfg)
@@ -152,7 +147,7 @@ class Logger:
         metrics = {k: v for k, v in final.items() if isinstance(v, float) and math.isfinite(v)}
         with self._writes("write the hyperparameters"):
             for t in self.trackers if self.enabled else []:
-                t.final(self.config or _flat(config), metrics)
+                t.final(self.config or _hparams(config), metrics)
                 t.flush()
 
     def close(self) -> None:

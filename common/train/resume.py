@@ -1,10 +1,11 @@
 """Resuming a run: find the checkpoint, check that this config can continue it, load it, and make
 the settings that may change mid-run take effect.
 
-A checkpoint fixes a few settings (FIXED, plus what an engine keeps in its own format: `rt.resume_fixed`):
-the model (the weights have its shape), the optimizer type (the saved state has its layout), the global
-batch, the dataset and the seed (the data position counts global batches of one seeded shuffle). A run
-that changes any of them stops before anything is written, with every conflicting key in one message.
+A checkpoint fixes a few settings, each declared on its field (`resume=Fixed(...)`, common/fields.py),
+plus what an engine keeps in its own format (`rt.fixed_settings`): the model (the weights have its shape),
+the optimizer type (the saved state has its layout), the global batch, the dataset and the seed (the data
+position counts global batches of one seeded shuffle). A run that changes any of them stops before
+anything is written, with every conflicting key in one message.
 
 Every other setting takes effect: the optimizer's hyperparameters are this run's config (the saved
 param groups would silently keep the old LR, weight decay, momentum, betas), and the LR schedule is the
@@ -14,38 +15,22 @@ uninterrupted run: every schedule here is a closed form of the step. The log lis
 """
 from __future__ import annotations
 
-import fnmatch
 import warnings
 from pathlib import Path
 
 from common import dist
 from common.config import UserError, flatten, to_dict
+from common.fields import NOT_COMPARED, OWN_FORMAT, Fixed, Role, roles
 from common.data.files import class_change
 from common.formats.checkpoint import load_file
 from common.train.checkpoint import Checkpointer
 
-FIXED = {  # key pattern -> what it decides
-    "model.*": "the model (the checkpoint's weights have its shape)",
-    "optim.name": "the optimizer type (the saved optimizer state has its layout)",
-    "train.batch_size": "the global batch (the data position is counted in global batches; the number of "
-                        "processes and train.grad_accum may change)",
-    "seed": "the data order (the position in the epoch is counted in this seed's shuffle)",
-    "data.name": "the dataset",
-    "data.synthetic_*": "the dataset",
-    "data.pad_to": "the input shape",
-    "data.direction": "which image is the input and which the target",
-}
-# Not compared: where the run lives and what it continues, and what only decides a fresh run's initial
-# weights (the checkpoint replaces them): none of these is how the run trains from here.
-NOT_SETTINGS = ("out_dir", "resume", "overwrite", "init_from", "model.pretrained*")
 
-
-def changes(saved: dict, now: dict) -> list[tuple[str, object, object]]:
-    """(key, saved value, this run's value) for every setting both configs have and that differs.
-    A key only one side has (a checkpoint from an older or newer schema) is not a change."""
+def changes(saved: dict, now: dict, keys: dict[str, Role]) -> list[tuple[str, object, object]]:
+    """(key, saved value, this run's value) for every setting both configs have and that differs, less
+    the keys declared NOT_COMPARED (`keys`: roles(Config)). A key only one side has is not a change."""
     a, b = flatten(saved), flatten(now)
-    return [(k, a[k], b[k]) for k in b if k in a and a[k] != b[k]
-            and not any(fnmatch.fnmatchcase(k, p) for p in NOT_SETTINGS)]
+    return [(k, a[k], b[k]) for k in b if k in a and a[k] != b[k] and keys.get(k, Role()).resume != NOT_COMPARED]
 
 
 def with_settings(sd: dict, now: dict, settings: dict) -> tuple[dict, dict]:
@@ -59,18 +44,20 @@ def with_settings(sd: dict, now: dict, settings: dict) -> tuple[dict, dict]:
             {**flatten(now), **{k: settings.get(k, "unset") for k in keys}})
 
 
-def conflicts(changed, sd: dict, rt) -> list[str]:
+def fixed_by(key: str, role: Role | None, sd: dict, rt) -> str | None:
+    """What `key` decides when this checkpoint fixes it under this run's engine (rt), else None."""
+    fixed = role.resume if role else None
+    if not isinstance(fixed, Fixed):
+        return rt.fixed_settings.get(key)
+    if fixed.engine == OWN_FORMAT:
+        return fixed.why if sd.get("engine_owned") or rt.owned else None
+    return fixed.why if fixed.engine in ("", rt.name) else None
+
+
+def conflicts(changed, sd: dict, rt, keys: dict[str, Role]) -> list[str]:
     """Lines `key: old -> new (what it decides)` for each change this checkpoint cannot continue with."""
-    fixed = {**FIXED, **rt.resume_fixed}
-    out = []
-    for key, old, new in changed:
-        why = next((w for pattern, w in fixed.items() if fnmatch.fnmatchcase(key, pattern)), None)
-        if key == "engine" and (sd.get("engine_owned") or rt.owned):
-            why = "the checkpoint format (DeepSpeed and FSDP keep weights and optimizer " \
-                  "state in their own per-rank format)"
-        if why:
-            out.append(f"  {key}: {old!r} -> {new!r}  ({why})")
-    return out
+    return [f"  {key}: {old!r} -> {new!r}  ({why})" for key, old, new in changed
+            if (why := fixed_by(key, keys.get(key), sd, rt))]
 
 
 def find(cfg, rt, ckpt: Checkpointer) -> Path | None:
@@ -92,8 +79,9 @@ def resume(cfg, state, rt, ckpt: Checkpointer, recipe: str, classes: list[str] |
     if path is None:
         return None
     sd = load_file(path)
-    changed = changes(*with_settings(sd, to_dict(cfg), rt.settings))
-    bad = conflicts(changed, sd, rt)
+    keys = roles(type(cfg))
+    changed = changes(*with_settings(sd, to_dict(cfg), rt.settings), keys)
+    bad = conflicts(changed, sd, rt, keys)
     moved = class_change(sd.get("classes"), classes)
     bad += [f"  train/ class folders: {moved}"] if moved else []
     if bad:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from common.entry import run
+from common.fields import APPLIED, roles
 from common.formats.export import read_export
 from helpers import final_weights, load_recipe, metrics, run_recipe
 
@@ -113,7 +114,9 @@ def _fails(capsys, recipe, *argv):
 def test_evaluate_refuses_settings_that_change_the_model(trained, capsys):
     err = _fails(capsys, "mnist_mlp", "--evaluate", str(trained), "model.hidden=[32]", "data.synthetic_test=8")
     assert "model.hidden: checkpoint [1024, 1024], given [32]" in err and "data.synthetic_test: checkpoint 256, given 8" in err
-    assert "Drop them (only data.root" in err and "init_from=RUN_DIR" in err
+    applied = [k for k, role in roles(load_recipe("mnist_mlp").Config).items() if role.evaluate == APPLIED]
+    assert "data.root" in applied and f"Drop them (only {', '.join(applied)} may differ)" in err
+    assert "init_from=RUN_DIR" in err
 
 
 def test_errors_name_the_flag_or_key_and_the_fix(trained, tmp_path, capsys):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,16 @@ import torch
 
 from common.config import ConfigError, UserError
 from common.data.sampling import check_batch
-from common.lifecycle.source import FREE_KEYS
+from common.fields import APPLIED, Fixed, roles
 from common.formats.checkpoint import refuse_code
 from common.train.state import StateMismatch, TrainState
+from helpers import ROOT, load_recipe
 
-ROOT = Path(__file__).resolve().parents[2]
+
+def declared(test) -> set[str]:
+    """The keys of any recipe whose declared role passes `test`."""
+    return {k for p in (ROOT / "recipes").glob("*.py") for k, role in roles(load_recipe(p.stem).Config).items()
+            if test(role)}
 
 
 @pytest.mark.parametrize("batch, world, accum", [(32, 3, 1), (32, 5, 2), (96, 7, 1), (32, 64, 1)])
@@ -48,7 +54,15 @@ def test_a_refused_partition_does_not_speak_of_resuming(tmp_path):
 def test_usage_lists_every_key_an_after_training_command_applies():
     text = (ROOT / "docs" / "usage.md").read_text()
     listed = set(re.findall(r"`([\w.]+)`", text.split("**Which settings.**")[1].split("Training-only")[0]))
-    assert set(FREE_KEYS) - listed == set()
+    applied = declared(lambda role: role.evaluate == APPLIED)
+    assert "device" in applied and applied - listed == set()
+
+
+def test_usage_lists_every_key_a_checkpoint_fixes():
+    text = (ROOT / "docs" / "usage.md").read_text()
+    listed = re.findall(r"`([\w.*]+)`", text.split("Settings a checkpoint fixes")[1].split("```")[0])
+    fixed = declared(lambda role: isinstance(role.resume, Fixed) and not role.resume.engine)
+    assert "seed" in fixed and {k for k in fixed if not any(fnmatchcase(k, p) for p in listed)} == set()
 
 
 def _state(classes: int) -> TrainState:

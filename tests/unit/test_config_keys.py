@@ -4,8 +4,8 @@ Each recipe runs its debug config for two steps in this process while every read
 field is recorded, except the reads that only copy the whole config (config.yaml, checkpoints,
 TensorBoard hparams) or parse and validate it. A key that is in the schema but never read is a
 key that can be set without any effect: the test names it. A few keys are read only under
-another setting (a schedule, an optimizer, a launcher); CONDITIONAL lists them with that setting,
-and the test checks each such key is read once that setting is on.
+another setting (a schedule, an optimizer, a launcher): their fields declare it (`read_when=`,
+common/fields.py), and the test checks each such key is read once that setting is on.
 """
 import dataclasses
 import importlib.util
@@ -16,33 +16,20 @@ from contextlib import contextmanager
 import pytest
 
 from common.config import schema
+from common.fields import roles
 from common.entry import run as run_recipe_in_process
 from helpers import ROOT, load_recipe
 
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
-NOT_READS = {"_asdict_inner", "asdict", "schema", "apply", "to_dict", "dump_yaml", "validate", "_flat"}
+NOT_READS = {"_asdict_inner", "asdict", "schema", "apply", "to_dict", "dump_yaml", "validate"}
 
-# key -> the override under which it takes effect (checked by a second run with it)
-CONDITIONAL = {
-    "train.epochs": "train.max_steps=0",
-    "optim.momentum": "optim.name=sgd",
-    "optim.nesterov": "optim.name=sgd",
-    "optim.betas": "optim.name=adam",
-    "optim.min_lr_ratio": "optim.schedule=cosine",
-    "optim.step_milestones": "optim.schedule=step",
-    "optim.step_gamma": "optim.schedule=step",
-    "deepspeed_config": "engine=deepspeed",
-    "fsdp.reshard_after_forward": "engine=fsdp",
-    "fsdp.cpu_offload": "engine=fsdp",
-    "data.download": "data.name=mnist",  # read when the files are missing (then: a clear error)
-    "data.root": "data.name=mnist",
-    "data.workers": "data.name=folder data.root={tree}",
-    "data.direction": "data.name=folder data.root={tree}",
-    "data.folder_shape": "data.root={tree} data.name=folder",  # the classifiers' folder source (another recipe than the GANs')
-    "model.pretrained_download": "model.pretrained=true",  # read when the weights file is missing
-    "log.project": "log.backends=[mlflow]",  # W&B reads it too; MLflow runs offline with no setup
-    "log.mlflow_uri": "log.backends=[mlflow]",
-}
+# The recipes the conditional keys are checked on: the first of them that has a key declares its setting.
+CONDITIONAL_ON = ("mnist_mlp", "gan_mnist", "imagenet")
+
+
+def conditional(cfg_cls) -> dict[str, str]:
+    """key -> the override under which it takes effect, as its field declares (read_when=)."""
+    return {k: role.read_when for k, role in roles(cfg_cls).items() if role.read_when}
 
 
 @contextmanager
@@ -98,23 +85,28 @@ def run(name, tmp_path, *overrides):
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_key_of_every_recipe_is_read(name, tmp_path):
     reads, keys = run(name, tmp_path / "a")
-    unread = keys - reads - set(CONDITIONAL)
+    unread = keys - reads - set(conditional(load_recipe(name).Config))
     assert not unread, f"{name} accepts keys that nothing reads: {sorted(unread)}"
 
 
 def test_conditional_keys_are_read_under_their_setting(tmp_path):
     """The shared optimizer, engine and data-source code reads each conditional key once its
-    setting is on (one run per setting, on the first of these recipes that has the keys; DeepSpeed
-    keeps its process group for the life of the process, so it is initialised once here)."""
+    setting is on (one run per recipe and setting, on the first of CONDITIONAL_ON that has the key;
+    DeepSpeed keeps its process group for the life of the process, so it is initialised once here).
+    data.name=folder runs on a small image tree; the MLflow run needs no setup (W&B reads log.project too)."""
     tree = image_tree(tmp_path / "tree")
-    by_override = {}
-    for key, override in CONDITIONAL.items():
-        by_override.setdefault(override, []).append(key)
-    for i, (override, wanted) in enumerate(sorted(by_override.items())):
+    by_run, seen = {}, set()
+    for name in CONDITIONAL_ON:
+        for key, override in conditional(load_recipe(name).Config).items():
+            if key not in seen:
+                seen.add(key)
+                by_run.setdefault((name, override), []).append(key)
+    assert {"optim.momentum", "data.folder_shape", "data.direction", "model.pretrained_download"} <= seen
+    for i, ((name, override), wanted) in enumerate(sorted(by_run.items())):
         if "mlflow" in override and importlib.util.find_spec("mlflow") is None:
             continue  # an optional package (requirements-trackers.txt), which CI installs
-        name = next(n for n in ("mnist_mlp", "gan_mnist", "imagenet") if set(wanted) <= set(schema(load_recipe(n).Config)))
-        reads, _ = run(name, tmp_path / str(i), *override.format(tree=tree).split())
+        folder = [f"data.root={tree}"] if override == "data.name=folder" else []
+        reads, _ = run(name, tmp_path / str(i), override, *folder)
         assert set(wanted) <= reads, f"{name} with {override}: {sorted(set(wanted) - reads)} still unread"
 
 

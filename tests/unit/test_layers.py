@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Bottom to top. A group is a sub-package (common.train) or a top-level module (common.config).
 LAYERS = [
-    ["common.config", "common.dist", "common.hosts", "common.launcher", "common.userfiles"],
+    ["common.config", "common.errors", "common.fields", "common.values", "common.dist", "common.hosts",
+     "common.launcher", "common.userfiles"],  # config: sections (config), declaring (fields), setting (values)
     ["common.formats", "common.env"],  # checkpoint/export file formats, write agreement; process environment
     ["common.models", "common.data", "common.engines"],
     ["common.train"],  # fit(), run directory, resume, warm start, checkpoint store, runtime
