@@ -120,7 +120,7 @@ class BaseConfig:
     seed: int = ranged(0, ge=0, le=SEED_MAX, resume=Fixed("the data order (the position in the epoch is counted in this seed's shuffle)"))  # seeds weights, data order and augmentation
     out_dir: str = setting("runs/{recipe}", resume=NOT_COMPARED, evaluate=IGNORED)  # run directory: config.yaml, metrics.jsonl, tb/, checkpoints/; {recipe} = the script's name
     resume: str = setting("auto", resume=NOT_COMPARED, evaluate=IGNORED)  # auto (newest valid checkpoint in out_dir) | none | path to a checkpoint
-    overwrite: bool = setting(False, resume=NOT_COMPARED)  # true: a fresh start moves another run's files to out_dir/previous-<time>/; false: refuse
+    overwrite: bool = setting(False, resume=NOT_COMPARED, evaluate=IGNORED)  # true: a fresh start moves another run's files to out_dir/previous-<time>/; false: refuse
     init_from: str = setting("none", resume=NOT_COMPARED, evaluate=IGNORED)  # a fresh run starts from the weights only of a run dir, checkpoint or --export file
     engine: str = setting("auto", evaluate=APPLIED, resume=Fixed("the checkpoint format (DeepSpeed and FSDP keep weights and optimizer state in their own per-rank format)", engine=OWN_FORMAT))  # ddp | accelerate | deepspeed | fsdp; auto = from the launcher, else ddp
     deepspeed_config: str = setting("launch/deepspeed/zero2.json", evaluate=APPLIED, read_when="engine=deepspeed")  # DeepSpeed JSON (ZeRO stage, bf16/fp16); relative to the working dir or the repo

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torchvision
 
 from common.config import ConfigError
-from common.fields import NOT_COMPARED, setting
+from common.fields import IGNORED, NOT_COMPARED, setting
 from common.data.folder import FolderDataConfig, imagefolder_data
 from common.models.pretrained import load_pretrained
 from common.tasks import classifier
@@ -35,8 +35,8 @@ NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v
 @dataclass
 class ModelConfig:
     name: str = "resnet50"  # any torchvision.models classifier name: resnet50, vgg16_bn, alexnet, googlenet, ...
-    pretrained: bool = setting(False, resume=NOT_COMPARED)  # start from torchvision's ImageNet weights in the torch hub cache (docs/usage.md)
-    pretrained_download: bool = setting(False, resume=NOT_COMPARED, read_when="model.pretrained=true")  # model.pretrained: download the weights into the torch hub cache when missing (needs internet)
+    pretrained: bool = setting(False, resume=NOT_COMPARED, evaluate=IGNORED)  # start from torchvision's ImageNet weights in the torch hub cache (docs/usage.md)
+    pretrained_download: bool = setting(False, resume=NOT_COMPARED, evaluate=IGNORED, read_when="model.pretrained=true")  # model.pretrained: download the weights into the torch hub cache when missing (needs internet)
 
 
 @dataclass

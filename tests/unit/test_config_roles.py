@@ -91,3 +91,11 @@ def test_a_resume_refuses_what_the_declarations_fix_under_this_runs_engine():
     assert refused(ddp, {}) == ["seed"]
     assert refused(ddp, {"engine_owned": ["net"]}) == ["seed", "engine"]  # from a format of its own
     assert refused(deepspeed, {}) == ["seed", "precision", "engine", "deepspeed_config:zero_optimization.stage"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_keys_that_are_not_settings_of_the_trained_run_never_refuse_an_after_training_command(name):
+    # out_dir, resume, overwrite, init_from, pretrained weights: where a run lives or what it starts from,
+    # so --evaluate/--export can never conflict with the checkpoint on them
+    keys = roles(load_recipe(name).Config)
+    assert not [k for k, role in keys.items() if role.resume == NOT_COMPARED and role.evaluate not in (APPLIED, IGNORED)]
