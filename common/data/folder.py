@@ -21,20 +21,12 @@ from common.data.streaming import FolderEvalLoader, FolderTrainLoader, ImageFile
 from common.data.transforms import SquareCrop, presets
 
 
-def _listing(rt, dirs: list[Path]) -> list[list[str]]:
-    """Rank 0 walks the tree once (slow on network filesystems); the others get its listing."""
-    listing = None
-    if rt.is_main:
-        try:
-            listing = [list_images(d) for d in dirs]
-        except OSError as e:
-            listing = f"cannot read the image folders under {dirs[0].parent.resolve()}: {e}"
-        except DataError as e:  # every rank raises it, not rank 0 alone
-            listing = str(e)
-    listing = dist.broadcast_object(listing)
-    if isinstance(listing, str):
-        raise DataError(listing)
-    return listing
+def list_all(dirs: list[Path]) -> list[list[str]]:
+    """The image files under each directory (run by rank 0: see dist.on_main)."""
+    try:
+        return [list_images(d) for d in dirs]
+    except OSError as e:
+        raise DataError(f"cannot read the image folders under {dirs[0].parent.resolve()}: {e}") from None
 
 
 @dataclass
@@ -52,8 +44,7 @@ def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
     against train/'s sub-directories."""
     root = Path(cfg.data.root)
     if cfg.data.name == "synthetic":
-        # Rank 0 writes the tree once (atomically); the others wait for it.
-        dist.broadcast_object(synthetic_tree(root) if rt.is_main else None)
+        dist.on_main(lambda: synthetic_tree(root))  # written once (atomically); the others wait for it
     dirs = [root / "train", root / "val"]
     for d in dirs:
         if not d.is_dir():
@@ -61,7 +52,7 @@ def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
                             "sub-directory of images per class (the ImageNet layout)")
     known_from = SAVED_CLASSES if classes else str(dirs[0])
     listed = []
-    for d, files in zip(dirs, _listing(rt, dirs)):
+    for d, files in zip(dirs, dist.on_main(lambda: list_all(dirs))):
         files = [f for f in files if len(Path(f).parts) > 1]  # as ImageFolder: only files in class folders
         if not files:
             raise DataError(f"found no images ({', '.join(sorted(EXTENSIONS))}) in class sub-directories of "
@@ -93,7 +84,7 @@ def folder_data(cfg, rt, size: int, pairs: bool, eval_limit: int = 0) -> Loaders
     under data.root, as uint8 squares scaled to [-1, 1] on the device. eval_limit > 0 keeps an
     evenly spread, fixed subset of the held-out files."""
     train_dir, eval_dir = folder_splits(Path(cfg.data.root))
-    train_files, eval_files = _listing(rt, [train_dir, eval_dir])
+    train_files, eval_files = dist.on_main(lambda: list_all([train_dir, eval_dir]))
     if not train_files:
         raise DataError(f"data.name=folder found no images ({', '.join(sorted(EXTENSIONS))}) under "
                         f"{train_dir.resolve()}: set data.root to the dataset directory")

@@ -73,7 +73,7 @@ def run(task, cli) -> dict:
     with runtime(cfg) as rt:
         weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
         path = to or default_path(src, cli.recipe, which)
-        dist.on_main(rt, lambda: check_destination(path, src, cli.replace, made=to is None))
+        dist.on_main(lambda: check_destination(path, src, cli.replace, made=to is None))
         if src.ignored:
             rt.log(f"--export ignores training settings: {', '.join(src.ignored)}")
         loaders = build_data(task, src, rt)
@@ -82,7 +82,7 @@ def run(task, cli) -> dict:
         meta = {"format": FORMAT, "recipe": cli.recipe, "model": name, "weights": which, "step": src.sd["step"],
                 "checkpoint": str(src.ckpt), "config": to_dict(cfg), "input": input_spec(cfg, loaders),
                 "num_classes": loaders.num_classes, "classes": classes}
-        dist.on_main(rt, lambda: write_export(path, weights[name], meta))
+        dist.on_main(lambda: write_export(path, weights[name], meta))
         rt.log(f"exported '{name}' ({which} weights) of {src.ckpt}, {src.why}, to {path}")
     return {}
 

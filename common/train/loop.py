@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -17,6 +18,7 @@ from common import dist
 from common.config import UserError, best_metric, to_dict
 from common.engines.base import full_tensor, unwrap
 from common.train import report, rundir
+from common.train.checkpoint import Checkpointer
 from common.train.log import Logger, read_metrics
 from common.train.meter import Meter, NonFiniteGuard, Throughput, grad_norms, peak_memory
 from common.train.profile import StepProfiler
@@ -127,7 +129,9 @@ def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
     """Run directory, resume, the banner: (out_dir, checkpointer, total steps, None), or with the
     final metrics in place of None when the resumed checkpoint is already the last step.
     classes: the data's class names, which a resumed checkpoint must share."""
-    out, ckpt = rundir.prepare(cfg, rt)  # locked, and not another run's: before anything is written
+    out = Path(cfg.out_dir)
+    ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
+    rundir.prepare(cfg, rt, ckpt)  # locked, and not another run's: before anything is written
     total = total_steps(cfg, train)
     resume(cfg, state, rt, ckpt, recipe, classes)
     if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
@@ -135,7 +139,7 @@ def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
         rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: step {state.step} of {total}; "
                                                "nothing to train (a new out_dir, or resume=none overwrite=true, starts over)"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
-    rundir.record_config(out, cfg, state.step, rt)  # only now: a refused resume leaves the old config.yaml as it was
+    rundir.record_config(out, cfg, state.step)  # only now: a refused resume leaves the old config.yaml as it was
     rt.log(report.banner(cfg, state, rt, recipe, total, train.plan.steps))
     return out, ckpt, total, None
 
