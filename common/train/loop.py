@@ -21,7 +21,7 @@ from common.config import to_dict
 from common.train import report, rundir
 from common.train.checkpoint import Checkpointer
 from common.train.log import Logger, read_metrics
-from common.train.meter import Meter, NonFiniteGuard, Throughput, grad_norms, peak_memory
+from common.train.meter import Meter, NonFiniteGuard, Throughput, grad_norms, learning_rates, peak_memory
 from common.train.profile import StepProfiler
 from common.train.preempt import PREEMPT_CHECK_STEPS, Preemption
 from common.train.resume import resume
@@ -92,9 +92,9 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
 
 def train_row(rt, state, meter: Meter, speed: Throughput) -> dict[str, float]:
     """What a train row holds: the means of train_step's values since the last row (reduced over the
-    ranks), the learning rate, speed, gradient norms and peak memory."""
-    lr = next(iter(state.optims.values())).param_groups[0]["lr"]
-    return {**meter.reduce(rt), "lr": lr, **speed.read(), **grad_norms(rt, state.optims), **peak_memory(rt)}
+    ranks), every optimizer's learning rate, speed, gradient norms and peak memory."""
+    return {**meter.reduce(rt), **learning_rates(state.optims), **speed.read(), **grad_norms(rt, state.optims),
+            **peak_memory(rt)}
 
 
 def end_step(state, rt, epoch_end: bool) -> None:
