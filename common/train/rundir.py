@@ -60,7 +60,7 @@ def prepare(cfg, rt, ckpt: Checkpointer) -> None:
 
 
 def _prepare_main(cfg, rt, out: Path, ckpt: Checkpointer) -> str:
-    """Rank 0: lock, decide fresh vs continued, return the run id."""
+    """Rank 0: the run id (_take); a file system that refuses is a RunDirError."""
     try:
         return _take(cfg, rt, out, ckpt)
     except OSError as e:
@@ -68,6 +68,7 @@ def _prepare_main(cfg, rt, out: Path, ckpt: Checkpointer) -> str:
 
 
 def _take(cfg, rt, out: Path, ckpt: Checkpointer) -> str:
+    """Lock out_dir, decide fresh vs continued, return the run id."""
     overwrite = cfg.overwrite
     out.mkdir(parents=True, exist_ok=True)
     taken_over = lock(out)
