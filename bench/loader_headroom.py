@@ -8,7 +8,7 @@ For each recipe, its default config (recipes/configs/<name>.yaml) with its own d
   * CIFAR-sized recipes (default cifar10, which needs a download): synthetic 50,000 x 3x32x32
     with the default on-device crop+flip augmentation, in the in-memory TensorTrainLoader.
   * imagenet (data.name=imagefolder): a generated tree of real JPEG files (ImageNet-like 500x375 px)
-    streamed by common/data/folder.py's FolderTrainLoader with the default 8 workers, global batch
+    streamed by common/data/streaming.py's FolderTrainLoader with the default 8 workers, global batch
     256, 224 px RandomResizedCrop + flip.
 Loader-only: batches drawn from the training loader and dropped (after one warm-up batch).
 Model step: the recipe's task.train_step (forward, backward, optimizer step) on one fixed batch.

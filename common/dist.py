@@ -268,14 +268,18 @@ def all_gather_object(obj) -> list:
     return out
 
 
-def on_main(rt, work) -> None:
-    """Rank 0 runs `work`; every rank raises the UserError it raised (the same exit code on every rank)."""
-    error = None
-    if rt.is_main:
+def on_main(work):
+    """Collective: rank 0 runs `work()` and every rank returns its result. A UserError it raises is
+    raised on every rank instead: the same class, rebuilt from its message, so every rank exits alike.
+    Any other exception propagates on rank 0 alone (a bug: its traceback ends the job)."""
+    result = error = None
+    if rank() == 0:
         try:
-            work()
+            result = work()
         except UserError as e:
-            error = str(e)
-    error = broadcast_object(error)
-    if error:
-        raise UserError(error)
+            error = (type(e), str(e))
+    error, result = broadcast_object((error, result))
+    if error is not None:
+        kind, words = error
+        raise kind(words)
+    return result

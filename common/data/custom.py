@@ -4,7 +4,7 @@
                                  build_data=dataset_data(make_dataset))
 
 `make_dataset(cfg, split)` returns a map-style Dataset for split "train" or "val" whose items are
-(float image tensor [C, H, W], int label). The loaders are common/data/folder.py's: the sampler
+(float image tensor [C, H, W], int label). The loaders are common/data/streaming.py's: the sampler
 shards every global batch over the ranks by TrainPlan (drop_last handled as for every recipe), the
 order depends only on (seed, epoch), a resume continues at the step it stopped, and evaluation counts
 every sample of "val" exactly once. Random transforms inside the Dataset (torchvision's, or anything
@@ -16,8 +16,9 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from common.data.files import DataError
-from common.data.folder import FolderEvalLoader, FolderTrainLoader, Seeded
 from common.data.classifier_data import Loaders
+from common.data.streaming import FolderEvalLoader, FolderTrainLoader
+from common.data.transforms import Seeded
 
 
 class Indexed(Dataset):

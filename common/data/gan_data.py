@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 from common.config import DataConfig, ranged
 from common.fields import APPLIED, Fixed, setting
-from common.data.folder import FolderEvalLoader, folder_data
+from common.data.folder import folder_data
 from common.data.datasets import load_split
 from common.data.classifier_data import Loaders, TensorEvalLoader, TensorTrainLoader, tensor_loader_args
+from common.data.streaming import FolderEvalLoader
 
 
 @dataclass

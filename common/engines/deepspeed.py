@@ -1,17 +1,7 @@
 """engine=deepspeed: deepspeed.initialize per (model, optimizer) pair, ZeRO stage 1/2/3, bf16/fp16.
 
-The config is a JSON file from launch/deepspeed/ (`deepspeed_config=`), JSON with `//` comments.
-Values written "auto" come from the recipe config, so one YAML drives every engine:
-
-    train_batch_size                 train.batch_size (global)
-    train_micro_batch_size_per_gpu   train.batch_size / (world size x train.grad_accum)
-    gradient_accumulation_steps      train.grad_accum
-    gradient_clipping                train.clip_grad_norm
-    bf16.enabled / fp16.enabled      precision=bf16 / precision=fp16
-
-A number that contradicts the recipe config is an error. The optimizer and LR schedule stay the
-recipe's (`optim.*`): DeepSpeed wraps the recipe's torch optimizer, so "optimizer"/"scheduler"
-sections in the JSON are refused.
+The JSON config (`deepspeed_config=`, "auto" values from the recipe config): deepspeed_config.py;
+the checkpoint files (ZeRO partitions, the weights_only check, full weights): deepspeed_files.py.
 
 How the recipe's calls map, unchanged train_step:
   rt.prepare          deepspeed.initialize for each (model, its optimizer); returns the engines
@@ -29,96 +19,20 @@ deepspeed/<name>/zero_to_fp32.py in the checkpoint exports plain fp32 weights.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from common import dist
-from common.config import UserError, flatten
+from common.config import UserError
 from common.engines.base import Engine, unwrap
-from common.formats.checkpoint import load_file, refuse_code
-
-REPO = Path(__file__).resolve().parents[2]
-# The JSON keys filled from the recipe config (where each comes from).
-FROM_RECIPE = {"train_batch_size": "train.batch_size", "train_micro_batch_size_per_gpu": "train.batch_size / (world x grad_accum)",
-               "gradient_accumulation_steps": "train.grad_accum", "gradient_clipping": "train.clip_grad_norm"}
-SETTING = "deepspeed_config:"  # prefix of a setting read from the JSON, as resume messages show it
-TAG = "state"  # DeepSpeed's tag (sub-folder) inside checkpoints/step_N/deepspeed/<name>/
-# The classes (by name) DeepSpeed 0.19 pickles into its checkpoint files besides tensors and plain values,
-# found by inspecting real ZeRO-2 checkpoints (torch.serialization.get_unsafe_globals_in_checkpoint).
-# Each is plain data: an Enum, a dataclass, loss scalers whose state is attributes. Allowing them lets
-# weights_only=True construct them, nothing more; any other global in a file is refused.
-SAFE_TYPES = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler",
-              "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler", "deepspeed.utils.tensor_fragment.fragment_address")
-
-
-def _strip_comments(text: str) -> str:
-    """Remove // comments outside JSON strings."""
-    return re.sub(r'("(?:\\.|[^"\\])*")|//[^\n]*', lambda m: m.group(1) or "", text)
-
-
-def find_config(path: str) -> Path:
-    p = Path(path)
-    for candidate in (p, REPO / p):
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"deepspeed_config={path!r} not found (looked in the working directory and {REPO}); "
-                    f"the configs shipped are {', '.join(sorted(q.name for q in (REPO / 'launch/deepspeed').glob('*.json')))}")
-
-
-def resolve_config(path: Path, cfg, world_size: int) -> dict:
-    """The JSON with "auto" filled from the recipe config; contradictions are errors."""
-    try:
-        ds = json.loads(_strip_comments(path.read_text()))
-    except ValueError as e:
-        raise UserError(f"deepspeed_config {path} is not valid JSON (after removing // comments): {e}") from None
-    for key in ("optimizer", "scheduler"):
-        if key in ds:
-            raise UserError(f"deepspeed_config {path} has an '{key}' section; dtrain builds the optimizer and LR "
-                            "schedule from optim.* in the recipe config: remove the section")
-    t = cfg.train
-    wanted = {"train_batch_size": t.batch_size, "train_micro_batch_size_per_gpu": t.batch_size // (world_size * t.grad_accum),
-              "gradient_accumulation_steps": t.grad_accum, "gradient_clipping": t.clip_grad_norm}
-    for key, value in wanted.items():
-        if ds.get(key, "auto") == "auto":
-            ds[key] = value
-        elif ds[key] != value:
-            raise UserError(f"deepspeed_config {path} sets {key}={ds[key]} but the recipe config gives {value} "
-                            f"({FROM_RECIPE[key]}): write \"auto\" in the JSON, or change the recipe config")
-    for dtype in ("bf16", "fp16"):
-        section = ds.setdefault(dtype, {})
-        enabled = section.get("enabled", "auto")
-        if enabled == "auto":
-            section["enabled"] = cfg.precision == dtype
-        elif bool(enabled) != (cfg.precision == dtype):
-            raise UserError(f"deepspeed_config {path} sets {dtype}.enabled={enabled} but precision={cfg.precision}: "
-                            f"write \"auto\" in the JSON, or set precision={dtype if enabled else 'fp32'}")
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
-    if stage == 3 and t.ema_decay > 0:
-        raise UserError("train.ema_decay needs the full weights on every rank after each step; ZeRO stage 3 "
-                        "partitions them: use ZeRO-1/2 (launch/deepspeed/zero2.json) or train.ema_decay=0")
-    if t.activation_checkpointing:
-        raise UserError("train.activation_checkpointing=true is not wired for engine=deepspeed (ZeRO-3 gathers "
-                        "parameters in module hooks that recomputation bypasses; DeepSpeed has its own "
-                        "activation_checkpointing section): use engine=fsdp or ddp, or set it to false")
-    if t.compile:
-        raise UserError("train.compile=true is not wired for engine=deepspeed (DeepSpeed has its own "
-                        "compile: engine.compile()); use train.compile=false")
-    return ds
-
-
-def json_settings(ds: dict) -> dict:
-    """The resolved JSON as flat settings ("deepspeed_config:zero_optimization.stage": 2), less the keys
-    filled from train.* (compared as those keys). The stage is recorded even when the JSON leaves it out."""
-    flat = flatten({k: v for k, v in ds.items() if k not in FROM_RECIPE}, SETTING)
-    flat.setdefault(f"{SETTING}zero_optimization.stage", 0)
-    return flat
+from common.engines.deepspeed_config import SETTING, find_config, json_settings, resolve_config
+# read_full_weights: the engine registry (common/engines/__init__.py) looks it up in this module.
+from common.engines.deepspeed_files import TAG, check_partitions, read_full_weights, write_errors_kept  # noqa: F401
 
 
 def _cast_inputs(dtype):
@@ -147,51 +61,6 @@ def _leaf_params(loss: torch.Tensor):
         if hasattr(fn, "variable"):  # AccumulateGrad: its variable is a leaf that requires grad
             yield fn.variable
         todo.extend(f for f, _ in fn.next_functions)
-
-
-@contextlib.contextmanager
-def _write_errors_kept(engine):
-    """Within: the engine's file writes (its checkpoint_engine's save and makedirs, the recovery script
-    copy) keep their first failure in the yielded list instead of raising it, and skip once one failed."""
-    kept: list[BaseException] = []
-    inner, copy = engine.checkpoint_engine, getattr(engine, "_copy_recovery_script", None)  # rank 0's zero_to_fp32.py
-
-    def keep(fn):
-        def call(*args, **kwargs):
-            if kept:
-                return None
-            try:
-                return fn(*args, **kwargs)
-            except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-                kept.append(e)
-        return call
-
-    class Keeping:  # the checkpoint engine, but for these two
-        def __getattr__(self, name):
-            return getattr(inner, name)
-
-    keeping = Keeping()
-    keeping.save, keeping.makedirs = keep(inner.save), keep(inner.makedirs)
-    engine.checkpoint_engine = keeping
-    if copy is not None:
-        engine._copy_recovery_script = keep(copy)
-    try:
-        yield kept
-    finally:
-        engine.checkpoint_engine = inner
-        if copy is not None:
-            del engine._copy_recovery_script  # the class's method again
-
-
-def _safe_types() -> list[type]:
-    found = []
-    for name in SAFE_TYPES:
-        module, _, attr = name.rpartition(".")
-        try:
-            found.append(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError):  # another DeepSpeed version: that class is refused like any other
-            pass
-    return found
 
 
 class DeepSpeedEngine(Engine):
@@ -310,7 +179,7 @@ class DeepSpeedEngine(Engine):
         fails (this rank's disk full) is raised only after engine.save_checkpoint returned: it has barriers
         after the writes, where the other ranks would otherwise wait for this one until dist_timeout_s."""
         for name, engine in self.engines.items():
-            with _write_errors_kept(engine) as kept:
+            with write_errors_kept(engine) as kept:
                 engine.save_checkpoint(str(directory / "deepspeed" / name), tag=TAG, save_latest=False)
             if kept:
                 raise kept[0]
@@ -321,30 +190,8 @@ class DeepSpeedEngine(Engine):
             ckpt_dir = ckpt_dir.parent
         for name, engine in self.engines.items():
             where = ckpt_dir / "deepspeed" / name
-            parts = list((where / TAG).glob("*zero_pp_rank_*optim_states.pt"))
-            if parts and len(parts) != self.world_size:
-                raise UserError(f"{where} holds ZeRO partitions for {len(parts)} ranks, this run has {self.world_size}: "
-                                "resume with the same world size, or export weights with its zero_to_fp32.py and "
-                                "start a new run from them")
-            # DeepSpeed loads with weights_only=False: check every file it may read first.
-            refuse_code(sorted(f for f in (where / TAG).rglob("*") if f.is_file()), _safe_types())
+            check_partitions(where, self.world_size)
             path, _ = engine.load_checkpoint(str(where), tag=TAG, load_optimizer_states=True,
                                              load_lr_scheduler_states=False)
             if path is None:
                 raise UserError(f"DeepSpeed could not load its checkpoint from {where}")
-
-
-def read_full_weights(ckpt_dir) -> dict[str, dict[str, torch.Tensor]]:
-    """{model name: full fp32 state_dict} of a checkpoint written under engine=deepspeed, on this process:
-    the ZeRO-1/2/3 partitions of every rank gathered by DeepSpeed's zero_to_fp32, after each of its files
-    passed the weights_only check (refuse_code; zero_to_fp32 itself unpickles with full power). Collective
-    when a process group is up: call it on every rank."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    ckpt_dir = Path(ckpt_dir)
-    out = dict(load_file(ckpt_dir)["models"])  # models DeepSpeed did not own, if any
-    for where in sorted(p for p in (ckpt_dir / "deepspeed").iterdir() if p.is_dir()):
-        refuse_code(sorted(f for f in (where / TAG).rglob("*") if f.is_file()), _safe_types())
-        with contextlib.redirect_stdout(None):  # it prints a line per tensor group
-            out[where.name] = get_fp32_state_dict_from_zero_checkpoint(str(where), tag=TAG)
-    return out

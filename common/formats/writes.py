@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 from common import dist
+from common.config import UserError
 from common.formats.checkpoint import CheckpointError, checkpoint_dirs, verify
 from common.userfiles import first_line as _first_line
 
@@ -25,7 +26,8 @@ def newest_intact(directory: Path) -> str:
 def writes_agreed(what: str, where: Path, checkpoints: Path, every_rank: bool = False):
     """Collective: run the block (the writes, normally rank 0's), then every rank learns whether a write
     failed and raises the same CheckpointError, naming the fault and the newest intact checkpoint in
-    `checkpoints`. A failure that is no write failure (write_failure) propagates unchanged.
+    `checkpoints`. A UserError of rank 0's block is raised on every rank too; any other failure that
+    is no write failure (write_failure) propagates unchanged.
 
     every_rank: each rank writes its own files in the block, so every rank's outcome counts (not only
     rank 0's). A rank whose block failed in another way re-raises that; the others then stop too,
@@ -39,7 +41,7 @@ def writes_agreed(what: str, where: Path, checkpoints: Path, every_rank: bool = 
         caught = e
         if not every_rank:
             reason = write_failure(e, where)
-            if reason is None:
+            if reason is None and not isinstance(e, UserError):
                 raise
         else:
             # Each rank judges its own failure on its own file system; a DCP failure gathered from another
@@ -59,10 +61,15 @@ def writes_agreed(what: str, where: Path, checkpoints: Path, every_rank: bool = 
             if other:
                 raise RuntimeError(f"rank {r} failed while it wrote its part of a checkpoint ({what}): {other}")
             reason = why if dist.world_size() == 1 else f"on rank {r}: {why}"
-    error = failed_write(what, reason, where, checkpoints) if reason else None
-    error = dist.broadcast_object(error)  # rank 0's words on every rank
-    if error:
-        raise CheckpointError(error)
+
+    def outcome():  # rank 0's, on every rank
+        if reason:
+            raise CheckpointError(failed_write(what, reason, where, checkpoints))
+        if caught is not None:
+            raise caught
+    dist.on_main(outcome)
+    if caught is not None and reason is None:
+        raise caught  # another rank's own UserError, after the collective
 
 
 def failed_write(what: str, reason: str, where: Path, checkpoints: Path) -> str:

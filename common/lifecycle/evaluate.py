@@ -53,7 +53,7 @@ def run(task, cli) -> dict[str, float]:
             rt.log(f"evaluated {src.ckpt} ({src.why}; {which} weights) on the eval split, "
                    f"{rt.world_size} process(es)\n[{SPLIT}] step {state.step} {shown}")
         if where:
-            dist.on_main(rt, lambda: record(where, row))
+            dist.on_main(lambda: record(where, row))
         rt.log(f"appended to {where}" if where else "not written to a metrics.jsonl (no run directory)")
     return numbers
 

@@ -20,7 +20,7 @@ import torch
 
 from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
-from common.data.folder import IMAGENET_MEAN, IMAGENET_STD
+from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from common.data.classifier_data import _pad
 from common.formats.checkpoint import MANIFEST
 from common.formats.export import FORMAT, SUFFIXES, read_export, write_export
@@ -47,7 +47,7 @@ def input_spec(cfg, loaders) -> dict:
         if cfg.data.name == "folder":  # image files converted as common/data/datasets.py's read_folder does
             spec["resize"] = "PIL.ImageOps.fit to H x W (bicubic, centre crop), grey for C=1, RGB for C=3"
         return spec
-    t = getattr(getattr(ev, "ds", None), "transform", None)  # image files (common/data/folder.py)
+    t = getattr(getattr(ev, "ds", None), "transform", None)  # image files (common/data/streaming.py)
     if t is not None and hasattr(t, "t"):  # classification presets: resize, center crop, normalise
         size = cfg.data.image_size
         spec.update(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=round(size / 0.875), center_crop=size)
@@ -73,7 +73,7 @@ def run(task, cli) -> dict:
     with runtime(cfg) as rt:
         weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
         path = to or default_path(src, cli.recipe, which)
-        dist.on_main(rt, lambda: check_destination(path, src, cli.replace, made=to is None))
+        dist.on_main(lambda: check_destination(path, src, cli.replace, made=to is None))
         if src.ignored:
             rt.log(f"--export ignores training settings: {', '.join(src.ignored)}")
         loaders = build_data(task, src, rt)
@@ -82,7 +82,7 @@ def run(task, cli) -> dict:
         meta = {"format": FORMAT, "recipe": cli.recipe, "model": name, "weights": which, "step": src.sd["step"],
                 "checkpoint": str(src.ckpt), "config": to_dict(cfg), "input": input_spec(cfg, loaders),
                 "num_classes": loaders.num_classes, "classes": classes}
-        dist.on_main(rt, lambda: write_export(path, weights[name], meta))
+        dist.on_main(lambda: write_export(path, weights[name], meta))
         rt.log(f"exported '{name}' ({which} weights) of {src.ckpt}, {src.why}, to {path}")
     return {}
 

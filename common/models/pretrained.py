@@ -34,16 +34,7 @@ def load_pretrained(model: nn.Module, name: str, download: bool) -> list[str]:
     the report (what was loaded, what re-initialised) is printed by rank 0 and returned."""
     path, url, label = weights_file(name)
     if not path.exists() and download:
-        error = None
-        if dist.rank() == 0:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(path.name))
-            except Exception as e:  # URLError, HTTPError, a checksum mismatch: one message
-                error = f"downloading {url} failed ({type(e).__name__}: {e})"
-        error = dist.broadcast_object(error)  # the others wait for the file
-        if error:
-            raise UserError(f"model.pretrained_download: {error}; put {path.name} in {path.parent}/ by hand")
+        dist.on_main(lambda: download_weights(url, path))  # the others wait for the file
     if not path.exists():
         raise UserError(f"model.pretrained=true needs torchvision's {label} weights: put the file {path.name} in "
                         f"{path.parent}/ (from {url}; torch.hub.get_dir() decides the directory, set TORCH_HOME to "
@@ -56,6 +47,16 @@ def load_pretrained(model: nn.Module, name: str, download: bool) -> list[str]:
     if dist.rank() == 0:
         print("model.pretrained: " + "\n".join(report), flush=True)
     return report
+
+
+def download_weights(url: str, path: Path) -> None:
+    """torchvision's file into the hub cache, its checksum checked; any failure is one UserError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(path.name))
+    except Exception as e:  # URLError, HTTPError, a checksum mismatch: one message
+        raise UserError(f"model.pretrained_download: downloading {url} failed ({type(e).__name__}: {e}); put "
+                        f"{path.name} in {path.parent}/ by hand") from None
 
 
 def _hash_prefix(filename: str) -> str | None:

@@ -111,11 +111,7 @@ class Checkpointer:
         self.wait()  # one write at a time: the previous one becomes a checkpoint (or an error) first
         staging = None
         if shards is not None:
-            if dist.rank() == 0:
-                staging = self.dir / f".shards-{final.name}-{writer_tag()}"  # rank 0's name: see clean_stale
-                shutil.rmtree(staging, ignore_errors=True)
-                staging.mkdir(parents=True)
-            staging = Path(dist.broadcast_object(str(staging) if staging else None))  # exists before any rank writes
+            staging = dist.on_main(lambda: self._staging(final))  # exists before any rank writes
             try:
                 # Each rank writes its own files, so any rank's disk may be the one that fills: all ranks
                 # learn every rank's outcome (this is also the point where every rank's files are written,
@@ -132,6 +128,13 @@ class Checkpointer:
             if dist.rank() == 0:
                 self._write(final, payload, step, is_best, metric, staging)
         return final
+
+    def _staging(self, final: Path) -> Path:
+        """Rank 0: an empty directory for the engine files of `final`, named for rank 0 (see clean_stale)."""
+        staging = self.dir / f".shards-{final.name}-{writer_tag()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
 
     def _write(self, final: Path, payload: dict, step: int, is_best: bool, metric, staging: Path | None) -> None:
         """Rank 0: the checkpoint directory, best.json and pruning."""

@@ -40,23 +40,21 @@ def read_init(path: str) -> tuple[dict[str, dict], str]:
     return weights, f"{ckpt} ({why}, recipe {sd.get('recipe')}, step {sd['step']}, {which} weights)"
 
 
-def resume_pending(cfg, rt) -> str | None:
+def resume_pending(cfg) -> str | None:
     """The checkpoint this run will resume from, if any (rank 0 looks, every rank learns)."""
     if cfg.resume == "none":
         return None
     if cfg.resume != "auto":
         return cfg.resume
-    found = None
-    if rt.is_main:
-        found = next((str(p) for p in Checkpointer(Path(cfg.out_dir) / "checkpoints").all() if verify(p) is None), None)
-    return dist.broadcast_object(found)
+    return dist.on_main(lambda: next((str(p) for p in Checkpointer(Path(cfg.out_dir) / "checkpoints").all()
+                                      if verify(p) is None), None))
 
 
 def init_from(cfg, rt, models: dict[str, nn.Module]) -> None:
     """Apply cfg.init_from to the freshly built models (before the engine wraps them)."""
     if cfg.init_from in ("", "none"):
         return
-    resuming = resume_pending(cfg, rt)
+    resuming = resume_pending(cfg)
     if resuming:
         rt.log(f"init_from={cfg.init_from} ignored: this run resumes from {resuming}, which holds its weights, "
                "optimizer and position (a new out_dir, or resume=none overwrite=true, starts from init_from instead)")

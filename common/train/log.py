@@ -15,7 +15,6 @@ import math
 import torch
 from pathlib import Path
 
-from common import dist
 from common.config import LogConfig, UserError, flatten, to_dict
 from common.formats.writes import write_failure, writes_agreed
 from common.train.report import count_parameters
@@ -59,18 +58,14 @@ class Logger:
         check_installed(log_cfg.backends)
         self.enabled, self.trackers, self.out_dir = enabled, [], Path(out_dir)
         self.config = _hparams(to_dict(cfg)) if cfg is not None else {}
-        error = None
         with self._writes("open the logs"):
-            error = self._open(resume_step, log_cfg)
-        error = dist.broadcast_object(error)
-        if error:
-            raise UserError(error)
+            self._open(resume_step, log_cfg)
 
-    def _open(self, resume_step: int, log_cfg) -> str | None:
+    def _open(self, resume_step: int, log_cfg) -> None:
         """Rank 0: metrics.jsonl continued (or started) and the trackers opened; a tracker that fails
-        for another reason than a write error: the message."""
+        for another reason than a write error is a UserError naming it (raised on every rank by _writes)."""
         if not self.enabled:
-            return None
+            return
         self.jsonl = self.out_dir / "metrics.jsonl"
         if resume_step > 0 and self.jsonl.exists():
             self._truncate_after(resume_step)
@@ -81,8 +76,8 @@ class Logger:
         except Exception as e:  # noqa: BLE001 -- any library's failure, named, on every rank
             if isinstance(e, (OSError, RuntimeError)) and write_failure(e, self.out_dir):
                 raise  # a full or read-only disk: _writes says so on every rank
-            return f"log.backends={list(log_cfg.backends)}: a tracker failed to start: {type(e).__name__}: {e}"
-        return None
+            raise UserError(f"log.backends={list(log_cfg.backends)}: a tracker failed to start: "
+                            f"{type(e).__name__}: {e}") from None
 
     def _truncate_after(self, step: int) -> None:
         keep = [r for r in read_metrics(self.out_dir) if isinstance(r.get("step"), int) and r["step"] <= step]

@@ -4,24 +4,28 @@ It counts; the recipe's train_step does the work. Per optimizer step: one list o
 micro-batches from the loader, train_step on each (the engine skips the gradient
 all-reduce on all but the last), one engine end_step, one scheduler step, one EMA
 update. Metrics stay on the device and are reduced across ranks only on log steps.
+Logs, evaluations and checkpoints follow their Cadence; what a checkpoint holds and whether
+it is the best: common/train/saver.py.
 """
 from __future__ import annotations
 
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
+from tqdm import tqdm
 
 from common import dist
-from common.config import UserError, best_metric, to_dict
-from common.engines.base import full_tensor, unwrap
+from common.config import to_dict
 from common.train import report, rundir
+from common.train.checkpoint import Checkpointer
 from common.train.log import Logger, read_metrics
-from common.train.meter import Meter, NonFiniteGuard, Throughput, grad_norms, peak_memory
+from common.train.meter import Meter, NonFiniteGuard, Throughput, grad_norms, learning_rates, peak_memory
 from common.train.profile import StepProfiler
 from common.train.preempt import PREEMPT_CHECK_STEPS, Preemption
 from common.train.resume import resume
+from common.train.saver import Saver
 
 
 @dataclass(frozen=True)
@@ -39,38 +43,16 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
     out, ckpt, total, done = start(cfg, state, rt, train, recipe, loaders.classes)
     if done is not None:
         return done
-    log_at, eval_at = Cadence(t.log_every_steps, at_epoch_end=True), Cadence(t.eval_every_steps)
-    ckpt_at = Cadence(t.ckpt_every_steps)
+    log_at, eval_at, ckpt_at = Cadence(t.log_every_steps, at_epoch_end=True), Cadence(t.eval_every_steps), Cadence(t.ckpt_every_steps)
     logger, meter, guard = Logger(out, rt.is_main, state.step, cfg), Meter(), NonFiniteGuard(t.max_nonfinite_steps, rt.device)
     preempt, speed, bar = Preemption(), Throughput(rt.world_size), _progress(cfg, rt, total, state.step)
     logger.models(state.models)
-    profiler = StepProfiler(t, out, rt, state.step)
-    last_eval, eval_step, saved_step = {}, -1, state.step if state.step else -1
-
-    def save():
-        guard.check(rt, saved_step)
-        if not weights_finite(state):
-            raise UserError(f"weights are not finite at step {state.step}; not writing a checkpoint "
-                            f"(newest: step {saved_step if saved_step >= 0 else 'none'}). Try a lower optim.lr "
-                            "or train.clip_grad_norm=1.0")
-        split, key = best_metric(cfg) or (None, None)
-        value = last_eval.get(key) if split == "val" and eval_step == state.step else None
-        is_best = value is not None and ckpt.is_better(value, state.best)
-        state.best = value if is_best else state.best
-        payload = {**state.state_dict(to_dict(cfg), recipe, rt.owned), "engine": rt.state_dict(),
-                   # The labels' names and the inputs' normalisation: another tree is read the same way.
-                   "classes": loaders.classes, "stats": loaders.stats}
-        ckpt.save(payload, state.step, is_best=is_best, metric=value, shards=rt.save_shards)
-        return state.step
-
+    saver, profiler = Saver(cfg, state, rt, ckpt, guard, loaders, recipe), StepProfiler(t, out, rt, state.step)
     try:
         while state.step < total:
             train.set_epoch(state.epoch, state.batch_in_epoch)
             batches = iter(train)
-            while state.step < total:
-                micro_batches = speed.wait(batches)
-                if micro_batches is None:
-                    break
+            while state.step < total and (micro_batches := speed.wait(batches)) is not None:
                 epoch_end, last = state.batch_in_epoch + 1 == train.plan.steps, state.step + 1 == total  # of this step
                 rt.want_grad_norm = log_at.due(state.step + 1, epoch_end, last)  # the norm only where it is logged
                 for i, batch in enumerate(micro_batches):
@@ -78,56 +60,61 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                         out_step = train_step(cfg, batch, state, rt)
                     guard.update(meter.add(out_step), state.step + 1)
                     speed.samples += len(batch[0]) * rt.world_size
-                rt.end_step()
-                for sched in state.scheds.values():
-                    sched.step()
-                state.update_ema()
-                state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
-                if epoch_end:
-                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                end_step(state, rt, epoch_end)
                 profiler.step(state.step)
-                if bar:
-                    bar.update(1)
+                bar.update(1)
                 if log_at.due(state.step, epoch_end, last):
-                    guard.check(rt, saved_step)
-                    lr = next(iter(state.optims.values())).param_groups[0]["lr"]
-                    logger.log("train", state.step, state.epoch, {**meter.reduce(rt), "lr": lr, **speed.read(),
-                                                                  **grad_norms(rt, state.optims), **peak_memory(rt)})
+                    saver.check()
+                    logger.log("train", state.step, state.epoch, train_row(rt, state, meter, speed))
                 if eval_at.due(state.step, epoch_end, last):
                     with rt.whole(state.models.values()):
-                        last_eval, eval_step = logger.log("val", state.step, state.epoch, evaluate(cfg, state, rt, loaders.eval)), state.step
+                        saver.evaluated(logger.log("val", state.step, state.epoch, evaluate(cfg, state, rt, loaders.eval)))
                 if ckpt_at.due(state.step, epoch_end, last):
-                    saved_step = save()
+                    saver.save()
                 if (rt.world_size == 1 or state.step % PREEMPT_CHECK_STEPS == 0) and preempt.agreed(rt):
-                    saved_step = save() if saved_step != state.step else saved_step
-                    ckpt.wait()
-                    rt.log(f"{preempt.reason}: checkpoint at step {state.step} written; exiting with code {preempt.code}; "
-                           "the same command resumes from it")
-                    raise SystemExit(preempt.code)
+                    saver.finish()
+                    preempt.exit(rt, state.step)
                 if epoch_end:
                     break
         preempt.finish()
-        if saved_step != state.step:
-            save()
-        ckpt.wait()  # a write still in flight (ckpt.async_save) becomes a checkpoint before the run ends
-        logger.hparams(to_dict(cfg), last_eval)
+        saver.finish()
+        logger.hparams(to_dict(cfg), saver.last_eval)
         if rt.is_main:
             rt.log(report.summary(cfg, ckpt, read_metrics(out), f"run {recipe} finished: step {state.step} of "
                                   f"{total} in {time.perf_counter() - started:.1f} s"))
-        return last_eval
+        return saver.last_eval
     finally:
         preempt.restore()
         profiler.close()
         logger.close()
-        if bar:
-            bar.close()
+        bar.close()
+
+
+def train_row(rt, state, meter: Meter, speed: Throughput) -> dict[str, float]:
+    """What a train row holds: the means of train_step's values since the last row (reduced over the
+    ranks), every optimizer's learning rate, speed, gradient norms and peak memory."""
+    return {**meter.reduce(rt), **learning_rates(state.optims), **speed.read(), **grad_norms(rt, state.optims),
+            **peak_memory(rt)}
+
+
+def end_step(state, rt, epoch_end: bool) -> None:
+    """After the step's micro-batches: the engine's end of step, one scheduler step, one EMA update, the counters."""
+    rt.end_step()
+    for sched in state.scheds.values():
+        sched.step()
+    state.update_ema()
+    state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
+    if epoch_end:
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
 def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
     """Run directory, resume, the banner: (out_dir, checkpointer, total steps, None), or with the
     final metrics in place of None when the resumed checkpoint is already the last step.
     classes: the data's class names, which a resumed checkpoint must share."""
-    out, ckpt = rundir.prepare(cfg, rt)  # locked, and not another run's: before anything is written
+    out = Path(cfg.out_dir)
+    ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
+    rundir.prepare(cfg, rt, ckpt)  # locked, and not another run's: before anything is written
     total = total_steps(cfg, train)
     resume(cfg, state, rt, ckpt, recipe, classes)
     if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
@@ -135,22 +122,16 @@ def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
         rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: step {state.step} of {total}; "
                                                "nothing to train (a new out_dir, or resume=none overwrite=true, starts over)"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
-    rundir.record_config(out, cfg, state.step, rt)  # only now: a refused resume leaves the old config.yaml as it was
+    rundir.record_config(out, cfg, state.step)  # only now: a refused resume leaves the old config.yaml as it was
     rt.log(report.banner(cfg, state, rt, recipe, total, train.plan.steps))
     return out, ckpt, total, None
-
-
-def weights_finite(state) -> bool:
-    flags = [full_tensor(torch.isfinite(p).all()) for m in state.models.values() for p in unwrap(m).parameters() if p.numel()]
-    return bool(torch.stack(flags).all().item()) if flags else True
 
 
 def total_steps(cfg, train_loader) -> int:
     return cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * train_loader.plan.steps
 
 
-def _progress(cfg, rt, total: int, start: int):
-    if not (cfg.train.progress and rt.is_main and sys.stderr.isatty()):
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, initial=start, dynamic_ncols=True, leave=False)
+def _progress(cfg, rt, total: int, start: int) -> tqdm:
+    """A progress bar on rank 0's terminal; elsewhere one whose update and close do nothing."""
+    shown = cfg.train.progress and rt.is_main and sys.stderr.isatty()
+    return tqdm(total=total, initial=start, dynamic_ncols=True, leave=False, disable=not shown)

@@ -1,6 +1,6 @@
 """Per-step bookkeeping that costs no host sync per step: running metric sums and the non-finite
 guard (on the device), throughput and step time (host clock), and what is read only on log steps
-(peak memory, gradient norms)."""
+(peak memory, gradient norms, learning rates)."""
 from __future__ import annotations
 
 import resource
@@ -147,6 +147,13 @@ def peak_memory(rt) -> dict[str, float]:
         t = t.to(rt.device, torch.float32)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return dict(zip(names, t.tolist()))
+
+
+def learning_rates(optims: dict) -> dict[str, float]:
+    """Each optimizer's learning rate (of its first parameter group): `lr`, or `lr/<name>` when a recipe
+    has several optimizers (a GAN's `lr/G` and `lr/D`)."""
+    rates = {name: float(opt.param_groups[0]["lr"]) for name, opt in optims.items()}
+    return {("lr" if len(optims) == 1 else f"lr/{name}"): v for name, v in rates.items()}
 
 
 def grad_norms(rt, optims: dict) -> dict[str, float]:

@@ -109,6 +109,12 @@ class Preemption:
         work.wait()
         return float(t[0])
 
+    def exit(self, rt, step: int) -> None:
+        """Once agreed() and the checkpoint of `step` is written: every rank exits with `code`."""
+        rt.log(f"{self.reason}: checkpoint at step {step} written; exiting with code {self.code}; "
+               "the same command resumes from it")
+        raise SystemExit(self.code)
+
     def finish(self) -> None:
         """At the normal end of training: collect the last all-reduce, which every rank started."""
         self._read()

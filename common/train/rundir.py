@@ -48,32 +48,27 @@ class RunDirError(UserError):
 class LockHeld(RunDirError):
     """Another live process holds out_dir's lock; `holder` describes it."""
 
-    def __init__(self, message: str, holder: str):
+    def __init__(self, message: str, holder: str = ""):  # "": rebuilt on another rank from its message (dist.on_main)
         super().__init__(message)
         self.holder = holder
 
 
-def prepare(cfg, rt) -> tuple[Path, Checkpointer]:
-    """Create and lock out_dir, check it holds no other run's checkpoints (or move them aside with
-    overwrite=true), and return it with its Checkpointer, whose run_id is this run's. Collective."""
-    out = Path(cfg.out_dir)
-    ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
-    error = run_id = None
-    if rt.is_main:
-        try:
-            run_id = _prepare_main(cfg, rt, out, ckpt)
-        except RunDirError as e:
-            error = str(e)
-        except OSError as e:
-            error = f"out_dir={cfg.out_dir!r} is not writable ({e}); choose another out_dir"
-    error, ckpt.run_id = dist.broadcast_object((error, run_id))
-    if error:
-        raise RunDirError(error)
-    return out, ckpt
+def prepare(cfg, rt, ckpt: Checkpointer) -> None:
+    """Create and lock out_dir, check it holds no other run's checkpoints (ckpt's directory; or move
+    them aside with overwrite=true), and set ckpt.run_id to this run's. Collective."""
+    ckpt.run_id = dist.on_main(lambda: _prepare_main(cfg, rt, Path(cfg.out_dir), ckpt))
 
 
 def _prepare_main(cfg, rt, out: Path, ckpt: Checkpointer) -> str:
-    """Rank 0: lock, decide fresh vs continued, return the run id."""
+    """Rank 0: the run id (_take); a file system that refuses is a RunDirError."""
+    try:
+        return _take(cfg, rt, out, ckpt)
+    except OSError as e:
+        raise RunDirError(f"out_dir={cfg.out_dir!r} is not writable ({e}); choose another out_dir") from None
+
+
+def _take(cfg, rt, out: Path, ckpt: Checkpointer) -> str:
+    """Lock out_dir, decide fresh vs continued, return the run id."""
     overwrite = cfg.overwrite
     out.mkdir(parents=True, exist_ok=True)
     taken_over = lock(out)
@@ -237,25 +232,24 @@ def unlock(path: Path) -> None:
 
 # ----------------------------------------------------------------------------- config.yaml
 
-def record_config(out: Path, cfg, step: int, rt) -> None:
+def record_config(out: Path, cfg, step: int) -> None:
     """out/config.yaml is the config the run trains with from now on. When a resume changed it, the
     one it replaces goes to out/config_history/<UTC time>-step_<N>.yaml (in effect until step N), so
-    the run directory tells how every step was trained."""
-    error = None
-    if rt.is_main:
-        text, current = dump_yaml(cfg), out / "config.yaml"
-        try:
-            old = current.read_text() if current.is_file() else None
-            if old is not None and old != text:
-                history = out / "config_history"
-                history.mkdir(exist_ok=True)
-                (history / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-step_{step:08d}.yaml").write_text(old)
-            if old != text:
-                tmp = out / ".config.yaml.tmp"
-                tmp.write_text(text)
-                tmp.replace(current)
-        except OSError as e:
-            error = f"could not write {current} ({e}); free space or fix permissions on {out}, then re-run"
-    error = dist.broadcast_object(error)
-    if error:
-        raise RunDirError(error)
+    the run directory tells how every step was trained. Collective: rank 0 writes."""
+    dist.on_main(lambda: _write_config(out, dump_yaml(cfg), step))
+
+
+def _write_config(out: Path, text: str, step: int) -> None:
+    current = out / "config.yaml"
+    try:
+        old = current.read_text() if current.is_file() else None
+        if old is not None and old != text:
+            history = out / "config_history"
+            history.mkdir(exist_ok=True)
+            (history / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-step_{step:08d}.yaml").write_text(old)
+        if old != text:
+            tmp = out / ".config.yaml.tmp"
+            tmp.write_text(text)
+            tmp.replace(current)
+    except OSError as e:
+        raise RunDirError(f"could not write {current} ({e}); free space or fix permissions on {out}, then re-run") from None

@@ -98,7 +98,7 @@ def test_tensorboard_train_and_val_share_tags_and_hparams_add_no_scalars(runs):
     rows = metrics(runs[0])
     for acc, split in ((train, "train"), (val, "val")):
         logged = [r for r in rows if r["split"] == split]
-        for key in ("loss", "acc1"):
+        for key in ("loss", "acc1", "lr") if split == "train" else ("loss", "acc1"):
             assert [e.step for e in acc.Scalars(key)] == [r["step"] for r in logged], (split, key)
             assert [e.value for e in acc.Scalars(key)] == pytest.approx([r[key] for r in logged])
     # every scalar point of the val run is a logged val value: hparams wrote none at step 0

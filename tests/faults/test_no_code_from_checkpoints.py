@@ -31,8 +31,8 @@ class Evil:
 def plant(ckpt: Path, name: str, marker: Path) -> None:
     """Replace ckpt/name by its own content plus an Evil object, and make MANIFEST.json agree."""
     f = ckpt / name
-    from common.engines.deepspeed import _safe_types
-    with torch.serialization.safe_globals(_safe_types()):
+    from common.engines.deepspeed_files import safe_types
+    with torch.serialization.safe_globals(safe_types()):
         content = torch.load(f, map_location="cpu", weights_only=True)
     content["payload"] = Evil(marker)
     torch.save(content, f)

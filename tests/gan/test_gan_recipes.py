@@ -45,7 +45,7 @@ def write_images(root: Path, count: int, size: tuple[int, int], pairs: bool = Fa
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_debug_config_trains_under_python(recipe, judge_dir, tmp_path):
     out = tmp_path / "run"
-    run_recipe(recipe, f"out_dir={out}", f"eval.classifier={judge_dir}")
+    proc = run_recipe(recipe, f"out_dir={out}", f"eval.classifier={judge_dir}")
     rows = metrics(out)
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
@@ -66,6 +66,13 @@ def test_debug_config_trains_under_python(recipe, judge_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(out / "tb" / "val")).Reload()  # the grids come with the evaluation
     assert f"samples/{GRID[recipe]}" in events.Tags()["images"]
+    # Both optimizers' learning rates, by name: in every train row, on the console and in TensorBoard.
+    assert all({"lr/G", "lr/D"} <= set(r) and "lr" not in r for r in train), train[-1]
+    console = [line for line in proc.stdout.splitlines() if line.startswith("[train] step ")]
+    assert len(console) == len(train) and all(" lr/G " in line and " lr/D " in line for line in console), console
+    scalars = EventAccumulator(str(out / "tb" / "train")).Reload()
+    for key in ("lr/G", "lr/D"):
+        assert [(e.step, e.value) for e in scalars.Scalars(key)] == [(r["step"], pytest.approx(r[key])) for r in train]
     # The checkpoint holds both nets, both optimizers, the scaler (and the EMA where configured).
     ckpt = load_checkpoint(out)
     assert set(ckpt["models"]) == set(ckpt["optims"]) == {"G", "D"}

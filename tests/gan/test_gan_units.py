@@ -11,7 +11,9 @@ from common.cli import parse_cli
 from common.data.datasets import synthetic
 from common.data.sampling import TrainPlan, epoch_order
 from common.metrics.fid import FeatureStats, Gaussian, Judge, frechet_distance
-from common.data.folder import FolderEvalLoader, FolderTrainLoader, ImageFiles, SquareCrop, list_images
+from common.data.files import list_images
+from common.data.streaming import FolderEvalLoader, FolderTrainLoader, ImageFiles
+from common.data.transforms import SquareCrop
 from common.data.gan_data import edges, fit_size
 from common.engines.base import unwrap
 from common.train.runtime import runtime

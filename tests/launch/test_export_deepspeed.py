@@ -1,6 +1,6 @@
 """--export and --evaluate of DeepSpeed ZeRO-2 and ZeRO-3 checkpoints (2 CPU processes over gloo, `deepspeed` launcher).
 
-The partitions of both ranks are gathered on one process (common.engines.deepspeed.read_full_weights,
+The partitions of both ranks are gathered on one process (common.engines.deepspeed_files.read_full_weights,
 after every DeepSpeed file passed the weights_only check); the exported state_dict must equal the
 weights DeepSpeed's own zero_to_fp32 reconstructs, and an evaluation must give training's last figures.
 """

@@ -1,11 +1,11 @@
-"""The loop's per-step bookkeeping: Meter's means and NonFiniteGuard's streaks (one process)."""
+"""The loop's per-step bookkeeping: Meter's means, NonFiniteGuard's streaks, the logged learning rates (one process)."""
 import math
 
 import pytest
 import torch
 
 from common.config import UserError
-from common.train.meter import Meter, NonFiniteGuard
+from common.train.meter import Meter, NonFiniteGuard, learning_rates
 
 
 class Rt:
@@ -20,6 +20,13 @@ def test_meter_means_each_output_over_steps_and_resets():
     assert m.reduce(Rt) == {"loss": 1.5, "acc1": 15.0, "d_loss": 3.0}
     assert m.reduce(Rt) == {}
     assert m.add({}) is None
+
+
+def test_learning_rates_are_named_by_optimizer_when_there_are_several():
+    def sgd(lr):
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    assert learning_rates({"net": sgd(0.1)}) == {"lr": 0.1}
+    assert learning_rates({"G": sgd(2e-4), "D": sgd(1e-4)}) == {"lr/G": 2e-4, "lr/D": 1e-4}
 
 
 def _run(guard, finite_pattern, start=1):

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from helpers import metrics, run_recipe
+from helpers import metrics, recipe_command, run_ranks, run_recipe
 
 
 def run(tmp_path, backend):
@@ -77,3 +77,15 @@ def test_mlflow_local_store_holds_the_logged_metrics_and_params(tmp_path):
         assert [s for s, _ in got] == [s for s, _ in want], (split, key)
         assert [v for _, v in got] == pytest.approx([v for _, v in want]), (split, key)
     assert mlrun.info.status == "FINISHED"
+
+
+def test_a_tracker_that_fails_to_start_stops_every_rank_with_its_words(tmp_path):
+    """Rank 0 opens the trackers: its failure (an MLflow URI no store serves) reaches the other rank too."""
+    pytest.importorskip("mlflow")
+    cmd, env = recipe_command("mnist_mlp", f"out_dir={tmp_path / 'run'}", "log.backends=[tensorboard,mlflow]",
+                              "log.mlflow_uri=bogus://nowhere", nproc=2)
+    codes, p = run_ranks(cmd, env, timeout=300)  # each rank's own exit code
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and all("a tracker failed to start" in e and "bogus://nowhere" in e for e in errors), \
+        p.stderr[-3000:]
+    assert codes == [2, 2], (codes, p.stderr[-3000:])
