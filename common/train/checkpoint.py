@@ -91,11 +91,11 @@ class Checkpointer:
             return None
 
     def is_better(self, value: float, best: float | None) -> bool:
-        """A NaN (or inf) value is never the best; any finite value beats a missing or non-finite best
-        (a best recorded as NaN by an older version is replaced by the next finite value)."""
+        """A NaN (or inf) value is never the best, so a recorded best is always finite; any finite value
+        beats a missing best."""
         if value is None or not math.isfinite(value):
             return False
-        if best is None or not math.isfinite(best):
+        if best is None:
             return True
         return value > best if self.best_mode == "max" else value < best
 
