@@ -44,14 +44,13 @@ def writer_tag() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
-_TEMP = re.compile(r"^\.(?P<kind>tmp|old|shards)-(?P<name>step_\d+)(?:-(?P<pid>\d+)(?:@(?P<host>.+))?)?$")
+_TEMP = re.compile(r"^\.(?P<kind>tmp|old|shards)-(?P<name>step_\d+)-(?P<pid>\d+)@(?P<host>.+)$")
 
 
-def writer_dead(pid: int | None, host: str | None) -> bool:
-    """True only when the writer is certainly gone: a process id on this host (or a name without a host,
-    as versions before the host was recorded wrote) that no longer exists. Another host's, an unknown
-    or a live writer (including another user's process) is never judged dead."""
-    if pid is None or (host is not None and host != socket.gethostname()):
+def writer_dead(pid: int, host: str) -> bool:
+    """True only when the writer is certainly gone: a process id on this host that no longer exists.
+    Another host's or a live writer (including another user's process) is never judged dead."""
+    if host != socket.gethostname():
         return False
     if pid == os.getpid():
         return True  # our own leftover: this process writes one checkpoint at a time and is done with it

@@ -211,7 +211,7 @@ class Checkpointer:
             return done
         for p in sorted(self.dir.iterdir()):
             m = _TEMP.match(p.name)
-            if not m or not p.is_dir() or not writer_dead(m["pid"] and int(m["pid"]), m["host"]):
+            if not m or not p.is_dir() or not writer_dead(int(m["pid"]), m["host"]):
                 continue
             final = self.dir / m["name"]
             if m["kind"] == "old" and not final.exists() and verify(p) is None:

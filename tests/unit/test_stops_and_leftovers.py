@@ -86,17 +86,17 @@ def test_leftovers_of_dead_writers_are_cleaned_and_live_ones_kept(tmp_path):
     dead, live = _dead_pid(), os.getppid()
     _checkpoint(tmp_path / "step_00000008", 8)
     stale = [f".old-step_00000008-{dead}@{HOST}", f".tmp-step_00000009-{dead}@{HOST}",
-             f".shards-step_00000009-{dead}@{HOST}", f".old-step_00000007-{dead}"]  # the last: a name without host
+             f".shards-step_00000009-{dead}@{HOST}"]
     kept = [f".tmp-step_00000010-{live}@{HOST}", f".old-step_00000008-{dead}@another-host.example",
-            ".tmp-step_00000011"]  # no pid: its writer is unknown
+            ".tmp-step_00000011", f".old-step_00000007-{dead}"]  # no pid@host: its writer is unknown
     for name in stale + kept:
         (tmp_path / name).mkdir()
         (tmp_path / name / "state.pt").write_bytes(b"partial")
     done = c.clean_stale()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["step_00000008", *kept])
     assert len(done) == len(stale)
-    assert writer_dead(dead, HOST) and writer_dead(dead, None) and not writer_dead(live, HOST)
-    assert not writer_dead(dead, "another-host.example") and not writer_dead(None, HOST)
+    assert writer_dead(dead, HOST) and not writer_dead(live, HOST)
+    assert not writer_dead(dead, "another-host.example")
 
 
 def test_a_complete_old_checkpoint_of_an_interrupted_rewrite_is_restored(tmp_path):
