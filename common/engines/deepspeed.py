@@ -1,20 +1,11 @@
 """engine=deepspeed: deepspeed.initialize per (model, optimizer) pair, ZeRO stage 1/2/3, bf16/fp16.
 
-The JSON config (`deepspeed_config=`, "auto" values from the recipe config): deepspeed_config.py;
-the checkpoint files (ZeRO partitions, the weights_only check, full weights): deepspeed_files.py.
-
-How the recipe's calls map, unchanged train_step:
-  rt.prepare          deepspeed.initialize for each (model, its optimizer); returns the engines
-  rt.backward(loss)   engine.backward(loss) on the engine whose parameters the loss reaches (a
-                      GAN's D loss reaches D only, its G loss G only: D is frozen in the G step)
-  rt.step(opt)        engine.step() on the engine that owns `opt`, every micro-batch (DeepSpeed
-                      counts micro-steps and updates only at the accumulation boundary)
-  micro_step          engine.set_gradient_accumulation_boundary(last micro-batch)
-  checkpoints         every rank writes engine.save_checkpoint into the checkpoint directory
-                      (checkpoints/step_N/deepspeed/<name>/), checksummed in MANIFEST.json with
-                      state.pt (counters, schedulers, RNG); resume=auto restores both.
-A DeepSpeed checkpoint resumes with the same world size (ZeRO partitions are per rank);
-deepspeed/<name>/zero_to_fp32.py in the checkpoint exports plain fp32 weights.
+The JSON config ("auto" values from the recipe config) is deepspeed_config.py; the checkpoint files
+(ZeRO partitions, the weights_only check, full weights) are deepspeed_files.py. The recipe's calls
+keep their meaning: `rt.backward` runs on the engine the loss reaches, `rt.step(opt)` on the engine
+that owns `opt` every micro-batch (DeepSpeed updates at the accumulation boundary), and every rank
+writes `save_checkpoint` into `step_N/deepspeed/<name>/` beside state.pt. A DeepSpeed checkpoint
+resumes on the same world size only. Comparison with the other engines: docs/launch.md#engines.
 """
 from __future__ import annotations
 

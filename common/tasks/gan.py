@@ -6,15 +6,8 @@ The training step itself stays in each recipe, visible top to bottom:
     D step:  loss_d = d_loss(D(real), D(fake.detach()))   -> rt.backward, rt.step(opt D)
     G step:  with rt.frozen(D) as D_: loss_g = g_loss(D_(fake)) -> rt.backward, rt.step(opt G)
 
-BatchNorm in D under DDP: D sees pure batches, all real or all fake, in both steps (a batch
-that mixes them lets D's BatchNorm statistics tell them apart; in our 32 px DCGAN run the mixed
-batch collapsed towards one kind of garment, FD 91.6, where pure batches reached FD 17.2). The
-two D forwards share one backward: autograd sums both paths into each parameter's gradient
-before DDP's hook fires, so DDP all-reduces D once. D's BatchNorm keeps no running statistics
-(track_running_stats=False: D is never evaluated), so there are no D buffers to broadcast or
-drift apart between ranks. G's running statistics are broadcast from rank 0 before every
-evaluation (sync_buffers), which is what DDP does at G's next forward anyway: evaluation,
-checkpoints and every rank agree without changing the training trajectory.
+D sees pure batches (all real or all fake) and keeps no BatchNorm running statistics; G's are
+broadcast from rank 0 before every evaluation. Why: docs/generative.md#how-the-two-network-step-is-distributed.
 """
 from __future__ import annotations
 

@@ -1,21 +1,10 @@
 """The run directory: created, locked for the run's life, and told apart from another run's.
 
-One run owns an out_dir. Rank 0 takes `out_dir/run.lock`, an exclusive fcntl (POSIX) lock held
-until the process ends, and writes who holds it (host, pid, start time, command) into the file;
-every rank learns the outcome. A second run into the same out_dir stops with exit code 2 naming the
-holder. The kernel (or, on NFS, the lock manager: NLM for v3, the server's state for v4) drops the
-lock when its holder dies, however it dies, so a lock file left behind by a dead run is taken over
-with a log line. That is what this relies on: a file system with working POSIX locks (local
-file systems, NFSv3 with lockd, NFSv4, Lustre mounted with `flock`, GPFS). Where locking is not
-supported the run goes on with a warning and without the lock. A dead host's lock on NFS is
-released when the server's lease runs out (NFSv4: about 90 s); the refusal message says how to
-remove the file if the holder is certainly dead.
-
-Fresh vs continued: starting from scratch (resume=none, or resume=auto with no usable checkpoint)
-where checkpoints of another run exist is refused, because that run's checkpoints would be
-resumed by the next plain rerun and its metrics.jsonl rows dropped. `overwrite=true` moves that
-run's files to out_dir/previous-<time>/ first. Each run has an id, kept in every checkpoint's
-MANIFEST.json and carried on by a resumed run, so pruning deletes only this run's checkpoints.
+Rank 0 takes `out_dir/run.lock`, an exclusive POSIX lock held until the process ends, naming its
+holder; a second run into the out_dir stops with exit 2, and a lock left by a dead run is taken
+over. A fresh start where another run's checkpoints exist is refused unless `overwrite=true`, which
+moves them to out_dir/previous-<time>/. Each run has an id in every checkpoint's MANIFEST.json, so
+pruning deletes only this run's checkpoints. What the lock relies on: docs/reliability.md#one-run-per-out_dir.
 """
 from __future__ import annotations
 
