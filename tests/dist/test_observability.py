@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import metrics, run_recipe
+from support.runs import run_recipe
+
+# dropout off: one process and two ranks then compute the same gradients (tests/dist/test_ddp_equivalence.py)
+
+from support.outputs import metrics
 
 # dropout off: one process and two ranks then compute the same gradients (tests/dist/test_ddp_equivalence.py)
 COMMON = ["model.dropout=0", "train.max_steps=8", "train.log_every_steps=2", "data.synthetic_test=64"]

@@ -6,7 +6,9 @@ import subprocess
 import pytest
 import torch
 
-from helpers import ROOT, final_weights, metrics, recipe_command, run_recipe
+from support.runs import ROOT, recipe_command, run_recipe
+
+from support.outputs import final_weights, metrics
 
 
 def assert_bitwise(a, b):
@@ -41,7 +43,7 @@ def test_killed_run_rerun_with_the_same_command_finishes_identically(tmp_path):
              "data.synthetic_train=2048", "train.eval_every_steps=60"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     run_recipe("mnist_cnn", f"out_dir={ref}", *steps)
-    # The run SIGKILLs itself at step 25 (tests/faulty.py): killed mid-run at a known step, every time.
+    # The run SIGKILLs itself at step 25 (tests/support/faulty.py): killed mid-run at a known step, every time.
     cmd, env = recipe_command("mnist_cnn", f"out_dir={killed}", *steps, fault="kill=0@25")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]

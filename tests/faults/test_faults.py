@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, final_weights, free_port, last_checkpoint_step, recipe_command, run_recipe
+from support.runs import ROOT, FAULTY, free_port, recipe_command, run_recipe
+
+from support.outputs import final_weights, last_checkpoint_step
 
 from common.train.preempt import PREEMPT_CHECK_STEPS
 
@@ -25,7 +27,7 @@ def same(a, b):
 def faulty(recipe, fault, *overrides, nproc=1, timeout=180):
     args = ["--config", str(ROOT / "recipes" / "configs" / f"{recipe}_debug.yaml"), "device=cpu",
             "train.progress=false", *overrides]
-    script = [str(ROOT / "tests" / "faulty.py"), recipe, fault]
+    script = [str(FAULTY), recipe, fault]
     cmd = [sys.executable, *script, *args] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
          *script, *args]
@@ -48,7 +50,7 @@ def reference_1proc(tmp_path_factory):
 
 
 # 1. A worker is SIGKILLed; torchrun --max-restarts=1 restarts the group, which resumes.
-# The faults fire at a known step from inside the run (tests/faulty.py): no polling race with a
+# The faults fire at a known step from inside the run (tests/support/faulty.py): no polling race with a
 # run that might finish before the test gets to kill or signal it.
 def test_killed_worker_group_restarts_and_ends_identical(reference_2proc, tmp_path):
     out = tmp_path / "run"

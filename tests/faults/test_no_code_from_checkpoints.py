@@ -5,16 +5,13 @@ It must stop with exit code 2 naming the file, and the marker must not exist."""
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
-
-from helpers import run_recipe  # noqa: E402
-from launchutil import launch  # noqa: E402
+from support.runs import run_recipe
+from support.launchutil import launch
 
 pytestmark = pytest.mark.slow
 DS = ("engine=deepspeed", "deepspeed_config=launch/deepspeed/zero2.json")

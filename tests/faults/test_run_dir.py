@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from helpers import ROOT, last_checkpoint_step, metrics, recipe_command, run_ranks, run_recipe
+from support.runs import ROOT, recipe_command, run_ranks, run_recipe
+
+from support.outputs import last_checkpoint_step, metrics
 
 pytestmark = pytest.mark.slow
 

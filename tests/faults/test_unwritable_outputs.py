@@ -27,8 +27,8 @@ from common.config import UserError
 from common.entry import run
 from common.train.checkpoint import Checkpointer
 from common.train.log import Grid, Logger
-from helpers import ROOT, load_recipe, recipe_command, run_recipe
-from tmpfs import tmpfs  # noqa: F401 (a fixture)
+from support.runs import ROOT, load_recipe, recipe_command, run_recipe
+from support.tmpfs import tmpfs  # noqa: F401 (a fixture)
 
 MLP = load_recipe("mnist_mlp")
 FAULTS = {"read-only": "read-only file system", "full": "no space left on device",

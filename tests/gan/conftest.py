@@ -1,7 +1,7 @@
 """Shared fixtures for the GAN tests: a tiny judge classifier, trained by our own mnist_cnn recipe."""
 import pytest
 
-from helpers import run_recipe
+from support.runs import run_recipe
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@ reproduced from the checkpoint, and the exported generator is the checkpoint's E
 import torch
 
 from common.formats.export import read_export
-from helpers import metrics, run_recipe
+from support.runs import run_recipe
+from support.outputs import metrics
 
 
 def test_gan_evaluate_reproduces_fd_and_export_writes_the_generator(judge_dir, tmp_path):

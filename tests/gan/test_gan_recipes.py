@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from common.config import flatten
-from helpers import ROOT, assert_finished, final_weights, last_checkpoint_step, metrics, recipe_command, run_recipe
+from support.runs import ROOT, assert_finished, recipe_command, run_recipe
+from support.images import image_tree
+from support.outputs import final_weights, last_checkpoint_step, metrics
 
 RECIPES = ["gan_mnist", "cgan_mnist", "dcgan", "pix2pix"]
 GRID = {"gan_mnist": "fixed_noise", "cgan_mnist": "class_rows", "dcgan": "fixed_noise", "pix2pix": "input_output_target"}
 VAL_KEYS = {"gan_mnist": {"fd"}, "cgan_mnist": {"fd", "label_acc", "real_label_acc"}, "dcgan": {"fd"},
             "pix2pix": {"fd", "l1", "psnr"}}
-DRIVER = Path(__file__).with_name("rank_check.py")
+DRIVER = ROOT / "tests" / "support" / "rank_check.py"
 
 
 def load_checkpoint(out: Path) -> dict:
@@ -25,21 +27,18 @@ def load_checkpoint(out: Path) -> dict:
     return load_file(out / "checkpoints" / f"step_{last_checkpoint_step(out):08d}")
 
 
-def write_images(root: Path, count: int, size: tuple[int, int], pairs: bool = False) -> None:
-    """A small dataset on disk: class sub-folders of PNGs (pairs: side-by-side A|B with A = edges(B))."""
-    from PIL import Image
-
+def smooth(size: tuple[int, int], pairs: bool = False):
+    """Pixels for image_tree: smooth random images (pairs: side-by-side A|B with A = edges(B))."""
     from common.data.gan_data import edges
-    g = torch.Generator().manual_seed(0)
-    for i in range(count):
-        w, h = size
+    g, (w, h) = torch.Generator().manual_seed(0), size
+
+    def pixels(split, i):
         coarse = torch.rand(3, 4, 4, generator=g)
         img = (torch.nn.functional.interpolate(coarse[None], size=(h, w), mode="bilinear")[0] * 255).to(torch.uint8)
         if pairs:
             img = torch.cat([edges(img[None])[0], img], dim=2)
-        folder = root / f"class{i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+        return img.permute(1, 2, 0)
+    return pixels
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -87,8 +86,7 @@ def run_ranks(recipe: str, out: Path, *overrides: str) -> list[dict]:
 def test_ddp_ranks_end_identical(recipe, judge_dir, tmp_path):
     out, extra = tmp_path / "run", []
     if recipe == "pix2pix":  # AB folders from disk, decoded by a spawned worker per rank
-        write_images(tmp_path / "ab" / "train", 48, (32, 32), pairs=True)
-        write_images(tmp_path / "ab" / "val", 10, (32, 32), pairs=True)
+        image_tree(tmp_path / "ab", {"train": 48, "val": 10}, smooth((32, 32), pairs=True))
         extra = ["data.name=folder", f"data.root={tmp_path / 'ab'}", "data.workers=1", "data.augment=true"]
     ranks = run_ranks(recipe, out, f"eval.classifier={judge_dir}", "train.max_steps=8", *extra)
     before, after = ranks[0]["before"], ranks[0]["after"]
@@ -129,8 +127,7 @@ def test_resume_is_exact(recipe, judge_dir, tmp_path):
     """
     common = [f"eval.classifier={judge_dir}", "train.eval_every_steps=8", "train.ckpt_every_steps=8"]
     if recipe == "pix2pix":
-        write_images(tmp_path / "ab" / "train", 48, (32, 32), pairs=True)
-        write_images(tmp_path / "ab" / "val", 10, (32, 32), pairs=True)
+        image_tree(tmp_path / "ab", {"train": 48, "val": 10}, smooth((32, 32), pairs=True))
         common += ["data.name=folder", f"data.root={tmp_path / 'ab'}", "data.workers=1", "data.augment=true"]
     run_recipe(recipe, f"out_dir={tmp_path / 'full'}", *common, "train.max_steps=16")
     run_recipe(recipe, f"out_dir={tmp_path / 'split'}", *common, "train.max_steps=8")
@@ -165,7 +162,7 @@ def test_mixed_precision(recipe, precision, tmp_path):
 
 def test_dcgan_on_an_image_folder(judge_dir, tmp_path):
     """data.name=folder: non-square RGB files, resized and center-cropped to 32 px, 3-channel DCGAN."""
-    write_images(tmp_path / "imgs", 40, (40, 36))
+    image_tree(tmp_path / "imgs", 40, smooth((40, 36)))
     out = tmp_path / "run"
     run_recipe("dcgan", f"out_dir={out}", "data.name=folder", f"data.root={tmp_path / 'imgs'}",
                f"eval.classifier={judge_dir}", "train.max_steps=4", "train.eval_every_steps=4", "eval.samples=40")

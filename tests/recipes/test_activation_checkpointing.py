@@ -5,7 +5,9 @@ the recomputation must not update them a second time (common/models/blocks.py re
 """
 import torch
 
-from helpers import final_weights, run_recipe
+from support.runs import run_recipe
+
+from support.outputs import final_weights
 
 
 def test_activation_checkpointing_changes_no_number(tmp_path):

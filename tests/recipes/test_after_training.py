@@ -12,7 +12,8 @@ import torch
 
 from common.entry import run
 from common.formats.export import read_export
-from helpers import final_weights, load_recipe, metrics, run_recipe
+from support.runs import load_recipe, run_recipe
+from support.outputs import final_weights, metrics
 
 STEPS = 16  # mnist_mlp_debug: checkpoints at 8 and 16
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from common.models.resnet import ResNetConfig, SqueezeExcite
-from helpers import final_weights, load_recipe, metrics, run_recipe
+from support.runs import load_recipe, run_recipe
+from support.outputs import final_weights, metrics
 
 RECIPES = ["mnist_mlp", "mnist_cnn", "resnet_cifar", "senet_cifar", "vgg_cifar", "lenet_cifar"]
 # Every recipe under python; under torchrun the three other CIFAR nets (resnet_cifar's data and loop) are heavy.

@@ -2,7 +2,11 @@
 
 import pytest
 
-from helpers import fashion_tree, metrics, recipe_command, run_ranks, run_recipe
+from support.runs import recipe_command, run_ranks, run_recipe
+
+from support.outputs import metrics
+
+from support.images import fashion_tree
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """A run's whole life on the console: warnings, start banner, end summary, rerun of a finished run."""
-from helpers import run_recipe
+from support.runs import run_recipe
 
 
 def test_debug_run_prints_banner_and_summary_and_a_rerun_says_complete(tmp_path):

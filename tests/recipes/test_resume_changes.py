@@ -12,7 +12,8 @@ from common.config import schema
 from common.entry import run
 from common.formats.checkpoint import load_file
 from common.train.resume import FIXED, NOT_SETTINGS
-from helpers import ROOT, load_recipe, metrics, run_recipe
+from support.runs import ROOT, load_recipe, run_recipe
+from support.outputs import metrics
 
 DEBUG = lambda recipe: ["--config", str(ROOT / "recipes" / "configs" / f"{recipe}_debug.yaml"),  # noqa: E731
                         "device=cpu", "train.progress=false"]

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from helpers import recipe_command, run_recipe
+from support.runs import recipe_command, run_recipe
 
 
 def test_the_largest_seed_trains(tmp_path):

@@ -9,7 +9,8 @@ import torch
 from common.data.datasets import synthetic_tree
 from common.entry import run
 from common.metrics.classify import evaluate_classifier
-from helpers import ROOT, final_weights, load_recipe, metrics
+from support.runs import ROOT, load_recipe
+from support.outputs import final_weights, metrics
 
 CLASSIFIERS = ["mnist_mlp", "resnet_cifar", *(pytest.param(r, marks=pytest.mark.heavy)  # the same path, other nets
                                               for r in ["mnist_cnn", "senet_cifar", "vgg_cifar", "lenet_cifar"])]
@@ -53,7 +54,7 @@ def docs_recipe() -> str:
 
 def test_the_documented_dataset_recipe_shards_and_resumes_bitwise(tmp_path):
     import subprocess
-    from helpers import assert_finished, recipe_command
+    from support.runs import assert_finished, recipe_command
     script = tmp_path / "my_data.py"  # saved outside the repo, as the docs allow
     script.write_text(docs_recipe())
 

@@ -6,7 +6,7 @@ import pytest
 
 from common.config import BaseConfig, ConfigError, apply
 from common.train.checks import warnings
-from helpers import ROOT
+from support.runs import ROOT
 
 
 def cfg(**flat):

@@ -6,7 +6,7 @@ import yaml
 
 from common.config import BaseConfig, ConfigError, apply, schema
 from common.cli import parse_cli
-from helpers import ROOT, load_recipe
+from support.runs import ROOT, load_recipe
 
 
 def test_unknown_key_names_the_closest_valid_key():

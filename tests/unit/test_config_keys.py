@@ -13,11 +13,13 @@ import sys
 import typing
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 
 from common.config import schema
 from common.entry import run as run_recipe_in_process
-from helpers import ROOT, load_recipe
+from support.images import image_tree
+from support.runs import ROOT, load_recipe
 
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
 NOT_READS = {"_asdict_inner", "asdict", "schema", "apply", "to_dict", "dump_yaml", "validate", "_flat"}
@@ -106,7 +108,9 @@ def test_conditional_keys_are_read_under_their_setting(tmp_path):
     """The shared optimizer, engine and data-source code reads each conditional key once its
     setting is on (one run per setting, on the first of these recipes that has the keys; DeepSpeed
     keeps its process group for the life of the process, so it is initialised once here)."""
-    tree = image_tree(tmp_path / "tree")
+    rng = np.random.default_rng(0)
+    tree = image_tree(tmp_path / "tree", {"train": 16, "val": 16},
+                      lambda split, i: rng.integers(0, 255, (28, 28, 3), dtype=np.uint8))
     by_override = {}
     for key, override in CONDITIONAL.items():
         by_override.setdefault(override, []).append(key)
@@ -116,16 +120,3 @@ def test_conditional_keys_are_read_under_their_setting(tmp_path):
         name = next(n for n in ("mnist_mlp", "gan_mnist", "imagenet") if set(wanted) <= set(schema(load_recipe(n).Config)))
         reads, _ = run(name, tmp_path / str(i), *override.format(tree=tree).split())
         assert set(wanted) <= reads, f"{name} with {override}: {sorted(set(wanted) - reads)} still unread"
-
-
-def image_tree(root, n=16):
-    """Tiny PNG files under root/train and root/val (ImageFolder layout, two classes)."""
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for i in range(n):
-            d = root / split / f"c{i % 2}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return root

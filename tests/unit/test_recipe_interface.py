@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from helpers import ROOT, load_recipe
+from support.runs import ROOT, load_recipe
 
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.py"))
 INTERFACE = ("Config", "build_data", "build_state", "train_step", "evaluate", "main")

@@ -14,7 +14,7 @@ from common.formats.checkpoint import verify, writer_dead
 from common.train.checkpoint import Checkpointer, write_checkpoint
 from common.train.meter import NonFiniteGuard
 from common.train.preempt import EXIT_INTERRUPTED, EXIT_PREEMPTED, Preemption
-from helpers import ROOT, recipe_command
+from support.runs import ROOT, recipe_command
 
 HOST = socket.gethostname()
 

@@ -6,7 +6,9 @@ import struct
 
 import pytest
 
-from helpers import metrics, run_recipe
+from support.runs import run_recipe
+
+from support.outputs import metrics
 
 
 def run(tmp_path, backend):
