@@ -23,8 +23,6 @@ from common.config import UserError
 from common.engines.fsdp import read_full_weights
 from common.formats.checkpoint import load_file
 from support.runs import ROOT, free_port, recipe_command, run_recipe
-
-# 768 samples / global batch 48 = 16 steps, one epoch; 48 divides by 1, 2 and 3 processes x grad_accum 2.
 from support.outputs import final_weights, metrics
 
 # 768 samples / global batch 48 = 16 steps, one epoch; 48 divides by 1, 2 and 3 processes x grad_accum 2.

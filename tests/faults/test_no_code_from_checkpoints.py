@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from support.inprocess import run_inprocess
 from support.runs import run_recipe
 from support.launchutil import launch
 
@@ -45,7 +46,7 @@ def newest(out: Path) -> Path:
 
 def test_ddp_state_pt_with_code_is_refused(tmp_path):
     out, marker = tmp_path / "run", tmp_path / "MARKER"
-    run_recipe("mnist_mlp", f"out_dir={out}")
+    run_inprocess("mnist_mlp", f"out_dir={out}")
     plant(newest(out), "state.pt", marker)
     p = run_recipe("mnist_mlp", f"out_dir={out}", "train.max_steps=20", check=False)
     assert p.returncode == 2, p.stderr[-3000:]

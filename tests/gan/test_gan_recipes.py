@@ -13,6 +13,7 @@ import torch
 from common.config import flatten
 from support.runs import ROOT, assert_finished, recipe_command, run_recipe
 from support.images import image_tree
+from support.inprocess import run_inprocess
 from support.outputs import final_weights, last_checkpoint_step, metrics
 
 RECIPES = ["gan_mnist", "cgan_mnist", "dcgan", "pix2pix"]
@@ -44,7 +45,7 @@ def smooth(size: tuple[int, int], pairs: bool = False):
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_debug_config_trains_under_python(recipe, judge_dir, tmp_path):
     out = tmp_path / "run"
-    run_recipe(recipe, f"out_dir={out}", f"eval.classifier={judge_dir}")
+    run_inprocess(recipe, f"out_dir={out}", f"eval.classifier={judge_dir}")
     rows = metrics(out)
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
@@ -109,7 +110,7 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path):
     """
     common = ["model.d_input_dropout=0", "model.d_dropout=0", "optim.name=sgd", "optim.lr=0.05",
               "train.max_steps=8", "train.eval_every_steps=0"]
-    run_recipe("gan_mnist", f"out_dir={tmp_path / 'one'}", *common, nproc=1)
+    run_inprocess("gan_mnist", f"out_dir={tmp_path / 'one'}", *common)
     run_recipe("gan_mnist", f"out_dir={tmp_path / 'two'}", *common, nproc=2)
     for net in ("G", "D"):
         one, two = final_weights(tmp_path / "one", net), final_weights(tmp_path / "two", net)
@@ -129,9 +130,9 @@ def test_resume_is_exact(recipe, judge_dir, tmp_path):
     if recipe == "pix2pix":
         image_tree(tmp_path / "ab", {"train": 48, "val": 10}, smooth((32, 32), pairs=True))
         common += ["data.name=folder", f"data.root={tmp_path / 'ab'}", "data.workers=1", "data.augment=true"]
-    run_recipe(recipe, f"out_dir={tmp_path / 'full'}", *common, "train.max_steps=16")
-    run_recipe(recipe, f"out_dir={tmp_path / 'split'}", *common, "train.max_steps=8")
-    proc = run_recipe(recipe, f"out_dir={tmp_path / 'split'}", *common, "train.max_steps=16")
+    run_inprocess(recipe, f"out_dir={tmp_path / 'full'}", *common, "train.max_steps=16")
+    run_inprocess(recipe, f"out_dir={tmp_path / 'split'}", *common, "train.max_steps=8")
+    proc = run_inprocess(recipe, f"out_dir={tmp_path / 'split'}", *common, "train.max_steps=16")
     assert "resumed from" in proc.stdout and "step 8" in proc.stdout, proc.stdout[-2000:]
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 16
@@ -152,7 +153,7 @@ def test_resume_is_exact(recipe, judge_dir, tmp_path):
 def test_mixed_precision(recipe, precision, tmp_path):
     """Both losses through autocast with BCE-with-logits; fp16 shares one GradScaler between G and D."""
     out = tmp_path / "run"
-    run_recipe(recipe, f"out_dir={out}", f"precision={precision}", "train.max_steps=8", "train.eval_every_steps=8")
+    run_inprocess(recipe, f"out_dir={out}", f"precision={precision}", "train.max_steps=8", "train.eval_every_steps=8")
     train = [r for r in metrics(out) if r["split"] == "train"]
     assert train and all(math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in train)
     scaler = load_checkpoint(out)["engine"]["scaler"]
@@ -164,7 +165,7 @@ def test_dcgan_on_an_image_folder(judge_dir, tmp_path):
     """data.name=folder: non-square RGB files, resized and center-cropped to 32 px, 3-channel DCGAN."""
     image_tree(tmp_path / "imgs", 40, smooth((40, 36)))
     out = tmp_path / "run"
-    run_recipe("dcgan", f"out_dir={out}", "data.name=folder", f"data.root={tmp_path / 'imgs'}",
+    run_inprocess("dcgan", f"out_dir={out}", "data.name=folder", f"data.root={tmp_path / 'imgs'}",
                f"eval.classifier={judge_dir}", "train.max_steps=4", "train.eval_every_steps=4", "eval.samples=40")
     val = [r for r in metrics(out) if r["split"] == "val"]
     assert val and math.isfinite(val[-1]["fd"])

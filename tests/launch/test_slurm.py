@@ -11,7 +11,6 @@ import time
 import pytest
 
 from support.runs import ROOT, FAULTY, free_port
-
 from support.outputs import final_weights, metrics
 from support.launchutil import (assert_job_ok, launch, max_abs_diff, recipe_args, sbatch, slurm_env, state, wait_job,
                         deepspeed_weights)

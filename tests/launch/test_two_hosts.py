@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from support.runs import ROOT
-
 from support.outputs import final_weights, metrics
 from support.launchutil import (assert_job_ok, clean_env, deepspeed_weights, max_abs_diff, recipe_args, sbatch, state,
                         wait_job)

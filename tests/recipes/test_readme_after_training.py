@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 from support.runs import ROOT
-
 from support.outputs import metrics
 
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)

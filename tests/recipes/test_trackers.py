@@ -7,7 +7,6 @@ import struct
 import pytest
 
 from support.runs import run_recipe
-
 from support.outputs import metrics
 
 

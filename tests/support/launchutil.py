@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from support.runs import ROOT, free_port
-
 from support.outputs import metrics
 
 CPU_ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",

@@ -44,7 +44,7 @@ def run_recipe(recipe: str, *overrides: str, nproc: int = 1, config: str | None 
     cmd, full_env = recipe_command(recipe, *overrides, nproc=nproc, config=config, env=env)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
     if check:
-        assert_finished(proc, _out_dir(overrides))
+        assert_finished(proc, out_dir_of(overrides))
     return proc
 
 
@@ -67,7 +67,7 @@ def run_ranks(cmd: list[str], env: dict, timeout: int = 600) -> tuple[list[int],
                                         "".join(o for o, _ in outs), "".join(e for _, e in outs)))
 
 
-def _out_dir(overrides) -> Path | None:
+def out_dir_of(overrides) -> Path | None:
     for o in overrides:
         if o.startswith("out_dir="):
             return Path(o.split("=", 1)[1])
