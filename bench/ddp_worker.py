@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import time
 import traceback
 from itertools import cycle
@@ -33,11 +32,10 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+try:
+    from bench.harness import free_port
+except ImportError:  # run as a script: bench/ is sys.path[0]
+    from harness import free_port
 
 
 def launch(world: int, cases: list[dict], arms: list[str], alone_blocks: int, threads: int, out_dir: Path,

@@ -16,23 +16,21 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+try:
+    from bench.harness import free_port
+except ImportError:  # run as a script: bench/ is sys.path[0]
+    from harness import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 ABORT = "terminate called"
 # Small and quick: 8 steps, one eval and one checkpoint, so each run exercises the whole exit path.
 TRAIN = ("train.max_steps=8", "train.eval_every_steps=8", "train.ckpt_every_steps=8", "train.log_every_steps=4")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

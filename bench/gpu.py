@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import shutil
 import tempfile
 import time
@@ -49,6 +48,7 @@ except ImportError:
     from loop_overhead import bare_setup, epochs
 
 from common.train.runtime import runtime
+from common.train.log import read_metrics
 from common.train.loop import fit
 
 RECIPE = "resnet_cifar"
@@ -118,7 +118,7 @@ class Bench:
             fit(cfg, state, rt, self.loaders, timed_step, mod.task.evaluate, RECIPE)
         if self.compile_s is None and cfg.train.compile:
             self.compile_s = stamps[1] - t0  # the first step compiles forward and backward
-        rows = [json.loads(line) for line in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(cfg.out_dir)
         first_log = cfg.train.log_every_steps
         self.data_wait += [r["data_wait_pct"] for r in rows if r["split"] == "train" and r["step"] > first_log]
         shutil.rmtree(cfg.out_dir, ignore_errors=True)

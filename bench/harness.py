@@ -13,6 +13,7 @@ import io
 import json
 import os
 import platform
+import socket
 import statistics
 import sys
 import time
@@ -31,7 +32,7 @@ if str(ROOT) not in sys.path:
 def load_recipe(name: str):
     """Import recipes/<name>.py as a module (recipes are scripts, not a package), once per process.
 
-    The benchmarks' only copy (tests/helpers.py keeps its own, which loads a fresh module each
+    The benchmarks' only copy (tests/support/runs.py keeps its own, which loads a fresh module each
     time). Benchmarks use only the recipe's `task`, the contract common.entry.Task (Config, build_data,
     build_models, build_state, train_step, evaluate, exported)."""
     key = f"dtrain_recipe_{name}"
@@ -66,6 +67,13 @@ def quiet():
     except BaseException:
         sys.stdout.write(buf.getvalue()[-4000:])
         raise
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a rendezvous (the tests' launchers use it too)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def sync(device) -> None:

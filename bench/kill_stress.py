@@ -33,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.exit_stress import free_port  # noqa: E402
+from bench.harness import free_port  # noqa: E402
 from common.engines.fsdp import read_full_weights  # noqa: E402
 from common.formats.checkpoint import load_file  # noqa: E402
 

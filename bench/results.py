@@ -21,6 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common.train.log import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = ["data.name=fashion_mnist"]
 PADDED = [*FMNIST, "data.pad_to=32"]
@@ -62,8 +64,7 @@ def run_one(name: str, gpu: bool, data_root: str | None, out_root: Path) -> dict
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.time() - t0
-    rows = [json.loads(line) for line in (out_root / name / "metrics.jsonl").read_text().splitlines()] \
-        if (out_root / name / "metrics.jsonl").exists() else []
+    rows = read_metrics(out_root / name)
     val = [r for r in rows if r["split"] == "val"]
     shown = " ".join(a for a in args if not a.startswith(("out_dir=", "resume=", "train.progress", "data.root=")))
     return {"name": name, "recipe": recipe, "rc": proc.returncode, "acc1": val[-1]["acc1"] if val else None,

@@ -1,9 +1,5 @@
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Fixtures backed by one machine-wide resource (the SLURM daemons on fixed ports, the simulated
 # hosts' namespaces and subnets): under pytest-xdist every test using one runs on the same worker.

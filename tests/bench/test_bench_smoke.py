@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from helpers import ROOT
+from support.runs import ROOT
 
 EXPECTED = {
     "loop_overhead": ["loop_overhead/mnist_mlp_b128", "loop_overhead/resnet18_b32"],

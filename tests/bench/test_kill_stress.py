@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT
+from support.runs import ROOT
 
 
 @pytest.mark.heavy

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from helpers import final_weights, metrics, run_recipe
+from support.inprocess import run_inprocess
+from support.runs import run_recipe
+from support.outputs import final_weights, metrics
 
 # Gloo sums gradients in a different order than one process computes a batch mean:
 # equal up to float32 rounding, so compare with a tolerance a few ulps wide after 8 steps.
@@ -30,7 +32,7 @@ CASES = {
 @pytest.mark.parametrize("recipe", list(CASES))
 def test_two_ranks_match_one_process_with_the_same_global_batch(recipe, tmp_path):
     common = [*CASES[recipe], "data.synthetic_test=255", "train.eval_every_steps=0"]
-    run_recipe(recipe, f"out_dir={tmp_path / 'one'}", *common, nproc=1)
+    run_inprocess(recipe, f"out_dir={tmp_path / 'one'}", *common)
     run_recipe(recipe, f"out_dir={tmp_path / 'two'}", *common, nproc=2)
     assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"))
     # Eval over 255 samples on 2 ranks (128 + 127): same loss as one process (the recipe also
@@ -46,7 +48,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(recipe, tmp_path
 def test_plain_ddp_batchnorm_differs_without_sync_bn(tmp_path):
     """The control: per-rank BatchNorm statistics make the weights differ, so the check can fail."""
     common = ["train.max_steps=6"]
-    run_recipe("resnet_cifar", f"out_dir={tmp_path / 'one'}", *common, nproc=1)
+    run_inprocess("resnet_cifar", f"out_dir={tmp_path / 'one'}", *common)
     run_recipe("resnet_cifar", f"out_dir={tmp_path / 'two'}", *common, nproc=2)
     with pytest.raises(AssertionError):
         assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"))

@@ -22,7 +22,8 @@ import torch
 from common.config import UserError
 from common.engines.fsdp import read_full_weights
 from common.formats.checkpoint import load_file
-from helpers import ROOT, final_weights, free_port, metrics, recipe_command, run_recipe
+from support.runs import ROOT, free_port, recipe_command, run_recipe
+from support.outputs import final_weights, metrics
 
 # 768 samples / global batch 48 = 16 steps, one epoch; 48 divides by 1, 2 and 3 processes x grad_accum 2.
 # No dropout: its per-rank random streams restart when the world size changes (the run warns).
@@ -60,9 +61,9 @@ def runs(tmp_path_factory):
 
 def worker(*args, nproc):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           str(free_port()), str(ROOT / "tests" / "dist" / "fsdp_worker.py"), *args]
+           str(free_port()), str(ROOT / "tests" / "support" / "fsdp_worker.py"), *args]
     env = recipe_command("mnist_mlp")[1]
-    env["PYTHONPATH"] = f"{ROOT / 'tests'}:{env.get('PYTHONPATH', '')}"
+    env["PYTHONPATH"] = f"{ROOT}:{ROOT / 'tests'}:{env.get('PYTHONPATH', '')}"  # support.runs, which imports bench
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("fsdp_worker: "))[13:])

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import metrics, run_recipe
+from support.inprocess import run_inprocess
+from support.runs import run_recipe
+from support.outputs import metrics
 
 # dropout off: one process and two ranks then compute the same gradients (tests/dist/test_ddp_equivalence.py)
 COMMON = ["model.dropout=0", "train.max_steps=8", "train.log_every_steps=2", "data.synthetic_test=64"]
@@ -18,7 +20,7 @@ PROFILED = (3, 2)  # train.profile_start, train.profile_steps
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("obs")
-    run_recipe("mnist_mlp", f"out_dir={tmp / 'one'}", *COMMON, nproc=1)
+    run_inprocess("mnist_mlp", f"out_dir={tmp / 'one'}", *COMMON)
     run_recipe("mnist_mlp", f"out_dir={tmp / 'two'}", *COMMON, "train.grad_accum=2",
                f"train.profile_start={PROFILED[0]}", f"train.profile_steps={PROFILED[1]}", nproc=2)
     return tmp / "one", tmp / "two"

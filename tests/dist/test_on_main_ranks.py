@@ -4,7 +4,7 @@ import os
 
 import torch.multiprocessing as mp
 
-from helpers import free_port
+from support.runs import free_port
 
 
 def _worker(rank, port, out):

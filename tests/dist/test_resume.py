@@ -6,7 +6,9 @@ import subprocess
 import pytest
 import torch
 
-from helpers import ROOT, final_weights, metrics, recipe_command, run_recipe
+from support.inprocess import run_inprocess
+from support.runs import ROOT, recipe_command, run_recipe
+from support.outputs import final_weights, metrics
 
 
 def assert_bitwise(a, b):
@@ -21,11 +23,13 @@ def test_resume_mid_epoch_is_bitwise_identical(recipe, nproc, tmp_path):
     steps = ["train.max_steps=20", "train.ckpt_every_steps=6", "ckpt.keep_last=10",
              "data.synthetic_train=512"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run_recipe(recipe, f"out_dir={full}", *steps, nproc=nproc)
+    def run(*args):  # one process: the same run in this one
+        return run_recipe(*args, nproc=nproc) if nproc > 1 else run_inprocess(*args)
+    run(recipe, f"out_dir={full}", *steps)
     # The resumed run starts from the full run's mid-epoch checkpoint and nothing else.
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(full / "checkpoints" / "step_00000006", resumed / "checkpoints" / "step_00000006")
-    proc = run_recipe(recipe, f"out_dir={resumed}", *steps, nproc=nproc)
+    proc = run(recipe, f"out_dir={resumed}", *steps)
     assert "resumed from" in proc.stdout and "step 6, epoch 0, batch 6" in proc.stdout
     assert_bitwise(final_weights(full), final_weights(resumed))
     # Logged curves continue: the resumed run logs only steps after 6, with the same values.
@@ -40,13 +44,13 @@ def test_killed_run_rerun_with_the_same_command_finishes_identically(tmp_path):
     steps = ["train.max_steps=120", "train.ckpt_every_steps=10", "train.log_every_steps=10",
              "data.synthetic_train=2048", "train.eval_every_steps=60"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    run_recipe("mnist_cnn", f"out_dir={ref}", *steps)
-    # The run SIGKILLs itself at step 25 (tests/faulty.py): killed mid-run at a known step, every time.
+    run_inprocess("mnist_cnn", f"out_dir={ref}", *steps)
+    # The run SIGKILLs itself at step 25 (tests/support/faulty.py): killed mid-run at a known step, every time.
     cmd, env = recipe_command("mnist_cnn", f"out_dir={killed}", *steps, fault="kill=0@25")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     newest = max(int(p.name[5:]) for p in (killed / "checkpoints").glob("step_*"))
     assert newest == 20
-    again = run_recipe("mnist_cnn", f"out_dir={killed}", *steps)
+    again = run_inprocess("mnist_cnn", f"out_dir={killed}", *steps)
     assert f"step {newest}," in again.stdout
     assert_bitwise(final_weights(ref), final_weights(killed))

@@ -21,7 +21,7 @@ import torchvision
 
 from common.data.datasets import synthetic_tree
 from common.entry import run
-from helpers import ROOT, load_recipe, recipe_command, run_recipe
+from support.runs import ROOT, load_recipe, recipe_command, run_recipe
 
 MLP, IMAGENET = "mnist_mlp", "imagenet"
 HUB_MODEL = "squeezenet1_1"  # the smallest torchvision classifier with ImageNet weights

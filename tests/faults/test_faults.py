@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, final_weights, free_port, last_checkpoint_step, recipe_command, run_recipe
+from support.inprocess import run_inprocess
+from support.runs import ROOT, FAULTY, free_port, recipe_command, run_recipe
+from support.outputs import final_weights, last_checkpoint_step
 
 from common.train.preempt import PREEMPT_CHECK_STEPS
 
@@ -25,7 +27,7 @@ def same(a, b):
 def faulty(recipe, fault, *overrides, nproc=1, timeout=180):
     args = ["--config", str(ROOT / "recipes" / "configs" / f"{recipe}_debug.yaml"), "device=cpu",
             "train.progress=false", *overrides]
-    script = [str(ROOT / "tests" / "faulty.py"), recipe, fault]
+    script = [str(FAULTY), recipe, fault]
     cmd = [sys.executable, *script, *args] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
          *script, *args]
@@ -43,12 +45,12 @@ def reference_2proc(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference_1proc(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref1")
-    run_recipe("mnist_cnn", f"out_dir={out}", *LONG)
+    run_inprocess("mnist_cnn", f"out_dir={out}", *LONG)
     return out
 
 
 # 1. A worker is SIGKILLed; torchrun --max-restarts=1 restarts the group, which resumes.
-# The faults fire at a known step from inside the run (tests/faulty.py): no polling race with a
+# The faults fire at a known step from inside the run (tests/support/faulty.py): no polling race with a
 # run that might finish before the test gets to kill or signal it.
 def test_killed_worker_group_restarts_and_ends_identical(reference_2proc, tmp_path):
     out = tmp_path / "run"
@@ -78,7 +80,7 @@ def test_preemption_signal_checkpoints_exits_75_and_resumes_identical(sig, refer
     assert proc.returncode == EXIT_PREEMPTED, log[-3000:]
     # one process acts at the boundary of the step that got the signal
     assert last_checkpoint_step(out) == 15 and "preempted: checkpoint at step 15" in log, log[-3000:]
-    run_recipe("mnist_cnn", f"out_dir={out}", *LONG)
+    run_inprocess("mnist_cnn", f"out_dir={out}", *LONG)
     assert same(final_weights(reference_1proc), final_weights(out))
 
 
@@ -107,7 +109,7 @@ def test_corrupt_newest_checkpoint_falls_back(reference_1proc, tmp_path):
             shutil.rmtree(p)
     f = out / "checkpoints" / "step_00000040" / "state.pt"
     f.write_bytes(f.read_bytes()[:1000])  # truncated
-    proc = run_recipe("mnist_cnn", f"out_dir={out}", *LONG)
+    proc = run_inprocess("mnist_cnn", f"out_dir={out}", *LONG)
     assert "skipping checkpoint" in proc.stderr and "step_00000040" in proc.stderr
     assert "resumed from" in proc.stdout and "step_00000030" in proc.stdout
     assert same(final_weights(reference_1proc), final_weights(out))
@@ -165,7 +167,7 @@ def test_resume_with_fewer_processes_continues_the_same_global_batch(tmp_path):
     run_recipe("mnist_mlp", f"out_dir={ref}", *common, nproc=2)
     (out / "checkpoints").mkdir(parents=True)
     shutil.copytree(ref / "checkpoints" / "step_00000006", out / "checkpoints" / "step_00000006")
-    p = run_recipe("mnist_mlp", f"out_dir={out}", *common, nproc=1)
+    p = run_inprocess("mnist_mlp", f"out_dir={out}", *common)
     assert "written with 2 processes, this run has 1" in p.stdout and "step 6, epoch 0, batch 6" in p.stdout
     a, b = final_weights(ref), final_weights(out)
     for k in a:  # same samples in the same global batches; only the float summation order differs

@@ -5,16 +5,14 @@ It must stop with exit code 2 naming the file, and the marker must not exist."""
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
-
-from helpers import run_recipe  # noqa: E402
-from launchutil import launch  # noqa: E402
+from support.inprocess import run_inprocess
+from support.runs import run_recipe
+from support.launchutil import launch
 
 pytestmark = pytest.mark.slow
 DS = ("engine=deepspeed", "deepspeed_config=launch/deepspeed/zero2.json")
@@ -48,7 +46,7 @@ def newest(out: Path) -> Path:
 
 def test_ddp_state_pt_with_code_is_refused(tmp_path):
     out, marker = tmp_path / "run", tmp_path / "MARKER"
-    run_recipe("mnist_mlp", f"out_dir={out}")
+    run_inprocess("mnist_mlp", f"out_dir={out}")
     plant(newest(out), "state.pt", marker)
     p = run_recipe("mnist_mlp", f"out_dir={out}", "train.max_steps=20", check=False)
     assert p.returncode == 2, p.stderr[-3000:]

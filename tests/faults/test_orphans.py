@@ -1,7 +1,7 @@
 """A launcher SIGKILLed while its workers start up: every worker exits within seconds with the orphan's
 code 75 and one line saying so, under torchrun, accelerate launch, deepspeed and an srun-like parent.
 
-The workers are held in a phase by tests/faulty.py (hold=...) and print when they are there, so the
+The workers are held in a phase by tests/support/faulty.py (hold=...) and print when they are there, so the
 launcher dies in that phase every time. This test process adopts the orphans (a child subreaper) to
 wait for them and read their exit codes.
 """
@@ -18,12 +18,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from bench.kill_stress import descendants, exit_codes  # noqa: E402
-from helpers import ROOT, free_port, recipe_command  # noqa: E402
-from launchutil import clean_env, command, recipe_args  # noqa: E402
+from bench.kill_stress import descendants, exit_codes
+from support.runs import ROOT, FAULTY, free_port, recipe_command
+from support.launchutil import clean_env, command, recipe_args
 
 PR_SET_CHILD_SUBREAPER = 36
 EXIT_PREEMPTED = 75
@@ -48,7 +45,7 @@ def wait_for_lines(log: Path, needle: str, count: int, proc: subprocess.Popen, t
 
 
 def workers_of(pid: int) -> list[int]:
-    """The recipe processes under a launcher: `python [-options] tests/faulty.py ...` (not mpirun or
+    """The recipe processes under a launcher: `python [-options] tests/support/faulty.py ...` (not mpirun or
     deepspeed's launcher, which name it further on)."""
     found = []
     for p in descendants(pid):
@@ -71,7 +68,7 @@ def reap(pids: list[int]) -> dict[int, int | str]:
 
 
 def kill_in_phase(tmp_path, cmd: list[str], env: dict, needle: str) -> tuple[dict, dict, str]:
-    """Start cmd (a launcher of 2 workers of tests/faulty.py with hold=...), wait until both workers say
+    """Start cmd (a launcher of 2 workers of tests/support/faulty.py with hold=...), wait until both workers say
     (`needle`) that they are in the phase, SIGKILL the launcher, and return the workers' exit codes, those
     of the launcher's helpers that lived on (exit_codes), and the output."""
     log = tmp_path / "log"
@@ -98,10 +95,10 @@ def kill_in_phase(tmp_path, cmd: list[str], env: dict, needle: str) -> tuple[dic
 
 
 def faulty(hold: str, out_dir: Path) -> tuple[list[str], dict]:
-    """tests/faulty.py with its recipe arguments, and an environment naming the fault (deepspeed puts
+    """tests/support/faulty.py with its recipe arguments, and an environment naming the fault (deepspeed puts
     --local_rank ahead of the script's arguments)."""
     args = recipe_args("mnist_mlp", out_dir)
-    return [str(ROOT / "tests" / "faulty.py"), *args[1:]], clean_env({"DTRAIN_FAULT": f"mnist_mlp hold={hold}",
+    return [str(FAULTY), *args[1:]], clean_env({"DTRAIN_FAULT": f"mnist_mlp hold={hold}",
                                                                      "DS_ACCELERATOR": "cpu"})
 
 

@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from helpers import ROOT, last_checkpoint_step, metrics, recipe_command, run_ranks, run_recipe
+from support.inprocess import run_inprocess
+from support.runs import ROOT, recipe_command, run_ranks, run_recipe
+from support.outputs import last_checkpoint_step, metrics
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +50,7 @@ def test_a_second_run_into_a_used_out_dir_is_refused_naming_the_holder(tmp_path)
     finally:
         first.kill()
     assert last_checkpoint_step(out) == 5
-    done = run_recipe("mnist_mlp", f"out_dir={out}")  # the lock was released: the same command resumes
+    done = run_inprocess("mnist_mlp", f"out_dir={out}")  # the lock was released: the same command resumes
     assert "resumed from" in done.stdout and not (out / "run.lock").exists()
 
 
@@ -59,7 +61,7 @@ def test_a_stale_lock_is_taken_over_with_a_log_line(tmp_path):
     dead.wait()
     (out / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
                                               "started": "yesterday", "command": "python old.py"}))
-    p = run_recipe("mnist_mlp", f"out_dir={out}")
+    p = run_inprocess("mnist_mlp", f"out_dir={out}")
     assert f"took over run.lock of a run that is no longer running (pid {dead.pid} on host" in p.stdout, p.stdout[-2000:]
 
 
@@ -77,7 +79,7 @@ def test_a_lock_held_on_another_host_says_how_to_remove_it(tmp_path):
 
 def test_a_fresh_run_over_another_runs_checkpoints_is_refused_and_overwrite_moves_it_aside(tmp_path):
     out = tmp_path / "run"
-    run_recipe("mnist_mlp", f"out_dir={out}")
+    run_inprocess("mnist_mlp", f"out_dir={out}")
     old_rows = metrics(out)
     before = snapshot(out)
     p = run_recipe("mnist_mlp", f"out_dir={out}", "resume=none", check=False)
@@ -85,7 +87,7 @@ def test_a_fresh_run_over_another_runs_checkpoints_is_refused_and_overwrite_move
     for choice in ("resume=auto", "another out_dir", "overwrite=true"):
         assert choice in p.stderr, p.stderr
     assert snapshot(out) == before
-    p = run_recipe("mnist_mlp", f"out_dir={out}", "resume=none", "overwrite=true", "train.max_steps=8")
+    p = run_inprocess("mnist_mlp", f"out_dir={out}", "resume=none", "overwrite=true", "train.max_steps=8")
     (aside,) = out.glob("previous-*")
     assert metrics(aside) == old_rows and last_checkpoint_step(aside) == 16  # the old run, whole
     assert last_checkpoint_step(out) == 8 and max(r["step"] for r in metrics(out)) == 8

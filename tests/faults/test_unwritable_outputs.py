@@ -27,8 +27,9 @@ from common.config import UserError
 from common.entry import run
 from common.train.checkpoint import Checkpointer
 from common.train.log import Grid, Logger
-from helpers import ROOT, load_recipe, recipe_command, run_recipe
-from tmpfs import tmpfs  # noqa: F401 (a fixture)
+from support.inprocess import run_inprocess
+from support.runs import ROOT, load_recipe, recipe_command
+from support.tmpfs import tmpfs  # noqa: F401 (a fixture)
 
 MLP = load_recipe("mnist_mlp")
 FAULTS = {"read-only": "read-only file system", "full": "no space left on device",
@@ -39,7 +40,7 @@ FAULTS = {"read-only": "read-only file system", "full": "no space left on device
 def trained(tmp_path_factory):
     """A finished mnist_mlp debug run (one checkpoint, step 4)."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    run_recipe("mnist_mlp", f"out_dir={out}", "train.max_steps=4")
+    run_inprocess("mnist_mlp", f"out_dir={out}", "train.max_steps=4")
     return out
 
 

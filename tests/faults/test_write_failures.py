@@ -1,5 +1,5 @@
 """A file system that fills up or turns read-only under a real run, on 1 and 2 processes: a small real
-tmpfs as out_dir (tests/tmpfs.py, needs root). Every rank exits 2 with one message naming the newest
+tmpfs as out_dir (tests/support/tmpfs.py, needs root). Every rank exits 2 with one message naming the newest
 intact checkpoint; after freeing space the same command resumes from it and finishes."""
 import os
 import shutil
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from helpers import ROOT, recipe_command, run_ranks, run_recipe
-from tmpfs import quota_fs, tmpfs  # noqa: F401 (fixtures)
+from support.runs import ROOT, recipe_command, run_ranks, run_recipe
+from support.tmpfs import quota_fs, tmpfs  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 # mnist_mlp: a checkpoint is about 15 MB (weights + momentum). With 40 MB the checkpoints of steps 4

@@ -11,13 +11,16 @@ import pytest
 import torch
 
 from common.config import flatten
-from helpers import ROOT, assert_finished, final_weights, last_checkpoint_step, metrics, recipe_command, run_recipe
+from support.runs import ROOT, assert_finished, recipe_command, run_recipe
+from support.images import image_tree
+from support.inprocess import run_inprocess
+from support.outputs import final_weights, last_checkpoint_step, metrics
 
 RECIPES = ["gan_mnist", "cgan_mnist", "dcgan", "pix2pix"]
 GRID = {"gan_mnist": "fixed_noise", "cgan_mnist": "class_rows", "dcgan": "fixed_noise", "pix2pix": "input_output_target"}
 VAL_KEYS = {"gan_mnist": {"fd"}, "cgan_mnist": {"fd", "label_acc", "real_label_acc"}, "dcgan": {"fd"},
             "pix2pix": {"fd", "l1", "psnr"}}
-DRIVER = Path(__file__).with_name("rank_check.py")
+DRIVER = ROOT / "tests" / "support" / "rank_check.py"
 
 
 def load_checkpoint(out: Path) -> dict:
@@ -25,27 +28,24 @@ def load_checkpoint(out: Path) -> dict:
     return load_file(out / "checkpoints" / f"step_{last_checkpoint_step(out):08d}")
 
 
-def write_images(root: Path, count: int, size: tuple[int, int], pairs: bool = False) -> None:
-    """A small dataset on disk: class sub-folders of PNGs (pairs: side-by-side A|B with A = edges(B))."""
-    from PIL import Image
-
+def smooth(size: tuple[int, int], pairs: bool = False):
+    """Pixels for image_tree: smooth random images (pairs: side-by-side A|B with A = edges(B))."""
     from common.data.gan_data import edges
-    g = torch.Generator().manual_seed(0)
-    for i in range(count):
-        w, h = size
+    g, (w, h) = torch.Generator().manual_seed(0), size
+
+    def pixels(split, i):
         coarse = torch.rand(3, 4, 4, generator=g)
         img = (torch.nn.functional.interpolate(coarse[None], size=(h, w), mode="bilinear")[0] * 255).to(torch.uint8)
         if pairs:
             img = torch.cat([edges(img[None])[0], img], dim=2)
-        folder = root / f"class{i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+        return img.permute(1, 2, 0)
+    return pixels
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_debug_config_trains_under_python(recipe, judge_dir, tmp_path):
     out = tmp_path / "run"
-    proc = run_recipe(recipe, f"out_dir={out}", f"eval.classifier={judge_dir}")
+    proc = run_inprocess(recipe, f"out_dir={out}", f"eval.classifier={judge_dir}")
     rows = metrics(out)
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
@@ -94,8 +94,7 @@ def run_ranks(recipe: str, out: Path, *overrides: str) -> list[dict]:
 def test_ddp_ranks_end_identical(recipe, judge_dir, tmp_path):
     out, extra = tmp_path / "run", []
     if recipe == "pix2pix":  # AB folders from disk, decoded by a spawned worker per rank
-        write_images(tmp_path / "ab" / "train", 48, (32, 32), pairs=True)
-        write_images(tmp_path / "ab" / "val", 10, (32, 32), pairs=True)
+        image_tree(tmp_path / "ab", {"train": 48, "val": 10}, smooth((32, 32), pairs=True))
         extra = ["data.name=folder", f"data.root={tmp_path / 'ab'}", "data.workers=1", "data.augment=true"]
     ranks = run_ranks(recipe, out, f"eval.classifier={judge_dir}", "train.max_steps=8", *extra)
     before, after = ranks[0]["before"], ranks[0]["after"]
@@ -118,7 +117,7 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(tmp_path):
     """
     common = ["model.d_input_dropout=0", "model.d_dropout=0", "optim.name=sgd", "optim.lr=0.05",
               "train.max_steps=8", "train.eval_every_steps=0"]
-    run_recipe("gan_mnist", f"out_dir={tmp_path / 'one'}", *common, nproc=1)
+    run_inprocess("gan_mnist", f"out_dir={tmp_path / 'one'}", *common)
     run_recipe("gan_mnist", f"out_dir={tmp_path / 'two'}", *common, nproc=2)
     for net in ("G", "D"):
         one, two = final_weights(tmp_path / "one", net), final_weights(tmp_path / "two", net)
@@ -136,12 +135,11 @@ def test_resume_is_exact(recipe, judge_dir, tmp_path):
     """
     common = [f"eval.classifier={judge_dir}", "train.eval_every_steps=8", "train.ckpt_every_steps=8"]
     if recipe == "pix2pix":
-        write_images(tmp_path / "ab" / "train", 48, (32, 32), pairs=True)
-        write_images(tmp_path / "ab" / "val", 10, (32, 32), pairs=True)
+        image_tree(tmp_path / "ab", {"train": 48, "val": 10}, smooth((32, 32), pairs=True))
         common += ["data.name=folder", f"data.root={tmp_path / 'ab'}", "data.workers=1", "data.augment=true"]
-    run_recipe(recipe, f"out_dir={tmp_path / 'full'}", *common, "train.max_steps=16")
-    run_recipe(recipe, f"out_dir={tmp_path / 'split'}", *common, "train.max_steps=8")
-    proc = run_recipe(recipe, f"out_dir={tmp_path / 'split'}", *common, "train.max_steps=16")
+    run_inprocess(recipe, f"out_dir={tmp_path / 'full'}", *common, "train.max_steps=16")
+    run_inprocess(recipe, f"out_dir={tmp_path / 'split'}", *common, "train.max_steps=8")
+    proc = run_inprocess(recipe, f"out_dir={tmp_path / 'split'}", *common, "train.max_steps=16")
     assert "resumed from" in proc.stdout and "step 8" in proc.stdout, proc.stdout[-2000:]
     a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
     assert a["step"] == b["step"] == 16
@@ -162,7 +160,7 @@ def test_resume_is_exact(recipe, judge_dir, tmp_path):
 def test_mixed_precision(recipe, precision, tmp_path):
     """Both losses through autocast with BCE-with-logits; fp16 shares one GradScaler between G and D."""
     out = tmp_path / "run"
-    run_recipe(recipe, f"out_dir={out}", f"precision={precision}", "train.max_steps=8", "train.eval_every_steps=8")
+    run_inprocess(recipe, f"out_dir={out}", f"precision={precision}", "train.max_steps=8", "train.eval_every_steps=8")
     train = [r for r in metrics(out) if r["split"] == "train"]
     assert train and all(math.isfinite(r["loss_d"]) and math.isfinite(r["loss_g"]) for r in train)
     scaler = load_checkpoint(out)["engine"]["scaler"]
@@ -172,9 +170,9 @@ def test_mixed_precision(recipe, precision, tmp_path):
 
 def test_dcgan_on_an_image_folder(judge_dir, tmp_path):
     """data.name=folder: non-square RGB files, resized and center-cropped to 32 px, 3-channel DCGAN."""
-    write_images(tmp_path / "imgs", 40, (40, 36))
+    image_tree(tmp_path / "imgs", 40, smooth((40, 36)))
     out = tmp_path / "run"
-    run_recipe("dcgan", f"out_dir={out}", "data.name=folder", f"data.root={tmp_path / 'imgs'}",
+    run_inprocess("dcgan", f"out_dir={out}", "data.name=folder", f"data.root={tmp_path / 'imgs'}",
                f"eval.classifier={judge_dir}", "train.max_steps=4", "train.eval_every_steps=4", "eval.samples=40")
     val = [r for r in metrics(out) if r["split"] == "val"]
     assert val and math.isfinite(val[-1]["fd"])

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from helpers import ROOT, load_recipe
+from support.images import image_tree
+from support.runs import ROOT, load_recipe
 
 from common.config import BaseConfig
 from common.cli import parse_cli
@@ -140,20 +141,13 @@ class Rank:
         self.device, self.memory_format = torch.device("cpu"), torch.contiguous_format
 
 
-def numbered_pngs(root, n):
-    """Image i is filled with value i."""
-    from PIL import Image
-    for i in range(n):
-        (root / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(torch.full((10, 10, 3), i, dtype=torch.uint8).numpy()).save(root / f"c{i % 3}" / f"img{i:03d}.png")
-
-
 def decoded_ids(x):
     return ((x[:, 0, 0, 0] + 1) * 127.5).round().long().tolist()
 
 
 def test_folder_loader_shards_like_the_in_memory_sampler_and_resumes_by_index(tmp_path):
-    numbered_pngs(tmp_path, 23)
+    image_tree(tmp_path, 23, lambda split, i: torch.full((10, 10, 3), i, dtype=torch.uint8), classes=3,
+               name="img{:03d}")  # image i is filled with value i
     files = list_images(tmp_path)
     ds = ImageFiles(tmp_path, files, [0] * len(files), SquareCrop(size=8, load_size=8))
     file_id = [int(f.split("img")[1][:3]) for f in files]

@@ -1,15 +1,12 @@
 """A SLURM cluster for test_slurm.py: reuse a running one, else start one with slurm_cluster.sh."""
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from launchutil import have_slurm_binaries, slurm_env  # noqa: E402
+from support.launchutil import have_slurm_binaries, slurm_env
 
 SCRIPT = Path(__file__).resolve().parent / "slurm_cluster.sh"
 
@@ -34,8 +31,8 @@ def slurm_cluster():
 
 @pytest.fixture(scope="session")
 def two_hosts(tmp_path_factory):
-    """A simulated two-host cluster (tests/launch/twohost.py); torn down even when a test fails."""
-    from twohost import TwoHosts, have_tools
+    """A simulated two-host cluster (tests/support/twohost.py); torn down even when a test fails."""
+    from support.twohost import TwoHosts, have_tools
     why = have_tools()
     if why:
         pytest.skip(f"two-host cluster: {why}")
@@ -50,7 +47,7 @@ def two_hosts(tmp_path_factory):
 @pytest.fixture(scope="session")
 def two_node_slurm(two_hosts):
     """SLURM on the two hosts; clients reach it with `cluster.env()` (SLURM_CONF), os.environ is untouched."""
-    from twohost import TwoNodeSlurm
+    from support.twohost import TwoNodeSlurm
     if not have_slurm_binaries():
         pytest.skip("SLURM is not installed here; CI installs it")
     cluster = TwoNodeSlurm(two_hosts)

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from helpers import ROOT, recipe_command, run_ranks
-from launchutil import launch
+from support.runs import ROOT, recipe_command, run_ranks
+from support.launchutil import launch
 
 OVERRIDES = ("train.max_steps=8", "train.log_every_steps=4", "train.eval_every_steps=8", "train.ckpt_every_steps=4")
 

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from launchutil import launch
+from support.launchutil import launch
 
 LAUNCHERS = [  # launcher, processes, engine it implies
     ("python", 1, "ddp"),

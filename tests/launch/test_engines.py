@@ -20,8 +20,8 @@ import shutil
 import pytest
 import torch
 
-from helpers import final_weights, metrics
-from launchutil import deepspeed_weights, launch, max_abs_diff, state, train_losses
+from support.outputs import final_weights, metrics
+from support.launchutil import deepspeed_weights, launch, max_abs_diff, state, train_losses
 
 HAVE_MPI = shutil.which("mpirun") is not None
 ACCELERATE_LAUNCHER = "accelerate" if HAVE_MPI else "torchrun"  # torchrun + engine=accelerate without MPI

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from common.formats.export import read_export
-from helpers import metrics
-from launchutil import deepspeed_weights, launch
+from support.outputs import metrics
+from support.launchutil import deepspeed_weights, launch
 
 
 @pytest.mark.parametrize("zero", ["zero2", pytest.param("zero3", marks=pytest.mark.heavy)])

@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 
-from helpers import metrics
-from launchutil import launch, state, train_losses
+from support.outputs import metrics
+from support.launchutil import launch, state, train_losses
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

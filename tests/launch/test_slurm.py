@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from helpers import ROOT, final_weights, free_port, metrics
-from launchutil import (assert_job_ok, launch, max_abs_diff, recipe_args, sbatch, slurm_env, state, wait_job,
+from support.runs import ROOT, FAULTY, free_port
+from support.outputs import final_weights, metrics
+from support.launchutil import (assert_job_ok, launch, max_abs_diff, recipe_args, sbatch, slurm_env, state, wait_job,
                         deepspeed_weights)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
@@ -99,9 +100,9 @@ def test_preempted_job_checkpoints_requeues_resumes_and_matches(tmp_path):
     and exit 75; the job requeues itself, runs again with the same job id and out_dir, resumes,
     and finishes with exactly the weights of an uninterrupted run."""
     out, log = tmp_path / "run", tmp_path / "job.out"
-    # tests/faulty.py runs the recipe and holds both ranks at step 31 until the signal comes: the
+    # tests/support/faulty.py runs the recipe and holds both ranks at step 31 until the signal comes: the
     # run cannot finish before the test signals it, however slow the machine.
-    job = sbatch("single_node.sbatch", str(ROOT / "tests" / "faulty.py"), *_args(out, *PREEMPT_ARGS),
+    job = sbatch("single_node.sbatch", str(FAULTY), *_args(out, *PREEMPT_ARGS),
                  options=ONE_NODE_TWO_GPUS, log=log, env={"DTRAIN_FAULT": "mnist_mlp pause=31"})
     deadline = time.time() + 300  # a limit for a job that never starts, not a timing of the run
     while not all(f"faulty: rank {r} paused at step 31" in (log.read_text() if log.exists() else "") for r in (0, 1)):

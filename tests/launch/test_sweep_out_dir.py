@@ -2,8 +2,8 @@
 so tasks never lock each other out or prune each other's checkpoints. Real SLURM (tests/launch/conftest.py)."""
 import pytest
 
-from helpers import ROOT
-from launchutil import assert_job_ok, recipe_args, sbatch, state, wait_job
+from support.runs import ROOT
+from support.launchutil import assert_job_ok, recipe_args, sbatch, state, wait_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 

@@ -1,4 +1,4 @@
-"""Multi-node launch paths on a simulated two-host cluster (tests/launch/twohost.py).
+"""Multi-node launch paths on a simulated two-host cluster (tests/support/twohost.py).
 
 Two network namespaces with their own hostnames and /etc/hosts, one private /24 on a bridge;
 torchrun's c10d rendezvous, launch/torchrun_multinode.sh and the multi-node sbatch templates run
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, final_weights, metrics
-from launchutil import (assert_job_ok, clean_env, deepspeed_weights, max_abs_diff, recipe_args, sbatch, state,
+from support.runs import ROOT
+from support.outputs import final_weights, metrics
+from support.launchutil import (assert_job_ok, clean_env, deepspeed_weights, max_abs_diff, recipe_args, sbatch, state,
                         wait_job)
-from twohost import HOSTS, TwoHosts, kill_tree, wait_all, wait_for
+from support.twohost import HOSTS, TwoHosts, kill_tree, wait_all, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +83,7 @@ def test_cluster_hosts_have_own_names_addresses_and_no_route_out(two_hosts):
 
 
 def test_cluster_setup_is_fast_and_teardown_leaves_nothing(tmp_path):
-    from twohost import have_tools
+    from support.twohost import have_tools
     if have_tools():
         pytest.skip(have_tools())
     hosts = TwoHosts(tmp_path / "c")
@@ -149,7 +150,7 @@ def test_torchrun_multinode_sh_with_gpus_set(two_hosts, tmp_path):
 
 def _worker_pids(root_pid: int) -> list[int]:
     """The recipe processes a torchrun under `root_pid` started (their parent is the agent)."""
-    from twohost import _children
+    from support.twohost import _children
     kids, found, todo = _children(), [], [root_pid]
 
     def cmdline(pid):

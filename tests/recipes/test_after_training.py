@@ -13,7 +13,9 @@ import torch
 from common.entry import run
 from common.fields import APPLIED, roles
 from common.formats.export import read_export
-from helpers import final_weights, load_recipe, metrics, run_recipe
+from support.inprocess import run_inprocess
+from support.runs import load_recipe, run_recipe
+from support.outputs import final_weights, metrics
 
 STEPS = 16  # mnist_mlp_debug: checkpoints at 8 and 16
 
@@ -29,6 +31,8 @@ def trained(tmp_path_factory):
 
 
 def _evaluate(out, *args, nproc=1):
+    if nproc == 1:
+        return run_inprocess("mnist_mlp", "--evaluate", str(out), *args, config=None)
     return run_recipe("mnist_mlp", "--evaluate", str(out), *args, nproc=nproc, config=None)
 
 
@@ -61,8 +65,8 @@ def test_evaluate_raw_weights_and_an_older_checkpoint(trained):
 
 
 def test_export_gives_the_trained_weights_without_prefixes(trained, tmp_path):
-    run_recipe("mnist_mlp", "--export", str(trained), "--weights", "raw", "--to", str(tmp_path / "raw.pt"), config=None)
-    run_recipe("mnist_mlp", "--export", str(trained), config=None)
+    run_inprocess("mnist_mlp", "--export", str(trained), "--weights", "raw", "--to", str(tmp_path / "raw.pt"), config=None)
+    run_inprocess("mnist_mlp", "--export", str(trained), config=None)
     raw, meta = read_export(tmp_path / "raw.pt")
     trained_raw = final_weights(trained)
     assert raw.keys() == trained_raw.keys() and all(torch.equal(raw[k], trained_raw[k]) for k in raw)
@@ -78,21 +82,21 @@ def test_export_gives_the_trained_weights_without_prefixes(trained, tmp_path):
 
 def test_init_from_another_class_count_reinitialises_the_head_and_trains(trained, tmp_path):
     args = (f"out_dir={tmp_path / 'ft'}", f"init_from={trained}", "data.synthetic_classes=5", "train.max_steps=8")
-    out = run_recipe("mnist_mlp", *args).stdout
+    out = run_inprocess("mnist_mlp", *args).stdout
     assert f"init_from: weights from {trained}/checkpoints/step_{STEPS:08d} (the best checkpoint" in out
     assert "net: loaded 4 of 6 tensors from init_from=" in out
     assert "re-initialised (shape differs; this run's fresh init is kept): 7.weight [10, 1024] -> [5, 1024], " \
            "7.bias [10] -> [5]" in out
     assert [m["step"] for m in metrics(tmp_path / "ft") if m["split"] == "train"][-1] == 8
-    again = run_recipe("mnist_mlp", *args, "train.max_steps=12").stdout
+    again = run_inprocess("mnist_mlp", *args, "train.max_steps=12").stdout
     assert f"init_from={trained} ignored: this run resumes from {tmp_path / 'ft'}/checkpoints/step_00000008" in again
     assert "init_from: weights" not in again
 
 
 def test_init_from_an_export_loads_exactly_its_weights(trained, tmp_path):
     """The warm-start reader on an exported file: every tensor loaded, bit for bit."""
-    run_recipe("mnist_mlp", "--export", str(trained), "--weights", "raw", "--to", str(tmp_path / "w.safetensors"),
-               config=None)
+    run_inprocess("mnist_mlp", "--export", str(trained), "--weights", "raw", "--to", str(tmp_path / "w.safetensors"),
+                  config=None)
     mod = load_recipe("mnist_mlp")
     from common.models.matching import load_matching
     from common.train.init import read_init

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from common.models.resnet import ResNetConfig, SqueezeExcite
-from helpers import final_weights, load_recipe, metrics, run_recipe
+from support.inprocess import run_inprocess
+from support.runs import load_recipe, run_recipe
+from support.outputs import final_weights, metrics
 
 RECIPES = ["mnist_mlp", "mnist_cnn", "resnet_cifar", "senet_cifar", "vgg_cifar", "lenet_cifar"]
 # Every recipe under python; under torchrun the three other CIFAR nets (resnet_cifar's data and loop) are heavy.
@@ -16,7 +18,7 @@ CASES = [pytest.param(r, n, marks=pytest.mark.heavy) if n == 2 and r in ("senet_
 @pytest.mark.parametrize("recipe,nproc", CASES, ids=[f"{r}-{n}" for r in RECIPES for n in (1, 2)])
 def test_debug_config_trains(recipe, nproc, tmp_path):
     out = tmp_path / "run"
-    run_recipe(recipe, f"out_dir={out}", nproc=nproc)
+    run_recipe(recipe, f"out_dir={out}", nproc=nproc) if nproc > 1 else run_inprocess(recipe, f"out_dir={out}")
     rows = metrics(out)
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]

@@ -2,7 +2,6 @@
 classifier with data.name=folder; imagenet: the streaming loader): train/ names the classes, the
 checkpoint and the export keep the list, --evaluate on another tree labels it by name, and a class the
 model does not know, or a resume on a train/ with other classes, is exit 2 naming it."""
-import json
 import shutil
 
 import pytest
@@ -10,7 +9,9 @@ import pytest
 from common.entry import run
 from common.formats.export import read_export
 from common.formats.checkpoint import load_file
-from helpers import ROOT, fashion_tree, last_checkpoint_step, load_recipe
+from support.runs import ROOT, load_recipe
+from support.outputs import last_checkpoint_step, metrics
+from support.images import fashion_tree
 
 CLASSES = ["pullover", "trouser", "tshirt"]
 DATA = {"mnist_mlp": ["data.name=folder", "data.folder_shape=[1,28,28]"],
@@ -73,7 +74,7 @@ def test_evaluate_labels_another_tree_by_the_trained_names(trained, full, tmp_pa
     numbers = go(recipe, "--evaluate", str(out), f"data.root={lacking}", debug=False)
     assert 0 <= numbers["acc1"] <= 100
     assert "has no images of 1 of the 3 classes ('pullover')" in capsys.readouterr().out
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics(out)
     assert rows[-1]["split"] == "eval"
     extra = variant(full, tmp_path / "extra", add=["val/sandal"])
     err = fails(capsys, recipe, "--evaluate", str(out), f"data.root={extra}", debug=False)

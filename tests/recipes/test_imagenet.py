@@ -2,7 +2,10 @@
 
 import pytest
 
-from helpers import fashion_tree, metrics, recipe_command, run_ranks, run_recipe
+from support.inprocess import run_inprocess
+from support.runs import recipe_command, run_ranks, run_recipe
+from support.outputs import metrics
+from support.images import fashion_tree
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def test_missing_tree_says_what_layout_is_expected(tmp_path):
 def test_debug_config_runs_from_a_fresh_clone_on_a_generated_tree(tmp_path):
     """imagenet_debug.yaml says data.name=synthetic: the tree is made in data.root on first use."""
     root = tmp_path / "tree"
-    run_recipe("imagenet", f"data.root={root}", f"out_dir={tmp_path / 'run'}")
+    run_inprocess("imagenet", f"data.root={root}", f"out_dir={tmp_path / 'run'}")
     made = sorted(p.relative_to(root).parts[:2] for p in root.rglob("*.jpg"))
     assert {m[0] for m in made} == {"train", "val"} and {m[1] for m in made} == {"class_0", "class_1", "class_2"}
     assert [m["split"] for m in metrics(tmp_path / "run")].count("val") >= 1

@@ -1,10 +1,10 @@
 """A run's whole life on the console: warnings, start banner, end summary, rerun of a finished run."""
-from helpers import run_recipe
+from support.inprocess import run_inprocess
 
 
 def test_debug_run_prints_banner_and_summary_and_a_rerun_says_complete(tmp_path):
     out_dir = tmp_path / "r"
-    first = run_recipe("mnist_mlp", f"out_dir={out_dir}", "train.grad_accum=2").stdout
+    first = run_inprocess("mnist_mlp", f"out_dir={out_dir}", "train.grad_accum=2").stdout
     assert "warning:" not in first  # a normal debug run (layered on mnist_mlp.yaml's 200 warmup steps) warns of nothing
     for line in ["run mnist_mlp: fresh", "  parameters    ", "(net ",
                  "  global batch  32 = world 1 x grad_accum 2 x micro-batch 16",
@@ -16,14 +16,14 @@ def test_debug_run_prints_banner_and_summary_and_a_rerun_says_complete(tmp_path)
         assert line in first, (line, first)
     assert first.index("run mnist_mlp: fresh") < first.index("[train] step 4") < first.index("finished: step 16")
 
-    again = run_recipe("mnist_mlp", f"out_dir={out_dir}")  # run_recipe asserts exit code 0
+    again = run_inprocess("mnist_mlp", f"out_dir={out_dir}")  # run_inprocess asserts exit code 0
     assert "run mnist_mlp is already complete: step 16 of 16; nothing to train" in again.stdout
     assert f"tensorboard --logdir {out_dir}" in again.stdout and "final val     loss " in again.stdout
     assert "[train]" not in again.stdout and "run mnist_mlp: fresh" not in again.stdout
 
 
 def test_warnings_print_once_at_the_start_of_a_real_run(tmp_path):
-    out = run_recipe("mnist_mlp", f"out_dir={tmp_path / 'r'}", "train.max_steps=4", "optim.warmup_steps=10",
+    out = run_inprocess("mnist_mlp", f"out_dir={tmp_path / 'r'}", "train.max_steps=4", "optim.warmup_steps=10",
                      "train.eval_every_steps=8", "train.ckpt_every_steps=0", "train.log_every_steps=2",
                      "data.drop_last=false", "data.synthetic_train=24").stdout
     assert out.count("warning: optim.warmup_steps=10 >= the run's 4 steps") == 1

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from helpers import load_recipe, run_recipe
+from support.runs import load_recipe, run_recipe
 from common.models.pretrained import weights_file
 
 

@@ -8,7 +8,8 @@ import shlex
 import subprocess
 import sys
 
-from helpers import ROOT, metrics
+from support.runs import ROOT
+from support.outputs import metrics
 
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 

@@ -11,7 +11,9 @@ from common.config import schema
 from common.entry import run
 from common.formats.checkpoint import load_file
 from common.fields import NOT_COMPARED, Fixed, roles
-from helpers import ROOT, load_recipe, metrics, run_recipe
+from support.inprocess import run_inprocess
+from support.outputs import metrics
+from support.runs import ROOT, load_recipe, run_recipe
 
 DEBUG = lambda recipe: ["--config", str(ROOT / "recipes" / "configs" / f"{recipe}_debug.yaml"),  # noqa: E731
                         "device=cpu", "train.progress=false"]
@@ -24,10 +26,10 @@ def lr_by_step(out_dir: Path) -> dict[int, float]:
 def test_changed_lr_schedule_length_and_optimizer_settings_take_effect(tmp_path):
     # Reference: 16 steps at lr 0.01 from the start. Resumed: 8 steps at 0.05, then lr 0.01 up to step 16.
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
-    run_recipe("mnist_mlp", f"out_dir={ref}", "optim.lr=0.01", "optim.weight_decay=0.01", "optim.momentum=0.5")
-    run_recipe("mnist_mlp", f"out_dir={resumed}", "train.max_steps=8")
-    out = run_recipe("mnist_mlp", f"out_dir={resumed}", "train.max_steps=16", "optim.lr=0.01",
-                     "optim.weight_decay=0.01", "optim.momentum=0.5").stdout
+    run_inprocess("mnist_mlp", f"out_dir={ref}", "optim.lr=0.01", "optim.weight_decay=0.01", "optim.momentum=0.5")
+    run_inprocess("mnist_mlp", f"out_dir={resumed}", "train.max_steps=8")
+    out = run_inprocess("mnist_mlp", f"out_dir={resumed}", "train.max_steps=16", "optim.lr=0.01",
+                        "optim.weight_decay=0.01", "optim.momentum=0.5").stdout
     assert ("changed since the checkpoint, in effect from now: train.max_steps 8 -> 16; optim.lr 0.05 -> 0.01; "
             "optim.momentum 0.9 -> 0.5; optim.weight_decay 0.0005 -> 0.01") in out, out
     # The cosine schedule is this run's (peak 0.01, 16 steps), at the checkpoint's step: the same LR at
@@ -42,15 +44,15 @@ def test_changed_lr_schedule_length_and_optimizer_settings_take_effect(tmp_path)
 
 
 def test_precision_and_process_count_can_change_on_resume(tmp_path):
-    run_recipe("mnist_mlp", f"out_dir={tmp_path}", "train.max_steps=8")
+    run_inprocess("mnist_mlp", f"out_dir={tmp_path}", "train.max_steps=8")
     out = run_recipe("mnist_mlp", f"out_dir={tmp_path}", "precision=bf16", nproc=2).stdout
     assert "precision 'fp32' -> 'bf16'" in out and "; processes 1 -> 2" in out, out
     assert max(r["step"] for r in metrics(tmp_path)) == 16
 
 
 def test_an_fp32_checkpoint_resumes_under_fp16(tmp_path):
-    run_recipe("mnist_mlp", f"out_dir={tmp_path}", "train.max_steps=8")
-    out = run_recipe("mnist_mlp", f"out_dir={tmp_path}", "precision=fp16").stdout  # a fresh loss scale
+    run_inprocess("mnist_mlp", f"out_dir={tmp_path}", "train.max_steps=8")
+    out = run_inprocess("mnist_mlp", f"out_dir={tmp_path}", "precision=fp16").stdout  # a fresh loss scale
     assert "precision 'fp32' -> 'fp16'" in out and "finished: step 16 of 16" in out
 
 

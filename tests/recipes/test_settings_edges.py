@@ -6,13 +6,14 @@ import subprocess
 
 import pytest
 
-from helpers import recipe_command, run_recipe
+from support.inprocess import run_inprocess
+from support.runs import recipe_command, run_recipe
 
 
 def test_the_largest_seed_trains(tmp_path):
     """Every seed derived from it (data order, augmentation, weights) fits torch's 64 bits."""
-    proc = run_recipe("mnist_mlp", f"out_dir={tmp_path / 'run'}", f"seed={2**64 - 1}", "data.augment=true",
-                      "train.max_steps=2", check=False)
+    proc = run_inprocess("mnist_mlp", f"out_dir={tmp_path / 'run'}", f"seed={2**64 - 1}", "data.augment=true",
+                         "train.max_steps=2", check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from helpers import final_weights, metrics, run_recipe
+from support.inprocess import run_inprocess
+from support.runs import run_recipe
+from support.outputs import final_weights, metrics
 
 BASE = ["train.max_steps=4", "train.log_every_steps=1", "train.eval_every_steps=4", "train.ckpt_every_steps=4",
         "optim.weight_decay=0.05", "data.augment=false"]
@@ -11,13 +13,13 @@ BASE = ["train.max_steps=4", "train.log_every_steps=1", "train.eval_every_steps=
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
     out = tmp_path_factory.mktemp("base")
-    run_recipe("resnet_cifar", f"out_dir={out}", *BASE)
+    run_inprocess("resnet_cifar", f"out_dir={out}", *BASE)
     return out
 
 
 def run(tmp_path, *switch):
     out = tmp_path / "run"
-    run_recipe("resnet_cifar", f"out_dir={out}", *BASE, *switch)
+    run_inprocess("resnet_cifar", f"out_dir={out}", *BASE, *switch)
     return out
 
 
@@ -122,6 +124,5 @@ def test_compile_switch_compiles_and_matches_eager():
 def test_sync_bn_on_cpu_is_a_clear_error_not_ignored():
     """SyncBatchNorm has no CPU kernel; the switch must fail loudly rather than do nothing.
     (With world size 1 there is nothing to synchronize, so only a multi-process CPU run errors.)"""
-    from helpers import run_recipe as run_
-    p = run_("resnet_cifar", "train.sync_bn=true", "train.max_steps=1", nproc=2, check=False)
+    p = run_recipe("resnet_cifar", "train.sync_bn=true", "train.max_steps=1", nproc=2, check=False)
     assert p.returncode != 0 and "train.sync_bn=true needs CUDA devices" in p.stderr + p.stdout

@@ -9,7 +9,9 @@ import torch
 from common.data.datasets import synthetic_tree
 from common.entry import run
 from common.metrics.classify import evaluate_classifier
-from helpers import ROOT, final_weights, load_recipe, metrics
+from support.inprocess import run_inprocess
+from support.runs import ROOT, load_recipe
+from support.outputs import final_weights, metrics
 
 CLASSIFIERS = ["mnist_mlp", "resnet_cifar", *(pytest.param(r, marks=pytest.mark.heavy)  # the same path, other nets
                                               for r in ["mnist_cnn", "senet_cifar", "vgg_cifar", "lenet_cifar"])]
@@ -25,10 +27,8 @@ def tree(tmp_path_factory):
 @pytest.mark.parametrize("recipe", CLASSIFIERS)
 def test_every_classifier_trains_on_an_image_folder(tmp_path, tree, recipe):
     out = tmp_path / "run"
-    run(load_recipe(recipe).task, str(ROOT / "recipes" / f"{recipe}.py"),
-        ["--config", str(ROOT / "recipes" / "configs" / f"{recipe}_debug.yaml"), "device=cpu", "train.progress=false",
-         f"out_dir={out}", "data.name=folder", f"data.root={tree}", "train.max_steps=4", "train.batch_size=8",
-         "train.eval_every_steps=4", "train.ckpt_every_steps=4", "train.log_every_steps=2"])
+    run_inprocess(recipe, f"out_dir={out}", "data.name=folder", f"data.root={tree}", "train.max_steps=4",
+                  "train.batch_size=8", "train.eval_every_steps=4", "train.ckpt_every_steps=4", "train.log_every_steps=2")
     (val,) = [r for r in metrics(out) if r["split"] == "val"]
     assert val["step"] == 4 and 0 <= val["acc1"] <= 100 and "acc5" not in val  # 3 classes: top-5 is meaningless
     net = final_weights(out)
@@ -53,7 +53,7 @@ def docs_recipe() -> str:
 
 def test_the_documented_dataset_recipe_shards_and_resumes_bitwise(tmp_path):
     import subprocess
-    from helpers import assert_finished, recipe_command
+    from support.runs import assert_finished, recipe_command
     script = tmp_path / "my_data.py"  # saved outside the repo, as the docs allow
     script.write_text(docs_recipe())
 

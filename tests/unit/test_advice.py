@@ -13,7 +13,7 @@ from common.data.sampling import check_batch
 from common.fields import APPLIED, Fixed, roles
 from common.formats.checkpoint import refuse_code
 from common.train.state import StateMismatch, TrainState
-from helpers import ROOT, load_recipe
+from support.runs import ROOT, load_recipe
 
 
 def declared(test) -> set[str]:

@@ -12,7 +12,7 @@ from common.config import ConfigError, UserError
 from common.engines import full_weights_reader
 from common.formats.export import read_export, write_export
 from common.train.init import init_from
-from helpers import ROOT, load_recipe
+from support.runs import ROOT, load_recipe
 
 MLP = load_recipe("mnist_mlp")
 SCRIPT = str(ROOT / "recipes" / "mnist_mlp.py")

@@ -1,5 +1,5 @@
 
-from tmpfs import tmpfs  # noqa: F401 (a fixture)
+from support.tmpfs import tmpfs  # noqa: F401 (a fixture)
 
 import pytest
 import torch

@@ -1,12 +1,9 @@
 """Start-of-run warnings (common/train/checks.py): each fires for its case, and none for a normal run."""
-import subprocess
-import sys
-
 import pytest
 
 from common.config import BaseConfig, ConfigError, apply
 from common.train.checks import warnings
-from helpers import ROOT
+from support.inprocess import run_inprocess
 
 
 def cfg(**flat):
@@ -49,8 +46,6 @@ def test_unknown_length_skips_what_needs_it():
 
 
 def test_dry_run_prints_the_warnings_it_can_compute():
-    out = subprocess.run([sys.executable, str(ROOT / "recipes" / "mnist_cnn.py"), "--dry-run", "device=cpu",
-                          "train.max_steps=100", "train.ckpt_every_steps=1000"],
-                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    out = run_inprocess("mnist_cnn", "--dry-run", "train.max_steps=100", "train.ckpt_every_steps=1000", config=None).stdout
     assert "warning: optim.warmup_steps=200 >= the run's 100 steps" in out  # 200 from mnist_cnn.yaml
     assert "warning: train.ckpt_every_steps=1000 is more than the run's 100 steps" in out

@@ -12,7 +12,7 @@ from common.engines.base import Engine
 from common.engines.deepspeed import DeepSpeedEngine
 from common.fields import APPLIED, IGNORED, NOT_COMPARED, Fixed, Role, ranges, roles, schema, setting
 from common.train.resume import changes, conflicts
-from helpers import ROOT, load_recipe
+from support.runs import ROOT, load_recipe
 
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
 

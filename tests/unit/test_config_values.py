@@ -3,7 +3,7 @@ import pytest
 
 from common.cli import help_text, parse_cli
 from common.config import BaseConfig, ConfigError, apply, best_metric
-from helpers import load_recipe
+from support.runs import load_recipe
 
 
 def _error(cfg, key, value, source="the command line") -> str:

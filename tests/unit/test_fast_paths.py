@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from common.config import BaseConfig, OptimConfig, apply
 from common.train.optim import build_optimizer, kernel_options
 from common.train.state import EMA, make_ema
-from helpers import free_port
+from support.runs import free_port
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -11,7 +11,7 @@ import torch
 from common.data.files import DataError, list_images
 from common.data.folder import imagefolder_data
 from common.data.classifier_data import classification_data
-from helpers import fashion_tree
+from support.images import fashion_tree
 
 CLASSES = ["pullover", "trouser", "tshirt"]  # sorted folder names: the labels 0, 1, 2
 

@@ -7,6 +7,7 @@ import torch
 
 from common.data.folder import folder_data, imagefolder_data
 from common.data.datasets import DataError
+from support.images import image_tree
 
 
 class Rank:
@@ -24,29 +25,23 @@ def config(root, batch=8, accum=1, **data):
                            train=SimpleNamespace(batch_size=batch, grad_accum=accum, eval_batch_size=6))
 
 
-def save(path, value, size=(20, 14), fmt=None):
-    from PIL import Image
-    path.parent.mkdir(parents=True, exist_ok=True)
+def noisy(value, size=(20, 14)):
+    """Pixels whose mean is about 30 + value (noise within +-20, no clipping for value <= 200): the file's
+    id survives crops and resizing."""
     g = torch.Generator().manual_seed(value)
-    noise = torch.randint(-20, 21, (size[1], size[0], 3), generator=g)  # value <= 200: no clipping
-    arr = (noise + 30 + value).clamp(0, 255).to(torch.uint8).numpy()  # mean ~ value: the file's id survives crops
-    Image.fromarray(arr).save(path, format=fmt)
+    noise = torch.randint(-20, 21, (size[1], size[0], 3), generator=g)
+    return (noise + 30 + value).clamp(0, 255).to(torch.uint8)
 
 
 @pytest.fixture
 def imagenet_tree(tmp_path):
-    for split, n in (("train", 21), ("val", 10)):
-        for i in range(n):
-            save(tmp_path / split / f"c{i % 3}" / f"{i:02d}.jpg", 10 * i, size=(18 + i, 14 + i % 5))
-    return tmp_path
+    return image_tree(tmp_path, {"train": 21, "val": 10}, lambda split, i: noisy(10 * i, size=(18 + i, 14 + i % 5)),
+                      classes=3, ext="jpg", name="{:02d}")
 
 
 @pytest.fixture
-def gan_tree(tmp_path):
-    for split, n in (("train", 21), ("val", 10)):
-        for i in range(n):
-            save(tmp_path / split / f"c{i % 2}" / f"{i:02d}.png", 10 * i, size=(24, 12))  # 12x12 A | B halves
-    return tmp_path
+def gan_tree(tmp_path):  # 24x12 files: 12x12 A | B halves
+    return image_tree(tmp_path, {"train": 21, "val": 10}, lambda split, i: noisy(10 * i, size=(24, 12)), name="{:02d}")
 
 
 def build(use, root, rank=0, world=1, **kw):
@@ -132,7 +127,8 @@ def file_ids(x):
 
 
 def _truncated(path):
-    save(path, 100, size=(64, 64))
+    from PIL import Image
+    Image.fromarray(noisy(100, size=(64, 64)).numpy()).save(path)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 3])
 

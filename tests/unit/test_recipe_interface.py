@@ -9,7 +9,7 @@ import pytest
 from common.cli import parse_cli
 from common.entry import CALLS, Task
 from common.train.runtime import runtime
-from helpers import ROOT, load_recipe
+from support.runs import ROOT, load_recipe
 
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.py"))
 MEMBERS = [f.name for f in dataclasses.fields(Task)]

@@ -13,12 +13,14 @@ import sys
 import typing
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 
 from common.config import schema
 from common.fields import roles
 from common.entry import run as run_recipe_in_process
-from helpers import ROOT, load_recipe
+from support.images import image_tree
+from support.runs import ROOT, load_recipe
 
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
 NOT_READS = {"_asdict_inner", "asdict", "schema", "apply", "to_dict", "dump_yaml", "validate"}
@@ -94,7 +96,9 @@ def test_conditional_keys_are_read_under_their_setting(tmp_path):
     setting is on (one run per recipe and setting, on the first of CONDITIONAL_ON that has the key;
     DeepSpeed keeps its process group for the life of the process, so it is initialised once here).
     data.name=folder runs on a small image tree; the MLflow run needs no setup (W&B reads log.project too)."""
-    tree = image_tree(tmp_path / "tree")
+    rng = np.random.default_rng(0)
+    tree = image_tree(tmp_path / "tree", {"train": 16, "val": 16},
+                      lambda split, i: rng.integers(0, 255, (28, 28, 3), dtype=np.uint8))
     by_run, seen = {}, set()
     for name in CONDITIONAL_ON:
         for key, override in conditional(load_recipe(name).Config).items():
@@ -108,16 +112,3 @@ def test_conditional_keys_are_read_under_their_setting(tmp_path):
         folder = [f"data.root={tree}"] if override == "data.name=folder" else []
         reads, _ = run(name, tmp_path / str(i), override, *folder)
         assert set(wanted) <= reads, f"{name} with {override}: {sorted(set(wanted) - reads)} still unread"
-
-
-def image_tree(root, n=16):
-    """Tiny PNG files under root/train and root/val (ImageFolder layout, two classes)."""
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for i in range(n):
-            d = root / split / f"c{i % 2}"
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return root

@@ -1,8 +1,8 @@
 """Run a recipe with a fault injected into its train_step (tests only).
 
-    python tests/faulty.py <recipe> <fault> [recipe args...]
-    torchrun --nproc_per_node=2 tests/faulty.py <recipe> <fault> [recipe args...]
-    DTRAIN_FAULT="<recipe> <fault>" torchrun ... tests/faulty.py [recipe args...]   (sbatch templates)
+    python tests/support/faulty.py <recipe> <fault> [recipe args...]
+    torchrun --nproc_per_node=2 tests/support/faulty.py <recipe> <fault> [recipe args...]
+    DTRAIN_FAULT="<recipe> <fault>" torchrun ... tests/support/faulty.py [recipe args...]   (sbatch templates)
 
 Faults (N = optimizer step being computed, 1-based):
     nan_from=N        the loss becomes NaN from step N on (a diverged run)
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from common.entry import exit_after, run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pause_until_signal(rank: int, step: int, limit_s: float = 300) -> None:

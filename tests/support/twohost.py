@@ -178,7 +178,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
 
 # ----------------------------------------------------------------------------- SLURM on the two hosts
 
-SLURM_CONF = """# Written by tests/launch/twohost.py: two nodes in network namespaces, controller in the root one.
+SLURM_CONF = """# Written by tests/support/twohost.py: two nodes in network namespaces, controller in the root one.
 ClusterName=dtrain2
 SlurmctldHost={ctl}({ctl_addr})
 SlurmUser=root

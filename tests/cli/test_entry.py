@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, free_port
+from support.runs import ROOT, free_port
 
 MAINS = {  # body of main() -> (exit code, text that must be in the output)
     "print('finished')": (0, "finished"),

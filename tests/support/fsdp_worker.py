@@ -24,7 +24,7 @@ from common.engines.fsdp import read_full_weights
 from common.train.runtime import runtime
 from common.train.loop import resume
 from common.train.checkpoint import Checkpointer
-from helpers import load_recipe
+from support.runs import load_recipe
 
 COLLECTIVES = ("c10d::_reduce_scatter_base_", "c10d::reduce_scatter_", "c10d::_allgather_base_", "c10d::allgather_",
                "c10d::allreduce_")

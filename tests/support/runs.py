@@ -1,15 +1,15 @@
-"""Run recipes as real processes (python or torchrun) and read what they wrote."""
+"""Run recipes as real processes (python or torchrun): commands, environments, exit codes."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
+from bench.harness import free_port  # noqa: F401 (the one copy, shared with bench's launchers)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+FAULTY = Path(__file__).with_name("faulty.py")  # a recipe with a fault injected (run as a script)
 
 
 def load_recipe(name: str):
@@ -24,8 +24,8 @@ def load_recipe(name: str):
 def recipe_command(recipe: str, *overrides: str, nproc: int = 1, config: str | None = "debug",
                    env: dict | None = None, fault: str | None = None) -> tuple[list[str], dict]:
     """Command and environment for `python recipes/<recipe>.py` (nproc=1) or torchrun, CPU only.
-    fault: run it through tests/faulty.py with that fault injected (e.g. "kill=1@25")."""
-    script = [str(ROOT / "tests" / "faulty.py"), recipe, fault] if fault else [str(ROOT / "recipes" / f"{recipe}.py")]
+    fault: run it through tests/support/faulty.py with that fault injected (e.g. "kill=1@25")."""
+    script = [str(FAULTY), recipe, fault] if fault else [str(ROOT / "recipes" / f"{recipe}.py")]
     args = ["--config", str(ROOT / "recipes" / "configs" / f"{recipe}_{config}.yaml")] if config else []
     args += ["device=cpu", "train.progress=false", *overrides]
     if nproc == 1:
@@ -44,7 +44,7 @@ def run_recipe(recipe: str, *overrides: str, nproc: int = 1, config: str | None 
     cmd, full_env = recipe_command(recipe, *overrides, nproc=nproc, config=config, env=env)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
     if check:
-        assert_finished(proc, _out_dir(overrides))
+        assert_finished(proc, out_dir_of(overrides))
     return proc
 
 
@@ -67,14 +67,7 @@ def run_ranks(cmd: list[str], env: dict, timeout: int = 600) -> tuple[list[int],
                                         "".join(o for o, _ in outs), "".join(e for _, e in outs)))
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _out_dir(overrides) -> Path | None:
+def out_dir_of(overrides) -> Path | None:
     for o in overrides:
         if o.startswith("out_dir="):
             return Path(o.split("=", 1)[1])
@@ -85,43 +78,3 @@ def assert_finished(proc: subprocess.CompletedProcess, out_dir: Path | None = No
     """Exit code 0 (on every rank: torchrun fails if any worker does); otherwise fail with the run's output."""
     tail = f"\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
     assert proc.returncode == 0, f"exit code {proc.returncode}{tail}"
-
-
-def metrics(out_dir: Path) -> list[dict]:
-    f = Path(out_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
-
-
-def last_checkpoint_step(out_dir: Path) -> int | None:
-    steps = [int(p.name.split("_")[1]) for p in (Path(out_dir) / "checkpoints").glob("step_*")]
-    return max(steps) if steps else None
-
-
-def final_weights(out_dir: Path, model: str = "net") -> dict[str, torch.Tensor]:
-    from common.formats.checkpoint import load_file
-    step = last_checkpoint_step(out_dir)
-    return load_file(Path(out_dir) / "checkpoints" / f"step_{step:08d}")["models"][model]
-
-
-FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
-FASHION_CLASSES = {"tshirt": 0, "trouser": 1, "pullover": 2}  # folder name -> Fashion-MNIST label
-
-
-def fashion_tree(root: Path, train: int = 40, val: int = 10, classes: dict[str, int] = FASHION_CLASSES) -> Path:
-    """An ImageFolder tree of real Fashion-MNIST images: root/{train,val}/<class>/<i>.png, 28x28 grey,
-    `train` and `val` per class (distinct images, from the test split). Skips where the files are missing."""
-    import pytest
-    from PIL import Image
-    from common.data.datasets import read_idx
-    images, labels = FASHION / "t10k-images-idx3-ubyte.gz", FASHION / "t10k-labels-idx1-ubyte.gz"
-    if not images.is_file():
-        pytest.skip("apt-get install dataset-fashion-mnist for the image-folder trees")
-    x, y = read_idx(images), read_idx(labels)
-    for name, label in classes.items():
-        picks = (y == label).nonzero()[0][:train + val]
-        for split, part in (("train", picks[:train]), ("val", picks[train:])):
-            d = root / split / name
-            d.mkdir(parents=True, exist_ok=True)
-            for i in part:
-                Image.fromarray(x[i]).save(d / f"{i}.png")
-    return root

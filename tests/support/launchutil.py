@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from helpers import ROOT, free_port, metrics
+from support.runs import ROOT, free_port
+from support.outputs import metrics
 
 CPU_ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            # Open MPI refuses root unless told; CI and containers run as root.

@@ -6,7 +6,8 @@ import struct
 
 import pytest
 
-from helpers import metrics, recipe_command, run_ranks, run_recipe
+from support.outputs import metrics
+from support.runs import recipe_command, run_ranks, run_recipe
 
 
 def run(tmp_path, backend):

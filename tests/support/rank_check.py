@@ -1,6 +1,6 @@
 """Test driver: run a GAN recipe exactly like its main(), then record a digest of every rank's state.
 
-    torchrun --nproc_per_node=2 tests/gan/rank_check.py recipes/dcgan.py --config ... key=value ...
+    torchrun --nproc_per_node=2 tests/support/rank_check.py recipes/dcgan.py --config ... key=value ...
 
 Each rank writes out_dir/ranks/rank<r>.json: sha256 of every tensor of both nets, the EMA and
 both optimizers, before and after training. The test compares the ranks' files.
