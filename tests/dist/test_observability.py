@@ -3,7 +3,6 @@ throughput per device, peak memory, gradient norm) and the TensorBoard layout (t
 with the same tags, hparams without scalar points of their own, parameter counts)."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
