@@ -64,8 +64,8 @@ def test_a_callable_member_is_called_with_the_contract_arguments(name):
             dataclasses.replace(task, **{name: takes(n)})
 
 
-def test_the_former_signatures_are_refused():
-    """A step without its config, an evaluate that wants a judge: the shapes each task kind used to have."""
+def test_a_step_without_its_config_and_an_evaluate_that_wants_a_judge_are_refused():
+    """The contract's calls pass cfg first and no judge: a member of another shape is a TypeError."""
     task = load_recipe("dcgan").task
     with pytest.raises(TypeError, match="Task.train_step"):
         dataclasses.replace(task, train_step=lambda batch, state, rt: {})
