@@ -14,6 +14,7 @@ from typing import Literal
 from common import dist
 from common.config import DATASET, ranged
 from common.fields import APPLIED, IGNORED, setting
+from common.data.augment_config import AugmentConfig
 from common.data.datasets import DataError, synthetic_tree
 from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_labels, class_names,
                                labels_by_name, list_images)
@@ -31,7 +32,7 @@ def list_all(dirs: list[Path]) -> list[list[str]]:
 
 
 @dataclass
-class FolderDataConfig:
+class FolderDataConfig(AugmentConfig):
     name: Literal["imagefolder", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; synthetic = a small tree made there (offline runs)
     root: str = setting("data/imagenet", evaluate=APPLIED)  # dataset directory with train/ and val/ class sub-directories
     image_size: int = ranged(224, ge=1)  # training crop and eval crop side, pixels

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from common.config import BaseConfig, DataConfig, TrainConfig, ranged
 from common.fields import APPLIED, IGNORED, Fixed, setting
+from common.data.augment_config import AugmentConfig
 from common.data.classifier_data import classification_data
 from common.models.size import within_memory
 from common.entry import Task
@@ -22,12 +23,10 @@ from common.train.state import TrainState
 
 
 @dataclass
-class ClassifierDataConfig(DataConfig):
+class ClassifierDataConfig(AugmentConfig, DataConfig):
     name: str = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | cifar100 | synthetic | folder (docs/data.md)
     folder_shape: list[int] = ranged(factory=lambda: [3, 32, 32], length=3, ge=1, read_when="data.name=folder")  # data.name=folder: C, H, W the images are converted to (grey for C=1), resized and centre-cropped
     pad_to: int = ranged(0, ge=0, resume=Fixed("the input shape"))  # zero-pad images to this square size (e.g. 32 for 28x28 data on CIFAR nets); 0 = off
-    mixup_alpha: float = ranged(0.0, ge=0, evaluate=IGNORED)  # MixUp Beta(alpha, alpha) on training batches (soft targets); 0 = off
-    cutmix_alpha: float = ranged(0.0, ge=0, evaluate=IGNORED)  # CutMix Beta(alpha, alpha); with MixUp too, each batch picks one at random; 0 = off
 
 
 @dataclass
