@@ -123,7 +123,7 @@ def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
                                                "nothing to train (a new out_dir, or resume=none overwrite=true, starts over)"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
     rundir.record_config(out, cfg, state.step)  # only now: a refused resume leaves the old config.yaml as it was
-    rt.log(report.banner(cfg, state, rt, recipe, total, train.plan.steps))
+    rt.log(report.banner(cfg, state, rt, recipe, total, train.plan))
     return out, ckpt, total, None
 
 

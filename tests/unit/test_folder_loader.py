@@ -19,7 +19,8 @@ class Rank:
 
 
 def config(root, batch=8, accum=1, **data):
-    d = dict(name="imagefolder", root=str(root), image_size=16, workers=0, drop_last=True, augment=True, direction="AtoB")
+    d = dict(name="imagefolder", root=str(root), image_size=16, workers=0, drop_last=True, augment=True, direction="AtoB",
+             ra_reps=1)
     d.update(data)
     return SimpleNamespace(seed=5, data=SimpleNamespace(**d),
                            train=SimpleNamespace(batch_size=batch, grad_accum=accum, eval_batch_size=6))
