@@ -3,9 +3,9 @@
 It counts; the recipe's train_step does the work. Per optimizer step: one list of
 micro-batches from the loader, train_step on each (the engine skips the gradient
 all-reduce on all but the last), one engine end_step, one scheduler step, the EMA
-update when one is due. Metrics stay on the device and are reduced across ranks only on log steps.
-Logs, evaluations and checkpoints follow their Cadence; what a checkpoint holds and whether
-it is the best: common/train/saver.py.
+update when one is due. Metrics stay on the device and are reduced across ranks only
+on log steps. Logs, evaluations and checkpoints follow their Cadence; what a checkpoint
+holds and whether it is the best: common/train/saver.py.
 """
 from __future__ import annotations
 
