@@ -59,7 +59,9 @@ class TrainConfig:
     grad_accum: int = ranged(1, ge=1)  # micro-batches per optimizer step
     eval_batch_size: int = ranged(1024, ge=1, evaluate=APPLIED)  # global evaluation batch
     clip_grad_norm: float = ranged(0.0, ge=0)  # clip the global grad norm to this value after unscaling; 0 = off
-    ema_decay: float = ranged(0.0, ge=0, lt=1)  # EMA of weights, evaluated and checkpointed; 0 = off
+    ema_decay: float = ranged(0.0, ge=0, lt=1)  # EMA of weights, evaluated and checkpointed: the decay per EMA update; 0 = off
+    ema_every_steps: int = ranged(1, ge=1, read_when="train.ema_decay=0.9")  # update the EMA every N optimizer steps (counted over the run)
+    ema_warmup: Literal["none", "restart", "ramp"] = setting("none", read_when="train.ema_decay=0.9")  # restart: copy the weights through optim.warmup_steps (torchvision); ramp: timm's (docs/usage.md)
     log_every_steps: int = ranged(50, ge=1)  # reduce and log training metrics every N optimizer steps
     eval_every_steps: int = ranged(0, ge=0)  # evaluate every N steps; 0 = at the end of each epoch
     ckpt_every_steps: int = ranged(0, ge=0)  # checkpoint every N steps; 0 = at the end of each epoch

@@ -109,7 +109,8 @@ def run(task: Task, script: str, argv=None):
         if cli.action != "train":
             return {"evaluate": evaluate.run, "export": export.run}[cli.action](task, cli)
         with runtime(cli.cfg) as rt:
-            check_batch(cli.cfg.train.batch_size, rt.world_size, cli.cfg.train.grad_accum)
+            reps = getattr(cli.cfg.data, "ra_reps", 1)  # the classifiers' repeated augmentation; 1 where a recipe has none
+            check_batch(cli.cfg.train.batch_size, rt.world_size, cli.cfg.train.grad_accum, reps)
             if cli.dry_run:
                 return dry_run(cli, rt)
             loaders = task.build_data(cli.cfg, rt)

@@ -19,4 +19,4 @@ class AugmentConfig:
     random_erase: float = setting(0.0, ge=0, le=1, evaluate=IGNORED)  # RandomErasing probability, after normalisation; 0 = off
     mixup_alpha: float = setting(0.0, ge=0, evaluate=IGNORED)  # MixUp Beta(alpha, alpha) on training batches (soft targets); 0 = off
     cutmix_alpha: float = setting(0.0, ge=0, evaluate=IGNORED)  # CutMix Beta(alpha, alpha); with MixUp too, each batch picks one at random; 0 = off
-    ra_reps: int = setting(1, ge=1, evaluate=IGNORED, resume=Fixed("the epoch's order and length"))  # repeated augmentation: each sample ra_reps times per epoch, on different ranks; 1 = off
+    ra_reps: int = setting(1, ge=1, evaluate=IGNORED, resume=Fixed("the epoch's order and length"))  # repeated augmentation: each sample ra_reps times, on different ranks; epoch: docs/data.md; 1 = off

@@ -76,10 +76,10 @@ class TensorTrainLoader:
 
     def __init__(self, images, labels, mean, std, *, global_batch, world, rank, accum, seed,
                  drop_last=True, augment=False, device="cpu", memory_format=torch.contiguous_format,
-                 mix=None, storage=None):
-        check_batch(global_batch, world, accum)
+                 mix=None, storage=None, ra_reps=1):
+        check_batch(global_batch, world, accum, ra_reps)
         self.images, self.labels = _store(images, device, storage), _store(labels, device, storage)
-        self.plan = TrainPlan(len(labels), global_batch, world, drop_last)
+        self.plan = TrainPlan(len(labels), global_batch, world, drop_last, ra_reps)
         if self.plan.steps == 0:
             raise ConfigError(f"train.batch_size={global_batch} is larger than the training set ({len(labels)} "
                               "samples) with data.drop_last=true: lower the batch size")
@@ -106,11 +106,11 @@ class TensorTrainLoader:
 
     def __iter__(self):
         order, shifts, flips = self._epoch_tensors()
-        n = self.plan.n
         for step in range(self.start_step, self.plan.steps):
-            lo, hi = self.plan.shard(step, self.rank)
-            pos = torch.arange(lo, hi) % n if hi > n else slice(lo, hi)  # wraps only with drop_last=false
-            idx = order[pos]
+            samples, pos = self.plan.views(step, self.rank, order.device)  # augmentation by view: repeats differ
+            if pos.device != shifts.device:  # host-stored data: the view positions made where the draws are
+                pos = self.plan.views(step, self.rank, shifts.device)[1]
+            idx = order[samples]
             x, y = _fetch(self.images, idx, self.device), _fetch(self.labels, idx, self.device)
             x = x.float().div_(255)
             if self.augment:
@@ -199,6 +199,6 @@ def classification_data(cfg, rt, classes: list[str] | None = None,
     num_classes = len(classes) if classes else int(max(train_y.max(), test_y.max())) + 1
     train = TensorTrainLoader(train_x, train_y, mean, std, global_batch=cfg.train.batch_size,
                               accum=cfg.train.grad_accum, seed=cfg.seed, drop_last=d.drop_last,
-                              augment=d.augment, mix=batch_mix(d, num_classes), **common)
+                              augment=d.augment, mix=batch_mix(d, num_classes), ra_reps=d.ra_reps, **common)
     evaluate = TensorEvalLoader(test_x, test_y, mean, std, batch_size=cfg.train.eval_batch_size, **common)
     return Loaders(train, evaluate, num_classes, tuple(train_x.shape[1:]), classes, (mean, std))

@@ -53,7 +53,8 @@ def dataset_data(make_dataset, num_classes: int | None = None, workers: int = 2)
             raise DataError(f"{type(train.ds).__name__} has no `classes`: pass dataset_data(..., num_classes=N)")
         train.classes = val.classes = classes
         loader = FolderTrainLoader(train, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
-                                   seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers)
+                                   seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers,
+                                   ra_reps=cfg.data.ra_reps)
         evaluate = FolderEvalLoader(val, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
         return Loaders(loader, evaluate, classes, tuple(train.ds[0][0].shape))
     return build_data

@@ -8,9 +8,10 @@ Two different `drop_last`s (docs/data.md, "How batches are cut"):
   * loader level (`data.drop_last`): drop the last *short* global batch entirely
     (default), so every step has the same global batch size on every rank.
 Training shuffles with a permutation that depends only on (seed, epoch), and a
-position in that permutation is the only cursor: resuming at step k skips k global
-batches by arithmetic, without touching the data. Evaluation shards are unpadded,
-so every sample is counted exactly once.
+position in the epoch is the only cursor: resuming at step k skips k global batches by
+arithmetic, without touching the data. Repeated augmentation (reps > 1) keeps the epoch's
+length and shows each global batch's batch/reps samples reps times (TrainPlan.views).
+Evaluation shards are unpadded, so every sample is counted exactly once.
 """
 from __future__ import annotations
 
@@ -23,11 +24,24 @@ from common.config import ConfigError, seed_bits
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """How one epoch of `n` samples is cut into global batches and rank shards."""
+    """How one epoch of `n` samples is cut into global batches and rank shards.
+
+    An epoch is `n` views (a sample with its augmentation), cut into global batches. Without
+    repeated augmentation (reps=1) view v shows the sample at position v of the epoch's order.
+    With reps > 1 (torchvision's RASampler) an epoch keeps its `n` views and steps, and each
+    global batch holds batch/reps consecutive samples of the order, laid out as reps copies
+    side by side, [s0 .. sk | s0 .. sk | ...]: copy c of a sample is batch/reps views after
+    copy c-1. A rank's shard is batch/world consecutive views, so with world >= reps the reps
+    copies land on reps different ranks, whatever the world size; with fewer ranks they share
+    them as evenly as the shards allow. The global batch is the same at every world size, each
+    copy has its own view position (so its own augmentation draw), and about n/reps distinct
+    samples are seen per epoch (`distinct`), a new choice each epoch as the order is reshuffled.
+    """
     n: int
     global_batch: int
     world: int
     drop_last: bool
+    reps: int = 1  # data.ra_reps: each sample of a global batch appears this many times in it
 
     @property
     def per_rank(self) -> int:
@@ -58,8 +72,32 @@ class TrainPlan:
     def dropped(self) -> int:
         return self.n % self.global_batch if self.drop_last else 0
 
+    @property
+    def distinct(self) -> int:
+        """Distinct samples an epoch shows (the first `distinct` of its order): n - dropped without repeats."""
+        full, tail = divmod(self.n, self.global_batch)
+        return full * (self.global_batch // self.reps) + (0 if self.drop_last else -(-tail // self.reps))
 
-def check_batch(global_batch: int, world: int, accum: int) -> None:
+    def views(self, step: int, rank: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(order positions, view positions) of this rank's shard at `step`, on `device`.
+
+        The shard shows the sample at each order position with the augmentation drawn for its
+        view position (per-sample draws are indexed by view). Views >= n wrap to the start of
+        the epoch (the padding of a short last batch).
+        """
+        lo, hi = self.shard(step, rank)
+        view = torch.arange(lo, hi, device=device) % self.n
+        if self.reps == 1:
+            return view, view
+        b = self.global_batch
+        batch_step, offset = view // b, view % b
+        size = (self.n - batch_step * b).clamp(max=b)  # this view's global batch: a short last one too
+        per_copy = (size + self.reps - 1) // self.reps  # distinct samples in it
+        return batch_step * (b // self.reps) + offset % per_copy, view
+
+
+def check_batch(global_batch: int, world: int, accum: int, reps: int = 1) -> None:
+    """The global batch divides into world x accum shards, and into reps copies (data.ra_reps)."""
     if global_batch % (world * accum):
         lo = global_batch // (world * accum) * world * accum
         sizes = " or ".join(map(str, sorted({lo or world * accum, lo + world * accum})))
@@ -72,6 +110,16 @@ def check_batch(global_batch: int, world: int, accum: int) -> None:
         raise ConfigError(f"train.batch_size={global_batch} is the global batch and must be divisible by "
                           f"world_size x train.grad_accum = {world} x {accum} = {world * accum}; {keep}, or, "
                           f"for a new run, use train.batch_size={sizes}")
+    if global_batch % reps:
+        step = math.lcm(reps, world * accum)
+        lo = global_batch // step * step
+        sizes = " or ".join(map(str, sorted({lo or step, lo + step})))
+        divisors = [r for r in range(1, global_batch + 1) if global_batch % r == 0]
+        near = [max((r for r in divisors if r < reps), default=None), min((r for r in divisors if r > reps), default=None)]
+        near = [r for r in near if r is not None]
+        raise ConfigError(f"data.ra_reps={reps} must divide train.batch_size={global_batch} (each global batch is "
+                          f"batch_size/ra_reps samples, each ra_reps times): use data.ra_reps="
+                          f"{' or '.join(map(str, near))}, or train.batch_size={sizes}")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -48,10 +48,10 @@ class EpochBatches(Sampler):
     def __iter__(self):
         n = self.plan.n
         order = epoch_order(n, self.seed, self.epoch).tolist()
-        params = self.draw(n, augment_generator(self.seed, self.epoch))  # by epoch position
+        params = self.draw(n, augment_generator(self.seed, self.epoch))  # by view position: repeats differ
         for step in range(self.start_step, self.plan.steps):
-            lo, hi = self.plan.shard(step, self.rank)
-            yield [(order[p % n], params[p % n]) for p in range(lo, hi)]
+            samples, views = self.plan.views(step, self.rank)
+            yield [(order[s], params[v]) for s, v in zip(samples.tolist(), views.tolist())]
 
 
 def _ignore_ctrl_c(worker_id: int) -> None:
@@ -84,9 +84,9 @@ class FolderTrainLoader:
     """Yields per step a list of grad_accum micro-batches already on the device (TensorTrainLoader's contract)."""
 
     def __init__(self, dataset: ImageFiles, rt, *, global_batch: int, accum: int, seed: int, drop_last: bool,
-                 workers: int, prefetch: int = 4):
-        check_batch(global_batch, rt.world_size, accum)
-        self.plan = TrainPlan(len(dataset), global_batch, rt.world_size, drop_last)
+                 workers: int, prefetch: int = 4, ra_reps: int = 1):
+        check_batch(global_batch, rt.world_size, accum, ra_reps)
+        self.plan = TrainPlan(len(dataset), global_batch, rt.world_size, drop_last, ra_reps)
         if self.plan.steps == 0:
             raise DataError(f"train.batch_size={global_batch} is larger than the {len(dataset)} training images")
         self.ds, self.rt, self.accum = dataset, rt, accum

@@ -14,6 +14,9 @@ def warnings(cfg, total: int | None, n_train: int | None = None) -> list[str]:
     """Lines to print as `warning: ...`. total: the run's optimizer steps (None = not known yet);
     n_train: training samples (None = not known yet)."""
     t, o, out = cfg.train, cfg.optim, []
+    if t.ema_decay > 0 and t.ema_warmup == "restart" and o.warmup_steps == 0:
+        raise ConfigError("train.ema_warmup=restart restarts the EMA through the LR warm-up, and optim.warmup_steps=0 "
+                          "has none: set optim.warmup_steps, or train.ema_warmup=none")
     if total is not None and o.warmup_steps >= total:
         if o.schedule == "onecycle" and o.warmup_steps > total:
             raise ConfigError(f"optim.warmup_steps={o.warmup_steps} is longer than the run ({total} steps) and "

@@ -2,10 +2,10 @@
 
 It counts; the recipe's train_step does the work. Per optimizer step: one list of
 micro-batches from the loader, train_step on each (the engine skips the gradient
-all-reduce on all but the last), one engine end_step, one scheduler step, one EMA
-update. Metrics stay on the device and are reduced across ranks only on log steps.
-Logs, evaluations and checkpoints follow their Cadence; what a checkpoint holds and whether
-it is the best: common/train/saver.py.
+all-reduce on all but the last), one engine end_step, one scheduler step, the EMA
+update when one is due. Metrics stay on the device and are reduced across ranks only
+on log steps. Logs, evaluations and checkpoints follow their Cadence; what a checkpoint
+holds and whether it is the best: common/train/saver.py.
 """
 from __future__ import annotations
 
@@ -98,11 +98,11 @@ def train_row(rt, state, meter: Meter, speed: Throughput) -> dict[str, float]:
 
 
 def end_step(state, rt, epoch_end: bool) -> None:
-    """After the step's micro-batches: the engine's end of step, one scheduler step, one EMA update, the counters."""
+    """After the step's micro-batches: the engine's end of step, one scheduler step, the EMA update when due, the counters."""
     rt.end_step()
     for sched in state.scheds.values():
         sched.step()
-    state.update_ema()
+    state.update_ema(state.step + 1)  # every train.ema_every_steps
     state.step, state.batch_in_epoch = state.step + 1, state.batch_in_epoch + 1
     if epoch_end:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -123,7 +123,7 @@ def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
                                                "nothing to train (a new out_dir, or resume=none overwrite=true, starts over)"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
     rundir.record_config(out, cfg, state.step)  # only now: a refused resume leaves the old config.yaml as it was
-    rt.log(report.banner(cfg, state, rt, recipe, total, train.plan.steps))
+    rt.log(report.banner(cfg, state, rt, recipe, total, train.plan))
     return out, ckpt, total, None
 
 

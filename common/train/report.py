@@ -21,13 +21,16 @@ def batch_split(cfg, world: int) -> str:
     return f"{t.batch_size} = world {world} x grad_accum {t.grad_accum} x micro-batch {t.batch_size // (world * t.grad_accum)}"
 
 
-def banner(cfg, state, rt, recipe: str, total: int, steps_per_epoch: int) -> str:
-    t = cfg.train
+def banner(cfg, state, rt, recipe: str, total: int, plan) -> str:
+    """plan: the training loader's TrainPlan (common/data/sampling.py)."""
+    t, steps_per_epoch = cfg.train, plan.steps
     params = count_parameters(state.models)
     if t.max_steps > 0:
         length = f"{total} steps (train.max_steps; an epoch is {steps_per_epoch} steps)"
     else:
         length = f"{t.epochs} epochs x {steps_per_epoch} steps = {total} steps"
+    if plan.reps > 1:
+        length += f"; data.ra_reps={plan.reps}: an epoch shows {plan.distinct:,} distinct samples, each {plan.reps} times"
     return "\n".join([
         f"run {recipe}: " + (f"resumed from step {state.step}" if state.step else "fresh"),
         f"  parameters    {sum(params.values()):,} (" + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ")",

@@ -26,6 +26,9 @@ class StateMismatch(UserError):
     """A checkpoint that cannot belong to this run; the message says why."""
 
 
+RAMP_POWER = 2 / 3  # ema_warmup=ramp: timm's ModelEmaV3 warm-up, decay 1 - step^-power (0 at step 1, 0.999 at 31,623)
+
+
 class EMA(AveragedModel):
     """ema = decay * ema + (1 - decay) * weights, buffers (BatchNorm statistics) included.
 
@@ -33,28 +36,40 @@ class EMA(AveragedModel):
     reads no device tensor on the host: AveragedModel tests `n_averaged == 0` and `> 0` on
     every update, two host-device syncs per step on a GPU. Here whether the copy has started
     is mirrored on the host, read from n_averaged once after construction or a load.
+    after_step() updates every `every` optimizer steps, and its decay and restarts (`warmup`)
+    are functions of the step alone, so a resumed run repeats them (docs/usage.md, EMA).
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, every: int = 1, warmup: str = "none", lr_warmup_steps: int = 0):
         super().__init__(model, use_buffers=True)
-        self.decay = decay
+        self.decay, self.every, self.warmup, self.lr_warmup_steps = decay, every, warmup, lr_warmup_steps
         self._started: bool | None = False
 
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """The update due after optimizer step `step` (counted from 1 over the run), if one is."""
+        if step % self.every:
+            return
+        decay = min(self.decay, 1 - step ** -RAMP_POWER) if self.warmup == "ramp" else self.decay
+        # restart (torchvision): copy through the LR warm-up, and at the first update after it.
+        self.update_parameters(model, decay, copy=self.warmup == "restart" and step - self.every <= self.lr_warmup_steps)
+
     @torch.no_grad()
-    def update_parameters(self, model: nn.Module) -> None:
+    def update_parameters(self, model: nn.Module, decay: float | None = None, copy: bool = False) -> None:
+        """One update with `decay` (None: self.decay); copy=True (and the first update) copies the weights."""
         if self._started is None:
             self._started = bool(self.n_averaged > 0)  # once per load, not per step
+        decay = self.decay if decay is None else decay
         mine = list(chain(self.module.parameters(), self.module.buffers()))
         # A sharded engine (fsdp) holds DTensors: the EMA stays a whole copy on every rank (an all-gather).
         theirs = [full_tensor(t.detach()) for t in chain(model.parameters(), model.buffers())]
-        if not self._started:  # the first update copies, as AveragedModel does
+        if copy or not self._started:  # the first update copies, as AveragedModel does
             for a, b in zip(mine, theirs, strict=True):
                 a.copy_(b)
         else:
             # An engine may hold the model in bf16/fp16 (DeepSpeed); the EMA stays in its own dtype.
             floats = [(a, b.to(a.dtype)) for a, b in zip(mine, theirs, strict=True) if a.is_floating_point()]
             if floats:
-                torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - self.decay)
+                torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1 - decay)
             for a, b in zip(mine, theirs, strict=True):
                 if not a.is_floating_point():  # BatchNorm's num_batches_tracked: a count, not averaged
                     a.copy_(b)
@@ -67,8 +82,14 @@ class EMA(AveragedModel):
         return out
 
 
-def make_ema(model: nn.Module, decay: float) -> EMA:
-    return EMA(unwrap(model), decay)
+def make_ema(model: nn.Module, decay: float, every: int = 1, warmup: str = "none", lr_warmup_steps: int = 0) -> EMA:
+    return EMA(unwrap(model), decay, every, warmup, lr_warmup_steps)
+
+
+def ema_settings(cfg) -> dict:
+    """make_ema's keywords from cfg.train (and the LR warm-up, for ema_warmup=restart)."""
+    t = cfg.train
+    return dict(decay=t.ema_decay, every=t.ema_every_steps, warmup=t.ema_warmup, lr_warmup_steps=cfg.optim.warmup_steps)
 
 
 @dataclass
@@ -82,9 +103,10 @@ class TrainState:
     batch_in_epoch: int = 0  # global batches of the current epoch already consumed
     best: float | None = None  # best value of cfg.ckpt.best_metric so far
 
-    def update_ema(self) -> None:
+    def update_ema(self, step: int) -> None:
+        """The EMA updates due after optimizer step `step` (counted from 1)."""
         for name, ema in self.ema.items():
-            ema.update_parameters(unwrap(self.models[name]))
+            ema.after_step(unwrap(self.models[name]), step)
 
     def eval_model(self, name: str) -> nn.Module:
         """The weights to evaluate: the EMA copy if there is one, else the plain model."""
@@ -174,6 +196,6 @@ def build_state(cfg, rt, models: dict[str, nn.Module], total_steps: int, ema: tu
     init_from(cfg, rt, models)  # weights of another run, before the engine wraps (and copies) them
     optims = {k: build_optimizer(cfg.optim, m) for k, m in models.items()}
     scheds = {k: build_scheduler(cfg.optim, o, total_steps) for k, o in optims.items()}
-    emas = {k: make_ema(models[k], cfg.train.ema_decay) for k in ema if cfg.train.ema_decay > 0}
+    emas = {k: make_ema(models[k], **ema_settings(cfg)) for k in ema if cfg.train.ema_decay > 0}
     models, optims = rt.prepare(models, optims)
     return TrainState(models=models, optims=optims, scheds=scheds, ema=emas)

@@ -6,6 +6,7 @@ import subprocess
 import pytest
 import torch
 
+from common.formats.checkpoint import load_file
 from support.inprocess import run_inprocess
 from support.runs import ROOT, recipe_command, run_recipe
 from support.outputs import final_weights, metrics
@@ -37,6 +38,26 @@ def test_resume_mid_epoch_is_bitwise_identical(recipe, nproc, tmp_path):
     again = [m for m in metrics(resumed) if m["split"] == "val"]
     assert [m["step"] for m in again] == [m["step"] for m in after]
     assert [m["loss"] for m in again] == [m["loss"] for m in after]
+
+
+def test_resume_mid_epoch_with_repeated_augmentation_and_a_sparse_ema_is_bitwise(tmp_path):
+    """data.ra_reps=3 with augmentation (each copy its own crop) and an EMA updated every 4 steps with the
+    ramp warm-up: 512 samples / batch 48 = 10 steps per epoch; resumed at step 6, between EMA updates
+    (4, 8, 12) and before the epoch ends, the run ends bitwise as the one that never stopped."""
+    steps = ["train.max_steps=14", "train.ckpt_every_steps=6", "ckpt.keep_last=10", "data.synthetic_train=512",
+             "train.batch_size=48", "data.ra_reps=3", "data.augment=true", "model.hidden=[64]",
+             "train.ema_decay=0.9", "train.ema_every_steps=4", "train.ema_warmup=ramp"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_inprocess("mnist_mlp", f"out_dir={full}", *steps)
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step_00000006", resumed / "checkpoints" / "step_00000006")
+    proc = run_inprocess("mnist_mlp", f"out_dir={resumed}", *steps)
+    assert "resumed from" in proc.stdout and "step 6, epoch 0, batch 6" in proc.stdout
+    assert "data.ra_reps=3: an epoch shows 160 distinct samples, each 3 times" in proc.stdout
+    assert_bitwise(final_weights(full), final_weights(resumed))
+    ema = [load_file(run / "checkpoints" / "step_00000014")["ema"]["net"] for run in (full, resumed)]
+    assert_bitwise(*ema)
+    assert int(ema[0]["n_averaged"]) == 3
 
 
 def test_killed_run_rerun_with_the_same_command_finishes_identically(tmp_path):

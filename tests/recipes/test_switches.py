@@ -66,6 +66,26 @@ def test_onecycle_schedule_is_used(baseline, tmp_path):
     assert max(lrs) <= 0.05 + 1e-9  # peaks at optim.lr
 
 
+def test_ema_every_steps_is_the_lerp_of_the_weights_at_its_update_steps(tmp_path):
+    """A real run with train.ema_every_steps=3 (a checkpoint after every step): its EMA is updated after
+    steps 3 (the first update: a copy) and 6, and holds still in between."""
+    from common.formats.checkpoint import load_file
+    out = tmp_path / "run"
+    run_inprocess("mnist_mlp", f"out_dir={out}", "model.hidden=[32]", "train.max_steps=7", "train.ckpt_every_steps=1",
+                  "ckpt.keep_last=10", "train.eval_every_steps=7", "train.ema_decay=0.8", "train.ema_every_steps=3")
+    ckpt = {k: load_file(out / "checkpoints" / f"step_{k:08d}") for k in range(1, 8)}
+    weights = {k: c["models"]["net"] for k, c in ckpt.items()}
+    ema = {k: {name[len("module."):]: v for name, v in c["ema"]["net"].items() if name != "n_averaged"}
+           for k, c in ckpt.items()}
+    for k in (3, 4, 5):
+        assert all(torch.equal(ema[k][n], weights[3][n]) for n in weights[3])
+    for k in (6, 7):
+        for n, w in weights[6].items():
+            assert torch.equal(ema[k][n], torch.lerp(weights[3][n], w, 0.2)), n  # 0.8 * ema + 0.2 * weights
+    assert [int(ckpt[k]["ema"]["net"]["n_averaged"]) for k in range(1, 8)] == [0, 0, 1, 1, 1, 2, 2]
+    assert not torch.equal(ema[7]["1.weight"], weights[7]["1.weight"])  # the EMA is not the weights
+
+
 def test_ema_decay_zero_equals_the_weights():
     from common.train.state import make_ema
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))

@@ -29,7 +29,7 @@ def train_some(state, steps=3):
         state.optims["net"].step()
         state.optims["net"].zero_grad()
         state.scheds["net"].step()
-        state.update_ema()
+        state.update_ema(state.step + 1)
         state.step += 1
 
 

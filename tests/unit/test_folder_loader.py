@@ -19,7 +19,8 @@ class Rank:
 
 
 def config(root, batch=8, accum=1, **data):
-    d = dict(name="imagefolder", root=str(root), image_size=16, workers=0, drop_last=True, augment=True, direction="AtoB")
+    d = dict(name="imagefolder", root=str(root), image_size=16, workers=0, drop_last=True, augment=True, direction="AtoB",
+             ra_reps=1)
     d.update(data)
     return SimpleNamespace(seed=5, data=SimpleNamespace(**d),
                            train=SimpleNamespace(batch_size=batch, grad_accum=accum, eval_batch_size=6))
@@ -150,3 +151,16 @@ def test_a_worker_process_reports_the_unreadable_file_too(gan_tree):
     train = build("gan_images", gan_tree, workers=1, batch=22, drop_last=False).train
     with pytest.raises(DataError, match=r"cannot read image .*c0/zz\.png"):
         epoch(train)
+
+
+def test_repeated_augmentation_on_image_files(imagenet_tree):
+    """data.ra_reps=3 on JPEGs: the global batches are the same on 1 and 3 ranks, each holds 2 files 3 times
+    (rank r holds copy r), and every copy has its own crop."""
+    one = epoch(build("classification", imagenet_tree, batch=6, ra_reps=3).train)
+    ranks = [epoch(build("classification", imagenet_tree, rank=r, world=3, batch=6, ra_reps=3).train) for r in range(3)]
+    assert len(one) == 21 // 6
+    for (x, y), *shards in zip(one, *ranks, strict=True):
+        assert torch.equal(x, torch.cat([sx for sx, _ in shards])) and torch.equal(y, torch.cat([sy for _, sy in shards]))
+        assert torch.equal(y, y[:2].repeat(3))
+        copies = x.view(3, 2, *x.shape[1:])
+        assert all(not torch.equal(copies[a, i], copies[b, i]) for a, b in ((0, 1), (0, 2), (1, 2)) for i in range(2))

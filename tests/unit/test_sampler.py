@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from common.config import ConfigError
 from common.data.classifier_data import TensorEvalLoader, TensorTrainLoader
-from common.data.sampling import TrainPlan, epoch_order, eval_shard
+from common.data.sampling import TrainPlan, check_batch, epoch_order, eval_shard
+from common.data.streaming import EpochBatches
 
 CASES = [(10_000, 3, 96), (10_000, 4, 128), (60_000, 8, 256), (1_000, 3, 30), (97, 2, 8), (50, 5, 50)]
 
@@ -106,3 +108,132 @@ def test_eval_loader_total_and_batches():
     loaders = [TensorEvalLoader(images, torch.arange(11), [0.], [1.], batch_size=4, world=3, rank=r) for r in range(3)]
     ys = torch.cat([y for ld in loaders for _, y in ld])
     assert all(ld.total == 11 for ld in loaders) and torch.equal(ys.sort().values, torch.arange(11))
+
+
+# ----------------------------------------------------------------------------- repeated augmentation (data.ra_reps)
+
+def _epoch_views(plan):
+    """{step: [(rank, order position, view position), ...]} over one epoch."""
+    out = {}
+    for step in range(plan.steps):
+        for r in range(plan.world):
+            samples, views = plan.views(step, r)
+            out.setdefault(step, []).extend((r, s, v) for s, v in zip(samples.tolist(), views.tolist()))
+    return out
+
+
+RA_CASES = [(1_000, 4, 96, 3), (1_000, 3, 96, 3), (1_000, 8, 96, 4), (1_000, 5, 60, 3), (97, 4, 12, 2), (500, 2, 48, 3)]
+
+
+@pytest.mark.parametrize("n,world,batch,reps", RA_CASES)
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_each_sample_of_an_epoch_appears_ra_reps_times_with_its_own_view(n, world, batch, reps, drop_last):
+    plan = TrainPlan(n, batch, world, drop_last, reps)
+    assert plan.steps == TrainPlan(n, batch, world, drop_last).steps  # an epoch keeps its length in steps
+    rows = [(step, s, v) for step, shard in _epoch_views(plan).items() for _, s, v in shard]
+    real = [(s, v) for step, s, v in rows if v >= step * batch]  # not the padding (the epoch's first views again)
+    assert len(rows) == len(real) + plan.padded
+    # Each view position (what a sample's augmentation is drawn by) is used once: no two copies share a draw.
+    assert len(real) == n - plan.dropped and len({v for _, v in real}) == len(real)
+    # The epoch's first `distinct` order positions, each ra_reps times (a short last batch: its own share).
+    per_sample = Counter(s for s, _ in real)
+    assert sorted(per_sample) == list(range(plan.distinct))
+    full = n // batch
+    assert plan.distinct == full * batch // reps + (0 if drop_last else math.ceil(n % batch / reps))
+    assert all(per_sample[s] == reps for s in range(full * batch // reps))
+    assert all(1 <= c <= reps for c in per_sample.values())
+
+
+@pytest.mark.parametrize("n,world,batch,reps", RA_CASES + [(1_000, 2, 96, 3), (1_000, 1, 96, 4), (1_000, 3, 96, 4)])
+def test_the_copies_of_a_sample_land_on_different_ranks(n, world, batch, reps):
+    """With world >= ra_reps every copy of a sample is on its own rank (any world size, divisible or not);
+    with fewer ranks they share them as evenly as possible (one process: all on it, as torchvision's)."""
+    plan = TrainPlan(n, batch, world, False, reps)
+    for step, rows in _epoch_views(plan).items():
+        ranks_of = {}
+        for r, s, v in rows:
+            if v >= step * batch:  # not the padding of a short last batch (the epoch's first views again)
+                ranks_of.setdefault(s, []).append(r)
+        for s, ranks in ranks_of.items():
+            if world >= reps:
+                assert len(set(ranks)) == len(ranks), f"step {step}: sample {s} twice on a rank {ranks}"
+            else:
+                assert max(Counter(ranks).values()) <= math.ceil(reps / world)
+
+
+def test_ra_reps_worked_example():
+    """docs/data.md: 10,000 samples, 4 ranks, train.batch_size=96, data.ra_reps=3."""
+    plan = TrainPlan(10_000, 96, 4, True, reps=3)
+    assert (plan.steps, plan.distinct, plan.per_rank) == (104, 3_328, 24)
+    samples, _ = zip(*(plan.views(0, r) for r in range(4)))
+    batch = torch.cat(samples)
+    assert torch.equal(batch, torch.arange(32).repeat(3))  # [s0..s31 | s0..s31 | s0..s31]
+    assert [s[:2].tolist() for s in samples] == [[0, 1], [24, 25], [16, 17], [8, 9]]
+
+
+def _ra_loader(world, rank, batch=12, reps=3, **kw):
+    return _loader(world, rank, batch=batch, ra_reps=reps, augment=True, **kw)
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_ra_global_batches_do_not_depend_on_world_size(world):
+    one = _ra_loader(1, 0)
+    one.set_epoch(2)
+    many = [_ra_loader(world, r) for r in range(world)]
+    for ld in many:
+        ld.set_epoch(2)
+    for step_one, *steps in zip(one, *many, strict=True):
+        assert torch.equal(step_one[0][1], torch.cat([s[0][1] for s in steps]))
+        assert torch.equal(step_one[0][0], torch.cat([s[0][0] for s in steps]))
+
+
+def test_ra_copies_get_different_augmentations():
+    ld = _ra_loader(1, 0, batch=48)
+    differ = total = 0
+    for (x, y), in ld:
+        assert torch.equal(y[:16].repeat(3), y)  # the labels are the sample ids: each sample 3 times
+        copies = x.view(3, 16, *x.shape[1:])
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            differ += sum(not torch.equal(copies[a, i], copies[b, i]) for i in range(16))
+            total += 16
+    # 162 crop-and-flip outcomes per copy: a handful of pairs draw the same one; most differ.
+    assert differ > 0.9 * total
+
+
+def test_ra_resume_skips_by_index():
+    full = _ra_loader(2, 1)
+    full.set_epoch(1)
+    batches = list(full)
+    later = _ra_loader(2, 1)
+    later.set_epoch(1, start_step=3)
+    assert len(later) == len(batches) - 3
+    for a, b in zip(batches[3:], later, strict=True):
+        assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[0][1], b[0][1])
+
+
+def test_ra_streaming_sampler_picks_what_the_in_memory_loader_picks():
+    """One implementation: the folder loaders' sampler shows the same samples, with draws by view position."""
+    plan = TrainPlan(50, 12, 2, True, reps=3)
+    draws = list(range(1000, 1050))  # a distinct draw per view position
+    sampler = EpochBatches(plan, 1, seed=3, draw=lambda n, g: draws[:n])
+    sampler.set_epoch(2)
+    memory = _ra_loader(2, 1)
+    memory.set_epoch(2)
+    for items, ((_, y),) in zip(sampler, memory, strict=True):
+        assert [i for i, _ in items] == y.tolist()
+        by_sample = {}
+        for i, d in items:
+            by_sample.setdefault(i, []).append(d)
+        assert all(len(set(d)) == len(d) for d in by_sample.values())  # each copy its own draw
+
+
+@pytest.mark.parametrize("batch,world,accum,reps,fix", [
+    (128, 2, 1, 3, "use data.ra_reps=2 or 4, or train.batch_size=126 or 132"),
+    (96, 4, 2, 5, "use data.ra_reps=4 or 6, or train.batch_size=80 or 120"),
+    (8, 1, 1, 9, "use data.ra_reps=8, or train.batch_size=9"),
+])
+def test_ra_reps_that_do_not_divide_the_batch_are_refused_with_the_nearest_values(batch, world, accum, reps, fix):
+    with pytest.raises(ConfigError, match=f"data.ra_reps={reps} must divide train.batch_size={batch}") as e:
+        check_batch(batch, world, accum, reps)
+    assert fix in str(e.value)
+    check_batch(batch, world, accum, 4 if batch % 4 == 0 else 1)  # a divisor passes
