@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.config import ConfigError, seed_bits
+from common.config import ConfigError
 from common.data.datasets import channel_stats, load_split, read_folder
 from common.data.files import SAVED_CLASSES
+from common.data.mixing import batch_mix, lead_position
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
 def _augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
@@ -88,7 +89,7 @@ class TensorTrainLoader:
         self.rank, self.accum, self.seed, self.augment = rank, accum, seed, augment
         self.device, self.memory_format = torch.device(device), memory_format
         self.epoch, self.start_step = 0, 0
-        self.mix = mix  # batch transform returning (x, soft targets), e.g. MixUp/CutMix
+        self.mix = mix  # a mixing.BatchMix: MixUp/CutMix over the global batch
 
     def __len__(self) -> int:
         return self.plan.steps - self.start_step
@@ -104,23 +105,24 @@ class TensorTrainLoader:
         flips = torch.rand(n, generator=g) < 0.5
         return order.to(self.images.device), shifts.to(self.device), flips.to(self.device)
 
+    def _positions(self, step: int):
+        """This rank's epoch positions at `step` (led by the sample its first is mixed with, under MixUp/CutMix)."""
+        lo, hi = self.plan.shard(step, self.rank)
+        if self.mix is None:
+            return torch.arange(lo, hi) % self.plan.n if hi > self.plan.n else slice(lo, hi)  # wraps only with drop_last=false
+        return torch.tensor([lead_position(self.plan, step, self.rank), *range(lo, hi)]) % self.plan.n
+
     def __iter__(self):
         order, shifts, flips = self._epoch_tensors()
-        n = self.plan.n
         for step in range(self.start_step, self.plan.steps):
-            lo, hi = self.plan.shard(step, self.rank)
-            pos = torch.arange(lo, hi) % n if hi > n else slice(lo, hi)  # wraps only with drop_last=false
+            pos = self._positions(step)
             idx = order[pos]
             x, y = _fetch(self.images, idx, self.device), _fetch(self.labels, idx, self.device)
-            x = x.float().div_(255)
-            if self.augment:
+            if self.augment:  # on uint8: the same pixels as after the float conversion, fewer bytes moved
                 x = _augment(x, shifts[pos], flips[pos], pad=4)
-            x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+            x = ((x.float().div_(255) - self.mean) / self.std).contiguous(memory_format=self.memory_format)
             if self.mix is not None:
-                # Seeded per (seed, epoch, step, rank): the same mix after a resume, global RNG untouched.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed_bits(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + step) * 4096 + self.rank))
-                    x, y = self.mix(x, y)
+                x, y = self.mix(x, y, self.epoch, step)
             yield list(zip(x.tensor_split(self.accum), y.tensor_split(self.accum)))
 
 
@@ -145,16 +147,6 @@ class TensorEvalLoader:
         for idx in self.idx.split(self.batch):
             x = (_fetch(self.images, idx, self.device).float().div_(255) - self.mean) / self.std
             yield x.contiguous(memory_format=self.memory_format), _fetch(self.labels, idx, self.device)
-
-
-def batch_mix(d, num_classes: int):
-    """MixUp and/or CutMix from torchvision.transforms.v2 (None when both alphas are 0)."""
-    if d.mixup_alpha <= 0 and d.cutmix_alpha <= 0:
-        return None
-    from torchvision.transforms import v2
-    mixes = [v2.MixUp(alpha=d.mixup_alpha, num_classes=num_classes)] if d.mixup_alpha > 0 else []
-    mixes += [v2.CutMix(alpha=d.cutmix_alpha, num_classes=num_classes)] if d.cutmix_alpha > 0 else []
-    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
 @dataclass
@@ -199,6 +191,6 @@ def classification_data(cfg, rt, classes: list[str] | None = None,
     num_classes = len(classes) if classes else int(max(train_y.max(), test_y.max())) + 1
     train = TensorTrainLoader(train_x, train_y, mean, std, global_batch=cfg.train.batch_size,
                               accum=cfg.train.grad_accum, seed=cfg.seed, drop_last=d.drop_last,
-                              augment=d.augment, mix=batch_mix(d, num_classes), **common)
+                              augment=d.augment, mix=batch_mix(d, num_classes, cfg.seed), **common)
     evaluate = TensorEvalLoader(test_x, test_y, mean, std, batch_size=cfg.train.eval_batch_size, **common)
     return Loaders(train, evaluate, num_classes, tuple(train_x.shape[1:]), classes, (mean, std))
