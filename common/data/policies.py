@@ -97,17 +97,18 @@ class SampleAugment:
         """The policy on uint8 images x [B, C, H, W], params indexed like x."""
         if self.policy is None:
             return x
-        if "seeds" in params:
-            return self._per_sample(self.policy, x, params["seeds"].tolist())
+        if "seeds" in params:  # AugMix, on the CPU: its Dirichlet draws would use the device's generator
+            return _seeded(self.policy, x.cpu(), params["seeds"].tolist()).to(x.device, non_blocking=True)
         groups: dict[tuple, list[int]] = {}
         rows, inverse = torch.unique(params["ops"], dim=0, return_inverse=True)
         for k, row in enumerate(rows.tolist()):
             groups.setdefault(self.ops(row), []).append(k)
-        out, inverse = x.clone(), inverse.to(x.device)
+        out = x.clone()
         for ops, ks in groups.items():
             if not ops or all(op == "Identity" for op, _ in ops):
                 continue
-            sel = torch.isin(inverse, torch.tensor(ks, device=x.device)).nonzero().squeeze(1)
+            # Indices found on the CPU, where the draws are: no device sync per group.
+            sel = torch.isin(inverse, torch.tensor(ks)).nonzero().squeeze(1).to(x.device, non_blocking=True)
             y = x[sel]
             for op, magnitude in ops:
                 y = self.policy._apply_image_or_video_transform(y, op, magnitude, interpolation=self.policy.interpolation,
@@ -119,19 +120,27 @@ class SampleAugment:
         """RandomErasing on normalised images x, on the samples drawn for it."""
         if self.erase_p <= 0:
             return x
+        from torchvision.transforms.v2 import functional as F
         picked = params["erase"].nonzero().squeeze(1).tolist()
-        return self._per_sample(self.eraser, x, params["erase_seeds"].tolist(), picked) if picked else x
-
-    @staticmethod
-    def _per_sample(fn, x: torch.Tensor, seeds: list[int], rows: list[int] | None = None) -> torch.Tensor:
-        """fn(x[i]) with torch's RNG seeded by seeds[i]; the caller's RNG (CPU and x's device) is untouched."""
-        out = x.clone()
-        devices = [x.device.index or 0] if x.device.type == "cuda" else []  # AugMix draws on the image's device
-        # The generators themselves: torch.manual_seed would seed every backend, 20x slower per sample.
-        generators = [torch.default_generator] + [torch.cuda.default_generators[d] for d in devices]
-        with torch.random.fork_rng(devices=devices):
-            for i in range(len(x)) if rows is None else rows:
-                for g in generators:
-                    g.manual_seed(seeds[i])
-                out[i] = fn(x[i])
+        if not picked:
+            return x
+        # The box is RandomErasing's draw under the sample's seed (on the CPU); the value 0 is put on the
+        # device as a scalar, so no host-device copy waits for the queued steps.
+        shapes = torch.zeros(()).expand(*x.shape)  # make_params reads only the image size: no copy off the device
+        boxes = _seeded(lambda image: self.eraser.make_params([image]), shapes, params["erase_seeds"].tolist(), picked)
+        out, zero = x.clone(), x.new_zeros(())
+        for i, box in zip(picked, boxes):
+            if box["v"] is not None:  # None: no box fitted in its ten tries, as in torchvision
+                out[i] = F.erase(out[i], box["i"], box["j"], box["h"], box["w"], zero)
         return out
+
+
+def _seeded(fn, x: torch.Tensor, seeds: list[int], rows: list[int] | None = None):
+    """fn(x[i]) with torch's CPU generator seeded by seeds[i], for each row (all by default); the caller's RNG is
+    untouched. Images come back stacked, anything else as a list."""
+    with torch.random.fork_rng(devices=[]):
+        out = []
+        for i in range(len(x)) if rows is None else rows:
+            torch.default_generator.manual_seed(seeds[i])  # not torch.manual_seed: it seeds every backend, 20x slower
+            out.append(fn(x[i]))
+    return torch.stack(out) if out and isinstance(out[0], torch.Tensor) else out
