@@ -4,9 +4,10 @@ and RandomErasing, per sample, on a batch on the device.
 Each sample's parameters are drawn by epoch position from augment_generator(seed, epoch) (`draw`), so
 they depend neither on world size, rank nor resume. The policies (ta_wide, randaugment, autoaugment)
 draw which ops and magnitudes each sample gets as torchvision's forward does, then apply torchvision's
-own op (`_apply_image_or_video_transform`) once per group of samples with the same ops, so a batch costs
-a few hundred small kernels, not one call per sample. AugMix mixes with per-image weights and runs
-per sample, seeded; so does RandomErasing, on the samples its probability picks.
+own op (`_apply_image_or_video_transform`) once per group of samples with the same ops, so a chunk of
+steps costs a few hundred small kernels, not one call per sample. AugMix mixes with per-image weights
+and runs per sample, seeded, on the CPU; RandomErasing draws its box per sample, seeded, on the samples
+its probability picks. The caller's RNG is untouched, and nothing waits on the device.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class SampleAugment:
         self.kind, self.shape = d.auto_augment, shape
         self.policy = None if d.auto_augment == "none" else _policy(d)
         self.erase_p = d.random_erase
-        self.eraser = v2.RandomErasing(p=1.0)  # which samples are erased is drawn by position (erase_p)
+        self.eraser = v2.RandomErasing(p=d.random_erase)  # its box; whether a sample is erased is drawn by position
 
     @staticmethod
     def wanted(d) -> bool:
