@@ -170,3 +170,28 @@ def test_mix_is_torchvisions_over_the_global_batch():
         part, part_soft = mix(x[[lead, *range(lo, hi)]], y[[lead, *range(lo, hi)]], 0, 5)
         assert torch.equal(part, whole[lo:hi]) and torch.equal(part_soft, soft[lo:hi])
     assert soft.shape == (12, 10) and torch.allclose(soft.sum(1), torch.ones(12))
+
+
+def test_a_users_dataset_is_mixed_by_the_same_implementation():
+    """dataset_data (a user's own Dataset) mixes on the device with mixing.BatchMix too, seeded per step."""
+    from common.data.custom import dataset_data
+    from common.tasks.classifier import ClassifierConfig
+
+    class Squares(torch.utils.data.Dataset):
+        classes = ["a", "b", "c"]
+
+        def __len__(self):
+            return 24
+
+        def __getitem__(self, i):
+            return torch.full((1, 4, 4), float(i)), i % 3
+
+    cfg = ClassifierConfig()
+    cfg.data.mixup_alpha, cfg.train.batch_size = 0.4, 8
+    rt = SimpleNamespace(rank=0, world_size=1, device=torch.device("cpu"), memory_format=torch.contiguous_format)
+    train = dataset_data(lambda cfg, split: Squares(), workers=0)(cfg, rt).train
+    assert type(train.mix) is mixing.BatchMix
+    train.set_epoch(0)
+    first = [torch.cat([y for _, y in step]) for step in train]
+    train.set_epoch(0)
+    assert first[0].shape == (8, 3) and all(torch.equal(a, torch.cat([y for _, y in b])) for a, b in zip(first, train))
