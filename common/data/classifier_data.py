@@ -17,7 +17,7 @@ from common.data.mixing import batch_mix, lead_position
 from common.data.policies import SampleAugment
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
-POLICY_CHUNK = 16384  # samples per policy pass (data.auto_augment): a few hundred op groups, bounded memory
+POLICY_BYTES = 2**26  # uint8 images per policy pass (data.auto_augment): 21,845 CIFAR images, bounded memory
 
 def _augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
     """Random crop after zero padding `pad`, then horizontal flip; per-sample parameters given."""
@@ -97,7 +97,8 @@ class TensorTrainLoader:
         self.mix = mix  # a mixing.BatchMix: MixUp/CutMix over the global batch
         self.sample_augment = sample_augment  # a policies.SampleAugment: auto_augment, random_erase
         # Steps whose policy runs together: enough samples that most op groups hold many of them.
-        self.chunk = max(1, POLICY_CHUNK // self.plan.per_rank) if sample_augment and sample_augment.policy else 1
+        step_bytes = self.plan.per_rank * images[0].numel()
+        self.chunk = max(1, POLICY_BYTES // step_bytes) if sample_augment and sample_augment.policy else 1
 
     def __len__(self) -> int:
         return self.plan.steps - self.start_step

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-SEEDS = 2**62
+SEEDS = 2**62  # per-sample seeds, drawn like streaming's Seeded
 
 
 def _policy(d):

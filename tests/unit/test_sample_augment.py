@@ -69,8 +69,13 @@ def test_the_same_global_batches_at_world_size_1_and_2(fashion, keys):
 
 
 def test_a_resumed_epoch_repeats_the_augmented_batches(fashion):
+    """Also when the policy runs over other chunks of steps (one pass per 2 steps here, not per epoch)."""
     full = global_batches([loader(fashion, 2, r, **ALL_ON) for r in range(2)])
-    later = global_batches([loader(fashion, 2, r, **ALL_ON) for r in range(2)], start=3)
+    assert loader(fashion, 1, 0, **ALL_ON).chunk >= len(full)  # by default: one pass over the epoch
+    resumed = [loader(fashion, 2, r, **ALL_ON) for r in range(2)]
+    for ld in resumed:
+        ld.chunk = 2
+    later = global_batches(resumed, start=3)
     assert len(later) == len(full) - 3
     for (x1, y1), (x2, y2) in zip(full[3:], later):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
