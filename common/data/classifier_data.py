@@ -10,10 +10,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.config import ConfigError, seed_bits
+from common.config import ConfigError
 from common.data.datasets import channel_stats, load_split, read_folder
 from common.data.files import SAVED_CLASSES
+from common.data.mixing import batch_mix, lead_position
+from common.data.policies import SampleAugment
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
+
+POLICY_BYTES = 2**26  # uint8 images per policy pass (data.auto_augment): 21,845 CIFAR images, bounded memory
 
 def _augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
     """Random crop after zero padding `pad`, then horizontal flip; per-sample parameters given."""
@@ -71,12 +75,14 @@ class TensorTrainLoader:
 
     Iterating yields one list of micro-batches per optimizer step, [(x, y)] * grad_accum.
     Augmentation parameters are drawn per epoch position from (seed, epoch), so a sample
-    gets the same crop whatever the world size and wherever the run resumed.
+    gets the same crop and policy whatever the world size and wherever the run resumed.
+    Order per sample as torchvision's ClassificationPresetTrain: crop/flip and the policy on
+    uint8, then to float and normalised, then random erasing; MixUp/CutMix on the batch.
     """
 
     def __init__(self, images, labels, mean, std, *, global_batch, world, rank, accum, seed,
                  drop_last=True, augment=False, device="cpu", memory_format=torch.contiguous_format,
-                 mix=None, storage=None, ra_reps=1):
+                 mix=None, storage=None, sample_augment=None, ra_reps=1):
         check_batch(global_batch, world, accum, ra_reps)
         self.images, self.labels = _store(images, device, storage), _store(labels, device, storage)
         self.plan = TrainPlan(len(labels), global_batch, world, drop_last, ra_reps)
@@ -88,7 +94,11 @@ class TensorTrainLoader:
         self.rank, self.accum, self.seed, self.augment = rank, accum, seed, augment
         self.device, self.memory_format = torch.device(device), memory_format
         self.epoch, self.start_step = 0, 0
-        self.mix = mix  # batch transform returning (x, soft targets), e.g. MixUp/CutMix
+        self.mix = mix  # a mixing.BatchMix: MixUp/CutMix over the global batch
+        self.sample_augment = sample_augment  # a policies.SampleAugment: auto_augment, random_erase
+        # Steps whose policy runs together: enough samples that most op groups hold many of them.
+        step_bytes = self.plan.per_rank * images[0].numel()
+        self.chunk = max(1, POLICY_BYTES // step_bytes) if sample_augment and sample_augment.policy else 1
 
     def __len__(self) -> int:
         return self.plan.steps - self.start_step
@@ -102,26 +112,48 @@ class TensorTrainLoader:
         g = augment_generator(self.seed, self.epoch)
         shifts = torch.randint(0, 9, (n, 2), generator=g)
         flips = torch.rand(n, generator=g) < 0.5
-        return order.to(self.images.device), shifts.to(self.device), flips.to(self.device)
+        drawn = self.sample_augment.draw(n, g) if self.sample_augment else {}
+        return order.to(self.images.device), shifts.to(self.device), flips.to(self.device), drawn
+
+    def _positions(self, step: int):
+        """This rank's view positions at `step` (led by the one its first is mixed with, under MixUp/CutMix):
+        they index the per-sample draws; _samples maps them to the samples shown (data.ra_reps)."""
+        lo, hi = self.plan.shard(step, self.rank)
+        if self.mix is None and self.chunk == 1:
+            if hi <= self.plan.n and self.plan.reps == 1:
+                return slice(lo, hi)
+            return torch.arange(lo, hi) % self.plan.n  # wraps only with drop_last=false
+        lead = [lead_position(self.plan, step, self.rank)] if self.mix is not None else []
+        return torch.tensor([*lead, *range(lo, hi)]) % self.plan.n
+
+    def _samples(self, order: torch.Tensor, pos) -> torch.Tensor:
+        return order[pos] if self.plan.reps == 1 else order[self.plan.sample_of(pos)]
+
+    def _uint8(self, order, shifts, flips, drawn, pos) -> torch.Tensor:
+        x = _fetch(self.images, self._samples(order, pos), self.device)
+        if self.augment:
+            x = _augment(x, shifts[pos], flips[pos], pad=4)
+        if self.sample_augment:
+            x = self.sample_augment.apply_policy(x, {k: v[pos] for k, v in drawn.items()})
+        return x
 
     def __iter__(self):
-        order, shifts, flips = self._epoch_tensors()
-        for step in range(self.start_step, self.plan.steps):
-            samples, pos = self.plan.views(step, self.rank, order.device)  # augmentation by view: repeats differ
-            if pos.device != shifts.device:  # host-stored data: the view positions made where the draws are
-                pos = self.plan.views(step, self.rank, shifts.device)[1]
-            idx = order[samples]
-            x, y = _fetch(self.images, idx, self.device), _fetch(self.labels, idx, self.device)
-            x = x.float().div_(255)
-            if self.augment:
-                x = _augment(x, shifts[pos], flips[pos], pad=4)
-            x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-            if self.mix is not None:
-                # Seeded per (seed, epoch, step, rank): the same mix after a resume, global RNG untouched.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed_bits(((self.seed * 1_000_003 + self.epoch) * 1_000_003 + step) * 4096 + self.rank))
-                    x, y = self.mix(x, y)
-            yield list(zip(x.tensor_split(self.accum), y.tensor_split(self.accum)))
+        order, shifts, flips, drawn = self._epoch_tensors()
+        steps = list(range(self.start_step, self.plan.steps))
+        for c in range(0, len(steps), self.chunk):
+            positions = [self._positions(step) for step in steps[c:c + self.chunk]]
+            if len(positions) == 1:
+                images = [self._uint8(order, shifts, flips, drawn, positions[0])]
+            else:  # one policy pass over the chunk, split back into steps
+                images = self._uint8(order, shifts, flips, drawn, torch.cat(positions)).split([len(p) for p in positions])
+            for step, pos, x in zip(steps[c:c + self.chunk], positions, images):
+                y = _fetch(self.labels, self._samples(order, pos), self.device)
+                x = ((x.float().div_(255) - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+                if self.sample_augment:
+                    x = self.sample_augment.apply_erase(x, {k: v[pos] for k, v in drawn.items()})
+                if self.mix is not None:
+                    x, y = self.mix(x, y, self.epoch, step)
+                yield list(zip(x.tensor_split(self.accum), y.tensor_split(self.accum)))
 
 
 class TensorEvalLoader:
@@ -145,16 +177,6 @@ class TensorEvalLoader:
         for idx in self.idx.split(self.batch):
             x = (_fetch(self.images, idx, self.device).float().div_(255) - self.mean) / self.std
             yield x.contiguous(memory_format=self.memory_format), _fetch(self.labels, idx, self.device)
-
-
-def batch_mix(d, num_classes: int):
-    """MixUp and/or CutMix from torchvision.transforms.v2 (None when both alphas are 0)."""
-    if d.mixup_alpha <= 0 and d.cutmix_alpha <= 0:
-        return None
-    from torchvision.transforms import v2
-    mixes = [v2.MixUp(alpha=d.mixup_alpha, num_classes=num_classes)] if d.mixup_alpha > 0 else []
-    mixes += [v2.CutMix(alpha=d.cutmix_alpha, num_classes=num_classes)] if d.cutmix_alpha > 0 else []
-    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
 
 @dataclass
@@ -199,6 +221,8 @@ def classification_data(cfg, rt, classes: list[str] | None = None,
     num_classes = len(classes) if classes else int(max(train_y.max(), test_y.max())) + 1
     train = TensorTrainLoader(train_x, train_y, mean, std, global_batch=cfg.train.batch_size,
                               accum=cfg.train.grad_accum, seed=cfg.seed, drop_last=d.drop_last,
-                              augment=d.augment, mix=batch_mix(d, num_classes), ra_reps=d.ra_reps, **common)
+                              augment=d.augment, mix=batch_mix(d, num_classes, cfg.seed),
+                              sample_augment=SampleAugment(d, tuple(train_x.shape[1:])) if SampleAugment.wanted(d) else None,
+                              ra_reps=d.ra_reps, **common)
     evaluate = TensorEvalLoader(test_x, test_y, mean, std, batch_size=cfg.train.eval_batch_size, **common)
     return Loaders(train, evaluate, num_classes, tuple(train_x.shape[1:]), classes, (mean, std))

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
+from common.data.augment_config import AugmentConfig
 from common.data.files import DataError
+from common.data.mixing import batch_mix
 from common.data.classifier_data import Loaders
 from common.data.streaming import FolderEvalLoader, FolderTrainLoader
 from common.data.transforms import Seeded
@@ -52,8 +54,9 @@ def dataset_data(make_dataset, num_classes: int | None = None, workers: int = 2)
         if not classes:
             raise DataError(f"{type(train.ds).__name__} has no `classes`: pass dataset_data(..., num_classes=N)")
         train.classes = val.classes = classes
+        mix = batch_mix(cfg.data, classes, cfg.seed) if isinstance(cfg.data, AugmentConfig) else None
         loader = FolderTrainLoader(train, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
-                                   seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers,
+                                   seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers, mix=mix,
                                    ra_reps=cfg.data.ra_reps)
         evaluate = FolderEvalLoader(val, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
         return Loaders(loader, evaluate, classes, tuple(train.ds[0][0].shape))

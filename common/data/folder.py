@@ -19,6 +19,7 @@ from common.data.datasets import DataError, synthetic_tree
 from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_labels, class_names,
                                labels_by_name, list_images)
 from common.data.classifier_data import Loaders
+from common.data.mixing import batch_mix
 from common.data.streaming import FolderEvalLoader, FolderTrainLoader, ImageFiles
 from common.data.transforms import SquareCrop, presets
 
@@ -69,7 +70,8 @@ def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
     train_ds = ImageFiles(dirs[0], train_files, train_labels, presets(size, train=True))
     val_ds = ImageFiles(dirs[1], val_files, val_labels, presets(size, train=False))
     train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
-                              seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers, ra_reps=cfg.data.ra_reps)
+                              seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers,
+                              mix=batch_mix(cfg.data, len(classes), cfg.seed), ra_reps=cfg.data.ra_reps)
     evaluate = FolderEvalLoader(val_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
     return Loaders(train, evaluate, len(classes), (3, size, size), classes)
 

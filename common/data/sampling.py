@@ -87,13 +87,17 @@ class TrainPlan:
         """
         lo, hi = self.shard(step, rank)
         view = torch.arange(lo, hi, device=device) % self.n
+        return self.sample_of(view), view
+
+    def sample_of(self, view: torch.Tensor) -> torch.Tensor:
+        """The order position each view position (in [0, n)) shows."""
         if self.reps == 1:
-            return view, view
+            return view
         b = self.global_batch
         batch_step, offset = view // b, view % b
         size = (self.n - batch_step * b).clamp(max=b)  # this view's global batch: a short last one too
         per_copy = (size + self.reps - 1) // self.reps  # distinct samples in it
-        return batch_step * (b // self.reps) + offset % per_copy, view
+        return batch_step * (b // self.reps) + offset % per_copy
 
 
 def check_batch(global_batch: int, world: int, accum: int, reps: int = 1) -> None:

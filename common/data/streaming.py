@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.data.files import DataError, decode
+from common.data.mixing import lead_position
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
 
@@ -35,8 +36,9 @@ class ImageFiles(Dataset):
 class EpochBatches(Sampler):
     """This rank's [(index, params)] per step of the epoch set by set_epoch, for DataLoader(batch_sampler=...)."""
 
-    def __init__(self, plan: TrainPlan, rank: int, seed: int, draw):
+    def __init__(self, plan: TrainPlan, rank: int, seed: int, draw, lead: bool = False):
         self.plan, self.rank, self.seed, self.draw = plan, rank, seed, draw
+        self.lead = lead  # each step led by the sample its first is mixed with (common/data/mixing.py)
         self.epoch, self.start_step = 0, 0
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
@@ -50,7 +52,10 @@ class EpochBatches(Sampler):
         order = epoch_order(n, self.seed, self.epoch).tolist()
         params = self.draw(n, augment_generator(self.seed, self.epoch))  # by view position: repeats differ
         for step in range(self.start_step, self.plan.steps):
-            samples, views = self.plan.views(step, self.rank)
+            lo, hi = self.plan.shard(step, self.rank)
+            lead = [lead_position(self.plan, step, self.rank)] if self.lead else []
+            views = torch.tensor([*lead, *range(lo, hi)]) % n
+            samples = self.plan.sample_of(views)
             yield [(order[s], params[v]) for s, v in zip(samples.tolist(), views.tolist())]
 
 
@@ -84,13 +89,13 @@ class FolderTrainLoader:
     """Yields per step a list of grad_accum micro-batches already on the device (TensorTrainLoader's contract)."""
 
     def __init__(self, dataset: ImageFiles, rt, *, global_batch: int, accum: int, seed: int, drop_last: bool,
-                 workers: int, prefetch: int = 4, ra_reps: int = 1):
+                 workers: int, prefetch: int = 4, mix=None, ra_reps: int = 1):
         check_batch(global_batch, rt.world_size, accum, ra_reps)
         self.plan = TrainPlan(len(dataset), global_batch, rt.world_size, drop_last, ra_reps)
         if self.plan.steps == 0:
             raise DataError(f"train.batch_size={global_batch} is larger than the {len(dataset)} training images")
-        self.ds, self.rt, self.accum = dataset, rt, accum
-        self.sampler = EpochBatches(self.plan, rt.rank, seed, dataset.transform.draw)
+        self.ds, self.rt, self.accum, self.mix = dataset, rt, accum, mix  # mix: a mixing.BatchMix, on the device
+        self.sampler = EpochBatches(self.plan, rt.rank, seed, dataset.transform.draw, lead=mix is not None)
         self.loader = _loader(dataset, self.sampler, workers, rt, prefetch)
 
     def __len__(self) -> int:
@@ -100,8 +105,10 @@ class FolderTrainLoader:
         self.sampler.set_epoch(epoch, start_step)
 
     def __iter__(self):
-        for x, y in self.loader:
+        for step, (x, y) in enumerate(self.loader, self.sampler.start_step):
             x, y = _to_device(self.ds, x, self.rt), y.to(self.rt.device, non_blocking=True)
+            if self.mix is not None:
+                x, y = self.mix(x, y, self.sampler.epoch, step)
             yield list(zip(x.tensor_split(self.accum), y.tensor_split(self.accum)))
 
 

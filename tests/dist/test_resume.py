@@ -18,11 +18,16 @@ def assert_bitwise(a, b):
         assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
+# torchvision's per-sample policy and random erasing, and MixUp/CutMix on the batch, all on.
+AUGMENTED = ("data.auto_augment=ta_wide", "data.random_erase=0.25", "data.mixup_alpha=0.2", "data.cutmix_alpha=1.0")
+
+
 # 512 synthetic samples / batch 32 = 16 steps per epoch: step 6 is mid-epoch, step 20 is in epoch 2.
-@pytest.mark.parametrize("recipe,nproc", [("mnist_cnn", 1), ("mnist_cnn", 2), pytest.param("resnet_cifar", 2, marks=pytest.mark.heavy)])
-def test_resume_mid_epoch_is_bitwise_identical(recipe, nproc, tmp_path):
+@pytest.mark.parametrize("recipe,nproc,extra", [("mnist_cnn", 1, ()), ("mnist_cnn", 1, AUGMENTED), ("mnist_cnn", 2, ()),
+                                                pytest.param("resnet_cifar", 2, (), marks=pytest.mark.heavy)])
+def test_resume_mid_epoch_is_bitwise_identical(recipe, nproc, extra, tmp_path):
     steps = ["train.max_steps=20", "train.ckpt_every_steps=6", "ckpt.keep_last=10",
-             "data.synthetic_train=512"]
+             "data.synthetic_train=512", *extra]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     def run(*args):  # one process: the same run in this one
         return run_recipe(*args, nproc=nproc) if nproc > 1 else run_inprocess(*args)

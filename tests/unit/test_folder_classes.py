@@ -29,7 +29,8 @@ class Rank:
 
 def config(root):
     data = dict(root=str(root), drop_last=True, augment=False, workers=0, image_size=16,  # the streaming loader
-                name="folder", folder_shape=[1, 28, 28], pad_to=0, in_memory=True, mixup_alpha=0.0, cutmix_alpha=0.0)
+                name="folder", folder_shape=[1, 28, 28], pad_to=0, in_memory=True, mixup_alpha=0.0, cutmix_alpha=0.0,
+                auto_augment="none", random_erase=0.0)
     return SimpleNamespace(seed=0, data=SimpleNamespace(**data),
                            train=SimpleNamespace(batch_size=8, grad_accum=1, eval_batch_size=16))
 

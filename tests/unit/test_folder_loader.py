@@ -21,6 +21,7 @@ class Rank:
 def config(root, batch=8, accum=1, **data):
     d = dict(name="imagefolder", root=str(root), image_size=16, workers=0, drop_last=True, augment=True, direction="AtoB",
              ra_reps=1)
+    d.update(mixup_alpha=0.0, cutmix_alpha=0.0)
     d.update(data)
     return SimpleNamespace(seed=5, data=SimpleNamespace(**d),
                            train=SimpleNamespace(batch_size=batch, grad_accum=accum, eval_batch_size=6))
@@ -164,3 +165,21 @@ def test_repeated_augmentation_on_image_files(imagenet_tree):
         assert torch.equal(y, y[:2].repeat(3))
         copies = x.view(3, 2, *x.shape[1:])
         assert all(not torch.equal(copies[a, i], copies[b, i]) for a, b in ((0, 1), (0, 2), (1, 2)) for i in range(2))
+
+
+def test_mixup_cutmix_run_on_the_device_with_the_one_implementation(imagenet_tree, world=2):
+    """imagenet's loader mixes the decoded batch after the copy, with common/data/mixing.py's BatchMix (the
+    in-memory loaders' too), seeded per step: torchvision's MixUp/CutMix over the global batch, each shard
+    led by its predecessor there, so the mixed global batch is the unmixed one mixed, at any world size."""
+    from common.data import mixing
+    keys = dict(mixup_alpha=0.4, cutmix_alpha=1.0)
+    mixed = [build("classification", imagenet_tree, rank=r, world=world, **keys).train for r in range(world)]
+    plain = build("classification", imagenet_tree).train
+    assert all(type(ld.mix) is mixing.BatchMix for ld in mixed) and plain.mix is None
+    mix = mixing.batch_mix(config(imagenet_tree, **keys).data, 3, seed=5)
+    steps = [epoch(ld) for ld in mixed]
+    for step, ((x, y), *shards) in enumerate(zip(epoch(plain), *steps)):
+        want_x, want_y = mix(torch.cat([x[-1:], x]), torch.cat([y[-1:], y]), 1, step)
+        assert torch.equal(torch.cat([sx for sx, _ in shards]), want_x)
+        assert torch.equal(torch.cat([sy for _, sy in shards]), want_y) and want_y.shape == (8, 3)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(steps[0], epoch(mixed[0])))  # seeded: repeats
