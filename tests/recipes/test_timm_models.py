@@ -125,3 +125,21 @@ def test_the_hub_cache_is_where_huggingface_hub_puts_it(monkeypatch, tmp_path):
     assert hub_cache() == tmp_path / "home" / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     assert hub_cache() == tmp_path / "cache"
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("optim", ["lars", "lamb"])
+def test_fsdp_layerwise_optimizers_equal_ddp(tree, tmp_path, optim):
+    """LARS's and LAMB's trust ratios take the norm of each whole parameter: under FSDP, of a sharded
+    DTensor, reduced across ranks. Per-shard norms would differ at the second step by far more than the
+    1e-4 relative the summation order allows (the shards' sums of squares added in another order)."""
+    curves = {}
+    for engine in ("ddp", "fsdp"):
+        out = tmp_path / engine
+        run_recipe("imagenet", f"data.root={tree}", f"out_dir={out}", *SMALL, "train.max_steps=4",
+                   "model.name=timm:vit_tiny_patch16_224", f"engine={engine}", f"optim.name={optim}",
+                   "optim.weight_decay=0.05", "optim.lr=0.5", nproc=2)
+        curves[engine] = {m["step"]: m["loss"] for m in metrics(out) if m["split"] == "train"}
+    ref = curves["ddp"]
+    assert sorted(ref) == [1, 2, 3, 4] and len(set(ref.values())) == 4
+    assert max(abs(curves["fsdp"][s] - ref[s]) / ref[s] for s in ref) <= 1e-4, curves
