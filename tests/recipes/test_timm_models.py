@@ -143,3 +143,17 @@ def test_fsdp_layerwise_optimizers_equal_ddp(tree, tmp_path, optim):
     ref = curves["ddp"]
     assert sorted(ref) == [1, 2, 3, 4] and len(set(ref.values())) == 4
     assert max(abs(curves["fsdp"][s] - ref[s]) / ref[s] for s in ref) <= 1e-4, curves
+
+
+def test_resnet_with_lamb_resumes_bitwise(tree, tmp_path):
+    """timm's LAMB keeps its step count in the param groups: a resume restores it (this run's hyperparameters
+    replace only the config's keys), so 2 + 2 steps through a checkpoint are bitwise 4 straight steps
+    (a constant LR: the first run's schedule is not cut short by its shorter length)."""
+    args = (f"data.root={tree}", *SMALL, "model.name=timm:resnet18", "optim.name=lamb", "optim.lr=0.01",
+            "optim.schedule=constant", "train.ckpt_every_steps=2")
+    run_inprocess("imagenet", *args, "train.max_steps=4", f"out_dir={tmp_path / 'straight'}")
+    run_inprocess("imagenet", *args, f"out_dir={tmp_path / 'resumed'}")
+    again = run_inprocess("imagenet", *args, "train.max_steps=4", f"out_dir={tmp_path / 'resumed'}")
+    assert "resumed from" in again.stdout
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
