@@ -45,6 +45,10 @@ def build(name: str, in_shape, num_classes: int, drop_path: float, pretrained: b
         raise UserError(f"model.name=timm:{name}: timm has no model {arch!r}"
                         + (f"; close matches: {', '.join(near)}" if near else "")
                         + "; timm.list_models() lists them all")
+    tags = timm.list_pretrained(f"{arch}.*")
+    if name != arch and name not in tags:
+        raise UserError(f"model.name=timm:{name}: timm has no weights tagged {name.split('.', 1)[1]!r} for {arch}; "
+                        + (f"its tags: {', '.join(t.split('.', 1)[1] for t in tags)}" if tags else "it has none"))
     cfg = timm.models.get_pretrained_cfg(name)
     kw = {"num_classes": num_classes, "in_chans": in_shape[0]}
     if cfg is not None and cfg.fixed_input_size:

@@ -53,6 +53,10 @@ def test_an_unknown_name_is_exit_2_naming_close_matches(tree, tmp_path):
                       f"out_dir={tmp_path / 'run'}", check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "model.name=timm:convnext_ato: timm has no model 'convnext_ato'; close matches: convnext_atto" in p.stderr
+    mod = load_recipe("imagenet")
+    with pytest.raises(UserError, match=r"timm:resnet18.bogus: timm has no weights tagged 'bogus' for resnet18; its "
+                                        r"tags: a1_in1k, .*tv_in1k"):
+        mod.build_model(mod.ModelConfig(name="timm:resnet18.bogus"), (3, 32, 32), 3)
 
 
 def test_drop_path_is_refused_for_a_model_without_stochastic_depth():
