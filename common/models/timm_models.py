@@ -24,7 +24,7 @@ import torch.nn as nn
 from common import dist
 from common.config import UserError
 from common.models.pretrained import download_weights
-from common.userfiles import damaged, tensors, torch_load
+from common.userfiles import damaged, first_line, tensors, torch_load
 
 PREFIX = "timm:"
 HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from a hub repo, in its order
@@ -77,27 +77,31 @@ def hub_cache() -> Path:
     return Path(os.path.expanduser(os.path.expandvars(cache)))
 
 
+def _legacy_file(cfg) -> Path | None:
+    """Where timm's torch hub cache keeps the weights of a URL (timm's download_cached_file)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path) if cfg.url else None
+
+
+def _hub_files(cfg) -> tuple[str, ...]:
+    return (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILES
+
+
 def weights_file(name: str, cfg) -> tuple[Path | None, str]:
     """(the cached weights file of `name` or None, where it is expected)."""
-    import timm
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        tags = timm.list_pretrained(f"{name.split('.', 1)[0]}*")
-        raise UserError(f"model.pretrained=true: timm has no pretrained weights for {name}"
-                        + (f"; it has {', '.join(tags[:8])}" if tags else "") + "; or set model.pretrained=false")
-    legacy = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path) if cfg.url else None
+        raise UserError(f"model.pretrained=true: timm has no pretrained weights for {name}; set model.pretrained=false")
+    legacy = _legacy_file(cfg)
     if cfg.hf_hub_id:
-        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_FILES
-        for f in files:
+        for f in _hub_files(cfg):
             found = huggingface_hub.try_to_load_from_cache(cfg.hf_hub_id, f, cache_dir=hub_cache())
             if isinstance(found, str):
                 return Path(found), ""
-        repo = hub_cache() / f"models--{cfg.hf_hub_id.replace('/', '--')}" / "snapshots" / "<revision>"
-        where = f"{files[0]} of the Hugging Face repo {cfg.hf_hub_id}, in {repo}/"
     if legacy is not None and legacy.is_file():
         return legacy, ""
-    if legacy is not None and not cfg.hf_hub_id:
-        where = f"{legacy.name} (from {cfg.url}) in {legacy.parent}/"
-    return None, where
+    if cfg.hf_hub_id:
+        repo = hub_cache() / f"models--{cfg.hf_hub_id.replace('/', '--')}" / "snapshots" / "<revision>"
+        return None, f"{_hub_files(cfg)[0]} of the Hugging Face repo {cfg.hf_hub_id}, in {repo}/"
+    return None, f"{legacy.name} (from {cfg.url}) in {legacy.parent}/"
 
 
 def read_weights(name: str, cfg, download: bool) -> dict[str, torch.Tensor]:
@@ -122,9 +126,12 @@ def read_weights(name: str, cfg, download: bool) -> dict[str, torch.Tensor]:
 def fetch(cfg) -> None:
     """Download the weights timm would, into the cache it would use; any failure is one UserError."""
     if not cfg.hf_hub_id:
-        return download_weights(cfg.url, Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path))
-    try:
-        huggingface_hub.hf_hub_download(cfg.hf_hub_id, cfg.hf_hub_filename or HF_FILES[0], cache_dir=hub_cache())
-    except Exception as e:  # offline, a missing repo or file: one message
-        raise UserError(f"model.pretrained_download: downloading {cfg.hf_hub_id} from the Hugging Face hub failed "
-                        f"({type(e).__name__}: {e}); fetch it on a connected machine into {hub_cache()}") from None
+        return download_weights(cfg.url, _legacy_file(cfg))
+    for f in _hub_files(cfg):  # the repo holds one of them
+        try:
+            huggingface_hub.hf_hub_download(cfg.hf_hub_id, f, cache_dir=hub_cache())
+            return None
+        except Exception as e:  # offline, a missing repo or file: one message once every name failed
+            error = e
+    raise UserError(f"model.pretrained_download: downloading {cfg.hf_hub_id} from the Hugging Face hub failed "
+                    f"({type(error).__name__}: {first_line(error)}); fetch it on a connected machine into {hub_cache()}")

@@ -161,3 +161,16 @@ def test_resnet_with_lamb_resumes_bitwise(tree, tmp_path):
     assert "resumed from" in again.stdout
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_a_failed_download_is_one_error_naming_the_repo(hub, monkeypatch):
+    """huggingface_hub in offline mode (HF_HUB_OFFLINE=1, read by the library at import: set on it here) refuses
+    the download as an unreachable hub would: one UserError naming the repository and where to put the file."""
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    mod = load_recipe("imagenet")
+    m = mod.ModelConfig(name="timm:resnet18", pretrained=True, pretrained_download=True)
+    with pytest.raises(UserError, match=rf"model.pretrained_download: downloading timm/resnet18.a1_in1k from the Hugging "
+                                        rf"Face hub failed \(\w+: .*\); fetch it on a connected machine into {hub}$"):
+        mod.build_model(m, (3, 32, 32), 3)
+    assert not any(hub.rglob("*.safetensors"))
