@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torchvision
 
 from common.config import ConfigError
-from common.fields import IGNORED, MAY_CHANGE, NOT_COMPARED, ranged, setting
+from common.fields import IGNORED, NOT_COMPARED, ranged, setting
 from common.data.folder import FolderDataConfig, imagefolder_data
 from common.models import timm_models
 from common.models.pretrained import load_pretrained
@@ -40,7 +40,7 @@ NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v
 @dataclass
 class ModelConfig:
     name: str = "resnet50"  # a torchvision.models classifier (resnet50, vgg16_bn, ...) or timm:<name> (timm:convnext_tiny, ...)
-    drop_path: float = ranged(0.0, ge=0, lt=1, resume=MAY_CHANGE, evaluate=IGNORED)  # timm models: stochastic depth rate (timm's drop_path_rate); 0 = off
+    drop_path: float = ranged(0.0, ge=0, lt=1, evaluate=IGNORED)  # timm models: stochastic depth rate (timm's drop_path_rate); 0 = off
     pretrained: bool = setting(False, resume=NOT_COMPARED, evaluate=IGNORED)  # start from torchvision's or timm's ImageNet weights in the local cache (docs/usage.md)
     pretrained_download: bool = setting(False, resume=NOT_COMPARED, evaluate=IGNORED, read_when="model.pretrained=true")  # model.pretrained: download the weights into the cache when missing (needs internet)
 
