@@ -77,18 +77,20 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw", "adam"] = setting("sgd", resume=Fixed("the optimizer type (the saved optimizer state has its layout)"))  # optimizer
+    name: Literal["sgd", "adamw", "adam", "lamb", "lars", "lion"] = setting("sgd", resume=Fixed("the optimizer type (the saved optimizer state has its layout)"))  # optimizer (lamb, lars, lion: timm's)
     lr: float = ranged(0.1, gt=0, le=LR_MAX)  # peak learning rate
-    momentum: float = ranged(0.9, ge=0, lt=1, read_when="optim.name=sgd")  # SGD momentum
-    nesterov: bool = setting(False, read_when="optim.name=sgd")  # SGD Nesterov momentum
-    betas: list[float] = ranged(factory=lambda: [0.9, 0.999], length=2, ge=0, lt=1, read_when="optim.name=adam")  # Adam betas
-    weight_decay: float = ranged(0.0, ge=0)  # decoupled for AdamW, L2 for SGD
+    momentum: float = ranged(0.9, ge=0, lt=1, read_when="optim.name=sgd")  # SGD and LARS momentum
+    nesterov: bool = setting(False, read_when="optim.name=sgd")  # SGD and LARS Nesterov momentum
+    betas: list[float] = ranged(factory=lambda: [0.9, 0.999], length=2, ge=0, lt=1, read_when="optim.name=adam")  # Adam, AdamW, LAMB and Lion betas
+    weight_decay: float = ranged(0.0, ge=0)  # decoupled for AdamW, LAMB and Lion, L2 for SGD and LARS
     decay_norm_and_bias: bool = False  # also apply weight decay to norm layers and biases
-    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"  # LR schedule, stepped per optimizer step
-    warmup_steps: int = ranged(0, ge=0)  # linear warmup from 0 to lr (constant/cosine/step)
+    schedule: Literal["constant", "cosine", "step", "onecycle", "poly", "cosine_restarts"] = "cosine"  # LR schedule, stepped per optimizer step
+    warmup_steps: int = ranged(0, ge=0)  # linear warmup from 0 to lr (every schedule but onecycle)
     step_milestones: list[float] = ranged(factory=lambda: [0.5, 0.75], ge=0, le=1, read_when="optim.schedule=step")  # step schedule: fractions of training
     step_gamma: float = ranged(0.1, gt=0, read_when="optim.schedule=step")  # step schedule: LR factor at each milestone
-    min_lr_ratio: float = ranged(0.0, ge=0, le=1, read_when="optim.schedule=cosine")  # cosine: final lr as a fraction of lr
+    min_lr_ratio: float = ranged(0.0, ge=0, le=1, read_when="optim.schedule=cosine")  # cosine, cosine_restarts, poly: final lr as a fraction of lr
+    power: float = ranged(1.0, gt=0, read_when="optim.schedule=poly")  # poly: lr falls as (1 - progress) ** power
+    cycles: int = ranged(2, ge=1, read_when="optim.schedule=cosine_restarts")  # cosine_restarts: equal cosine cycles after warmup, each from lr
 
 
 @dataclass

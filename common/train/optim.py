@@ -1,4 +1,9 @@
-"""Optimizers and per-step LR schedules from `cfg.optim`."""
+"""Optimizers and per-step LR schedules from `cfg.optim`.
+
+sgd, adam and adamw are torch's; lamb, lars and lion are timm's (timm.optim), on the same two parameter
+groups. Every schedule but onecycle is lr_factor, a closed form of (step, total): a resume that changes
+the run's length or the schedule's keys puts the new schedule at the checkpoint's step.
+"""
 from __future__ import annotations
 
 import math
@@ -24,34 +29,48 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     return [g for g in groups if g["params"]]
 
 
-def kernel_options(groups: list[dict]) -> dict:
-    """fused=True when every parameter is a floating CUDA tensor: one kernel for the whole update,
-    and under fp16 GradScaler hands the inf check to that kernel instead of reading it on the host
-    (a sync per step with foreach). foreach elsewhere: CPU and MPS, where it is the tested path."""
+def kernel_options(groups: list[dict], fused: bool = True) -> dict:
+    """fused=True when every parameter is a floating CUDA tensor (and the optimizer has a fused kernel,
+    `fused`): one kernel for the whole update, and under fp16 GradScaler hands the inf check to that kernel
+    instead of reading it on the host (a sync per step with foreach). foreach elsewhere: CPU and MPS,
+    where it is the tested path, and timm's optimizers, which have no fused kernel."""
     params = [p for g in groups for p in g["params"]]
-    if params and all(p.is_cuda and p.is_floating_point() for p in params):
+    if fused and params and all(p.is_cuda and p.is_floating_point() for p in params):
         return {"fused": True}
     return {"foreach": True}
 
 
 def build_optimizer(o, model: nn.Module) -> torch.optim.Optimizer:
     groups = param_groups(model, o.weight_decay, o.decay_norm_and_bias)
-    kernel = kernel_options(groups)
+    kernel = kernel_options(groups, fused=o.name in ("sgd", "adam", "adamw"))
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, **kernel)
+    if o.name in ("lamb", "lars", "lion"):
+        import timm.optim  # seconds to import: only the runs that use its optimizers pay it
+    if o.name == "lars":  # the trust ratio only where weight decay is on: not on norms and biases
+        return timm.optim.Lars(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, **kernel)
+    if o.name == "lamb":  # train.clip_grad_norm is the one clipping: LAMB's own (a local norm under FSDP) is off
+        return timm.optim.Lamb(groups, lr=o.lr, betas=tuple(o.betas), max_grad_norm=None, **kernel)
+    if o.name == "lion":
+        return timm.optim.Lion(groups, lr=o.lr, betas=tuple(o.betas), **kernel)
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
     return cls(groups, lr=o.lr, betas=tuple(o.betas), **kernel)
 
 
 def lr_factor(o, step: int, total: int) -> float:
-    """Multiplier of the peak LR at optimizer step `step` of `total` (constant/cosine/step)."""
+    """Multiplier of the peak LR at optimizer step `step` of `total` (every schedule but onecycle)."""
     if step < o.warmup_steps:
         return (step + 1) / (o.warmup_steps + 1)
     if o.schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-    if o.schedule == "cosine":
+    span, done = max(1, total - o.warmup_steps), step - o.warmup_steps
+    progress = min(1.0, done / span)
+    if o.schedule == "cosine_restarts":  # the position in this cycle, in integers: each restart is exact
+        progress = (done * o.cycles % span) / span if done < span else 1.0
+    if o.schedule in ("cosine", "cosine_restarts"):
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if o.schedule == "poly":
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * (1 - progress) ** o.power
     if o.schedule == "step":
         return o.step_gamma ** sum(progress >= m for m in o.step_milestones)
     raise ValueError(f"unknown schedule {o.schedule}")

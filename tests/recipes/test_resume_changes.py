@@ -72,7 +72,8 @@ def changed_value(recipe_cfg, key: str):
         return obj * 2 if key.endswith(("image_size", "batch_size")) else obj + 1  # powers of two stay so
     if isinstance(obj, float):
         return obj / 2 if obj else 0.25
-    return {"data.name": "fashion_mnist", "model.name": "resnet34"}[key]
+    # imagenet's model.name: a timm model, since model.drop_path (changed too) is read by timm models only
+    return {"data.name": "fashion_mnist", "model.name": "timm:resnet34"}[key]
 
 
 FAMILIES = ["mnist_mlp", "gan_mnist", *(pytest.param(r, marks=pytest.mark.heavy) for r in ["resnet_cifar", "pix2pix", "imagenet"])]

@@ -83,6 +83,9 @@ def test_cuda_defaults_fused_optimizer_and_channels_last():
     model = _net().cuda()
     for name in ("sgd", "adamw"):
         assert build_optimizer(OptimConfig(name=name), model).defaults.get("fused"), name
+    for name in ("lamb", "lars", "lion"):  # timm's have no fused kernel: their foreach one
+        defaults = build_optimizer(OptimConfig(name=name), model).defaults
+        assert defaults["foreach"] and "fused" not in defaults, name
     cfg = apply(BaseConfig(), {"device": "cuda"}, "test")
     assert Env(cfg).memory_format == torch.channels_last
 
