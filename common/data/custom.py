@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
+from common.config import ConfigError
 from common.data.augment_config import AugmentConfig
 from common.data.files import DataError
 from common.data.mixing import batch_mix
@@ -54,10 +55,14 @@ def dataset_data(make_dataset, num_classes: int | None = None, workers: int = 2)
         if not classes:
             raise DataError(f"{type(train.ds).__name__} has no `classes`: pass dataset_data(..., num_classes=N)")
         train.classes = val.classes = classes
-        mix = batch_mix(cfg.data, classes, cfg.seed) if isinstance(cfg.data, AugmentConfig) else None
+        d = cfg.data if isinstance(cfg.data, AugmentConfig) else AugmentConfig()
+        if d.auto_augment != "none" or d.random_erase > 0:
+            raise ConfigError(f"data.auto_augment={d.auto_augment} data.random_erase={d.random_erase}: a Dataset of "
+                              "your own applies its own transforms; put torchvision's policy or RandomErasing in "
+                              "make_dataset (they are seeded per sample), or set data.auto_augment=none data.random_erase=0")
         loader = FolderTrainLoader(train, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
-                                   seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers, mix=mix,
-                                   ra_reps=cfg.data.ra_reps)
+                                   seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers,
+                                   mix=batch_mix(d, classes, cfg.seed), ra_reps=d.ra_reps)
         evaluate = FolderEvalLoader(val, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
         return Loaders(loader, evaluate, classes, tuple(train.ds[0][0].shape))
     return build_data

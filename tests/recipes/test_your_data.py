@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 
 from common.data.datasets import synthetic_tree
 from common.entry import run
@@ -101,3 +102,23 @@ def test_top5_counts_a_sample_whose_label_is_among_the_five_highest_logits():
     loader = type("L", (), {"total": 20, "__iter__": lambda self: iter([(logits, y)])})()
     m = evaluate_classifier(Fixed(), Rt, loader)
     assert m["acc1"] == 10.0 and m["acc5"] == 50.0  # ranks 0 (2 of 20) and 0-4 (10 of 20)
+
+
+@pytest.mark.parametrize("key", ["data.auto_augment=ta_wide", "data.random_erase=0.1"])
+def test_a_policy_key_on_a_dataset_of_your_own_is_refused_not_ignored(key):
+    """The built-in loaders apply data.auto_augment/random_erase to their uint8 images; a user Dataset's
+    images come out of its own transforms, so the keys would do nothing there."""
+    from common.config import ConfigError, apply
+    from common.data.custom import dataset_data
+    from common.tasks.classifier import ClassifierConfig
+
+    class Two(torch.utils.data.Dataset):
+        classes = ["a", "b"]
+        def __len__(self):
+            return 4
+        def __getitem__(self, i):
+            return torch.zeros(1, 4, 4), i % 2
+    name, value = key.split("=")
+    cfg = apply(ClassifierConfig(), {name: yaml.safe_load(value)}, "test")
+    with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
+        dataset_data(lambda cfg, split: Two())(cfg, None)
