@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FMNIST = ["data.name=fashion_mnist"]
 PADDED = [*FMNIST, "data.pad_to=32"]
 # Deep nets on 28x28 clothes: crop+flip augmentation, SGD + nesterov, cosine, label smoothing.
-def deep(lr: float) -> list[str]:
-    return [*PADDED, "data.augment=true", "train.epochs=50", "train.batch_size=256", f"optim.lr={lr}",
+def deep(lr: float, epochs: int = 50) -> list[str]:
+    return [*PADDED, "data.augment=true", f"train.epochs={epochs}", "train.batch_size=256", f"optim.lr={lr}",
             "optim.nesterov=true", "optim.weight_decay=0.0005", "optim.warmup_steps=470", "label_smoothing=0.1"]
 
 
@@ -39,6 +39,10 @@ RUNS = {  # name: (recipe, overrides, target test accuracy %)
     "resnet18": ("resnet_cifar", [*deep(0.2), "model.arch=resnet18"], 95.0),
     "se_resnet18": ("senet_cifar", [*deep(0.2), "model.arch=resnet18"], 95.0),
     "vgg16_bn": ("vgg_cifar", [*deep(0.1), "model.depth=16"], 94.5),
+    # The attempt at the benchmark table's best (a wide ResNet, 96.3%): 4x the schedule, random
+    # erasing at p=0.5 (its paper's setting for Fashion-MNIST) and an EMA of the weights.
+    "resnet18_erase": ("resnet_cifar", [*deep(0.2, epochs=200), "data.random_erase=0.5", "train.ema_decay=0.999",
+                                        "model.arch=resnet18"], 96.3),
 }
 GPU_FAST = ["precision=bf16", "train.channels_last=true"]
 
