@@ -1,11 +1,12 @@
 """common/data/folder.py, the one disk loader, in both uses: imagenet's classification presets
 (imagefolder_data) and the GANs' square / AB-pair crops (folder_data) on tiny generated trees."""
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from common.data.folder import folder_data, imagefolder_data
+from common.data.folder import FolderDataConfig, folder_data, imagefolder_data
 from common.data.datasets import DataError
 from support.images import image_tree
 
@@ -19,7 +20,7 @@ class Rank:
 
 
 def config(root, batch=8, accum=1, **data):
-    d = dict(name="imagefolder", root=str(root), image_size=16, workers=0, drop_last=True, augment=True, direction="AtoB")
+    d = dict(dataclasses.asdict(FolderDataConfig()), name="imagefolder", root=str(root), image_size=16, workers=0, drop_last=True, augment=True, direction="AtoB")
     d.update(data)
     return SimpleNamespace(seed=5, data=SimpleNamespace(**d),
                            train=SimpleNamespace(batch_size=batch, grad_accum=accum, eval_batch_size=6))
