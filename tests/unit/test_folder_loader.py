@@ -151,3 +151,19 @@ def test_a_worker_process_reports_the_unreadable_file_too(gan_tree):
     train = build("gan_images", gan_tree, workers=1, batch=22, drop_last=False).train
     with pytest.raises(DataError, match=r"cannot read image .*c0/zz\.png"):
         epoch(train)
+
+
+@pytest.mark.parametrize("auto_augment", ["ta_wide", "augmix"])
+def test_policies_and_erasing_give_the_same_global_batches_at_world_size_1_and_2(imagenet_tree, auto_augment):
+    """Per-sample seeds from the sampler: rank 0 and rank 1 of a world of 2 together see the batch one process
+    sees, augmentation and erasing boxes included, from the start and from a mid-epoch step."""
+    kw = dict(auto_augment=auto_augment, random_erase=0.5, batch=8)
+    one = build("classification", imagenet_tree, **kw).train
+    ranks = [build("classification", imagenet_tree, rank=r, world=2, **kw).train for r in (0, 1)]
+    for start in (0, 1):
+        whole, halves = epoch(one, 2, start), [epoch(r, 2, start) for r in ranks]
+        assert len(whole) == 21 // 8 - start
+        for (x, y), (x0, y0), (x1, y1) in zip(whole, *halves, strict=True):
+            assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
+    assert any((x == 0).all(1).any() for x, _ in whole)  # some boxes were erased (p=0.5)
+    assert not torch.equal(epoch(one, 2)[0][0], epoch(one, 3)[0][0])  # augmented afresh each epoch
