@@ -79,3 +79,15 @@ def test_resume_mid_epoch_with_ta_wide_and_erasing_is_bitwise_identical(tmp_path
     assert "step 3, epoch 0, batch 3" in again.stdout
     a, b = final_weights(full), final_weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_crops_and_policies_are_exit_2_naming_the_fix(tmp_path):
+    common = [f"data.root={tmp_path / 'tree'}", f"out_dir={tmp_path / 'run'}", "data.workers=0"]
+    p = run_inprocess("imagenet", *common, "data.auto_augment=typo", check=False)
+    assert p.returncode == 2 and "data.auto_augment" in p.stderr
+    assert all(c in p.stderr for c in ("none", "autoaugment", "randaugment", "ta_wide", "augmix")), p.stderr
+    p = run_inprocess("imagenet", *common, "data.val_resize=40", "data.val_crop=48", check=False)
+    assert p.returncode == 2 and "data.val_resize=40 is smaller than data.val_crop=48" in p.stderr, p.stderr
+    p = run_inprocess("imagenet", *common, "data.auto_augment=augmix", "data.interpolation=bicubic", check=False)
+    assert p.returncode == 2 and "set data.interpolation=bilinear" in p.stderr, p.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
