@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from common.formats.export import read_export
 from support.inprocess import run_inprocess
 from support.runs import recipe_command, run_ranks, run_recipe
 from support.outputs import metrics
@@ -79,6 +80,10 @@ def test_resume_mid_epoch_with_ta_wide_and_erasing_is_bitwise_identical(tmp_path
     assert "step 3, epoch 0, batch 3" in again.stdout
     a, b = final_weights(full), final_weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The exported model says how an image becomes its input: the eval resize, crop and interpolation.
+    run_inprocess("imagenet", "--export", str(full), "--to", str(tmp_path / "m.safetensors"), config=None)
+    spec = read_export(tmp_path / "m.safetensors")[1]["input"]
+    assert (spec["shape"], spec["resize"], spec["center_crop"], spec["interpolation"]) == ([3, 32, 32], 40, 36, "bicubic")
 
 
 def test_bad_crops_and_policies_are_exit_2_naming_the_fix(tmp_path):
