@@ -85,9 +85,11 @@ class Preset(Seeded):
         ops = [v2.RandomResizedCrop(train_crop, interpolation=mode, antialias=True), v2.RandomHorizontalFlip(0.5),
                *policy(d, mode)] if train else [v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(crop)]
         self.ops = v2.Compose([*ops, v2.PILToTensor()])
-        self.finish = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD, inplace=True)])
+        self.finish = v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                                  v2.Normalize(IMAGENET_MEAN, IMAGENET_STD, inplace=True)])
         self.erase = v2.RandomErasing(p=d.random_erase) if train and d.random_erase > 0 else None
-        self.size, self.resize, self.crop, self.interpolation = train_crop if train else crop, resize, crop, d.interpolation
+        self.size = train_crop if train else crop
+        self.resize, self.crop, self.interpolation = resize, crop, d.interpolation
         super().__init__(self.worker, train)
 
     def worker(self, img):
