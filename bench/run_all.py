@@ -23,7 +23,7 @@ try:
 except ImportError:
     import harness as H
 
-CPU = ["loop_overhead", "loader_headroom", "ddp_efficiency", "grad_comm"]
+CPU = ["loop_overhead", "loader_headroom", "loader_cost", "ddp_efficiency", "grad_comm"]
 ROW_KEYS = {"name", "ratio", "target", "met", "status", "details"}
 GPU_COMMAND = "python bench/gpu.py --out gpu_results.json"
 

@@ -1,9 +1,11 @@
 """Any torchvision classifier (ResNet-50, VGG-16, AlexNet, GoogLeNet, ...) or timm model on an ImageFolder tree.
 
 This is the recipe to take to a multi-node cluster: images stream from disk through worker
-processes with pinned memory and persistent workers, augmented with torchvision's reference
-presets (RandomResizedCrop + flip for training; resize to size/0.875 + center crop for eval).
-data.root holds train/ and val/ with one sub-directory per class (the ImageNet layout).
+processes with pinned memory and persistent workers, through torchvision's reference presets
+(transforms.v2; docs/data.md): RandomResizedCrop(data.train_crop) + flip + data.auto_augment
+(autoaugment, randaugment, ta_wide, augmix) + RandomErasing(data.random_erase) for training,
+Resize(data.val_resize) + CenterCrop(data.val_crop) for eval, in data.interpolation (bilinear, bicubic).
+data.image_size sets both crops. data.root holds train/ and val/ with one sub-directory per class.
 
 Reference schedule (torchvision's ResNet-50 recipe): 90 epochs, global batch 256, SGD 0.1,
 momentum 0.9, weight decay 1e-4, LR x0.1 at epochs 30 and 60: about 76.1% top-1 on ImageNet-1k.
@@ -13,6 +15,8 @@ Not measured by this project (no ImageNet here); see docs/results.md.
     sbatch slurm/multi_node.sbatch recipes/imagenet.py data.root=/datasets/imagenet
     python recipes/imagenet.py data.root=path/to/tree model.name=resnet18 data.image_size=64
     python recipes/imagenet.py data.root=path/to/tree model.name=resnet18 model.pretrained=true   # fine-tune
+    python recipes/imagenet.py data.root=path/to/tree data.auto_augment=ta_wide data.random_erase=0.1
+    python recipes/imagenet.py data.root=path/to/tree data.train_crop=176 data.val_resize=232 data.val_crop=224  # FixRes
     torchrun --nproc_per_node=8 recipes/imagenet.py data.root=/datasets/imagenet model.name=timm:convnext_tiny \
         model.drop_path=0.1 optim.name=adamw optim.lr=4e-3 optim.weight_decay=0.05 engine=fsdp
 
@@ -47,7 +51,7 @@ class ModelConfig:
 
 @dataclass
 class Config(classifier.ClassifierConfig):
-    data: FolderDataConfig = field(default_factory=FolderDataConfig)  # no MixUp/CutMix/padding: torchvision's presets
+    data: FolderDataConfig = field(default_factory=FolderDataConfig)  # torchvision's presets (docs/data.md)
     model: ModelConfig = field(default_factory=ModelConfig)
 
 

@@ -121,6 +121,7 @@ def decode(path: Path):
     from PIL import Image
     try:
         with Image.open(path) as f:
-            return f.convert("RGB")
+            f.load()
+            return f if f.mode == "RGB" else f.convert("RGB")  # a JPEG is RGB already: no copy
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace the file") from None

@@ -1,5 +1,5 @@
 """Image folders on disk as a recipe's data: data.root/train and data.root/val for the classifiers
-(imagefolder_data, torchvision's presets), images or pix2pix A|B pairs for the GANs (folder_data).
+(imagefolder_data, torchvision's classification presets), images or pix2pix A|B pairs for the GANs (folder_data).
 
 Rank 0 lists the tree once (slow on network file systems) and every rank indexes its list; classes
 are labelled by name (common/data/files.py). Decoding, transforms and batches: the streaming loaders
@@ -21,7 +21,7 @@ from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_
 from common.data.classifier_data import Loaders
 from common.data.mixing import batch_mix
 from common.data.streaming import FolderEvalLoader, FolderTrainLoader, ImageFiles
-from common.data.transforms import SquareCrop, presets
+from common.data.transforms import Preset, SquareCrop
 
 
 def list_all(dirs: list[Path]) -> list[list[str]]:
@@ -36,13 +36,18 @@ def list_all(dirs: list[Path]) -> list[list[str]]:
 class FolderDataConfig(AugmentConfig):
     name: Literal["imagefolder", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; synthetic = a small tree made there (offline runs)
     root: str = setting("data/imagenet", evaluate=APPLIED)  # dataset directory with train/ and val/ class sub-directories
-    image_size: int = ranged(224, ge=1)  # training crop and eval crop side, pixels
+    image_size: int = ranged(224, ge=1)  # training crop and eval crop side, pixels (shorthand for both: data.train_crop, data.val_crop override it)
+    train_crop: int = ranged(0, ge=0)  # RandomResizedCrop side = the model's input, pixels; 0 = data.image_size
+    val_resize: int = ranged(0, ge=0)  # eval: shorter side resized to this, then centre-cropped; 0 = round(val_crop / 0.875)
+    val_crop: int = ranged(0, ge=0)  # eval centre crop side, pixels (FixRes: train 176, eval 224 from 232); 0 = data.image_size
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # resampling of the crops, resizes and auto_augment's geometric ops
     workers: int = ranged(8, ge=0, evaluate=APPLIED)  # decoding worker processes per rank (persistent, pinned memory)
     drop_last: bool = setting(True, evaluate=IGNORED)  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
 
 
 def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
-    """data.root/train and data.root/val (ImageNet layout: one sub-directory per class), torchvision presets.
+    """data.root/train and data.root/val (ImageNet layout: one sub-directory per class), torchvision's presets
+    (common/data/transforms.py Preset); the model's input is the train crop, evaluation runs at data.val_crop.
     Both are labelled by class name against `classes` (a trained model's, from its checkpoint), else
     against train/'s sub-directories."""
     root = Path(cfg.data.root)
@@ -66,14 +71,14 @@ def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
     absent = absent_classes(val_files, classes, dirs[1])
     if absent:
         rt.log(absent)
-    size, workers = cfg.data.image_size, cfg.data.workers
-    train_ds = ImageFiles(dirs[0], train_files, train_labels, presets(size, train=True))
-    val_ds = ImageFiles(dirs[1], val_files, val_labels, presets(size, train=False))
+    workers, train_t = cfg.data.workers, Preset(cfg.data, train=True)
+    train_ds = ImageFiles(dirs[0], train_files, train_labels, train_t)
+    val_ds = ImageFiles(dirs[1], val_files, val_labels, Preset(cfg.data, train=False))
     train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
                               seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers,
                               mix=batch_mix(cfg.data, len(classes), cfg.seed), ra_reps=cfg.data.ra_reps)
     evaluate = FolderEvalLoader(val_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
-    return Loaders(train, evaluate, len(classes), (3, size, size), classes)
+    return Loaders(train, evaluate, len(classes), (3, train_t.size, train_t.size), classes)
 
 
 def folder_splits(root: Path) -> tuple[Path, Path]:

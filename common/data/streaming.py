@@ -80,8 +80,10 @@ def _loader(ds: ImageFiles, batches, workers: int, rt, prefetch: int = 4) -> Dat
                       worker_init_fn=_ignore_ctrl_c if workers > 0 else None)
 
 
-def _to_device(ds: ImageFiles, x: torch.Tensor, rt) -> torch.Tensor:
-    x = ds.transform.on_device(x.to(rt.device, non_blocking=True))
+def _to_device(ds: ImageFiles, x, rt) -> torch.Tensor:
+    """A batch (or the parts a transform collates, e.g. images and erasing boxes) moved, then finished there."""
+    x = [t.to(rt.device, non_blocking=True) for t in x] if isinstance(x, list) else x.to(rt.device, non_blocking=True)
+    x = ds.transform.on_device(x)
     return x.contiguous(memory_format=rt.memory_format)
 
 

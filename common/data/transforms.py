@@ -3,12 +3,15 @@
 Each has `draw(n, generator)`: the per-sample parameters of an epoch, drawn by the sampler from
 augment_generator(seed, epoch) by epoch position (None for evaluation), so an augmentation depends
 neither on workers, world size nor resume; `__call__(x, params)` in the worker; and `on_device(x)`
-once the batch is on the device. Seeded wraps a function that draws from torch's RNG (torchvision's
-classification presets, a user Dataset); SquareCrop is the GANs' uint8 square or A|B crop.
+once the batch is on the device. Seeded wraps a function that draws from torch's RNG (a user Dataset);
+Preset is torchvision's classification presets on it (uint8 from the workers, float on the device);
+SquareCrop is the GANs' uint8 square or A|B crop.
 """
 from __future__ import annotations
 
 import torch
+
+from common.config import ConfigError
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -29,7 +32,9 @@ class Seeded:
         if seed is None:
             return self.fn(x)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only: torch.manual_seed would also queue a seed for every accelerator
+            # backend (a stack trace each, ~0.15 ms a sample) and reseed a CUDA stream it never restores.
+            torch.default_generator.manual_seed(seed)
             return self.fn(x)
 
     @staticmethod
@@ -37,13 +42,82 @@ class Seeded:
         return x
 
 
-def presets(size: int, train: bool) -> Seeded:
-    """torchvision's reference presets: RandomResizedCrop + flip; eval resize to size/0.875, center crop."""
+CROP_RATIO = 0.875  # torchvision's eval resize: crop / 0.875 (224 -> 256)
+
+
+def crops(d) -> tuple[int, int, int]:
+    """(train crop, eval resize, eval crop) from data.train_crop/val_resize/val_crop; 0 = from data.image_size
+    (both crops), the resize from the eval crop."""
+    train, crop = d.train_crop or d.image_size, d.val_crop or d.image_size
+    resize = d.val_resize or round(crop / CROP_RATIO)
+    if resize < crop:
+        raise ConfigError(f"data.val_resize={resize} is smaller than data.val_crop={crop}: the centre crop must fit "
+                          f"in the resized image; set data.val_resize >= {crop} (0 = val_crop / {CROP_RATIO})")
+    return train, resize, crop
+
+
+def policy(d, mode) -> list:
+    """data.auto_augment as torchvision's presets build it (AutoAugment = its ImageNet policy); [] for none."""
     from torchvision.transforms import v2
-    head = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()] if train else \
-        [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
-    return Seeded(v2.Compose([v2.ToImage(), *head, v2.ToDtype(torch.float32, scale=True),
-                              v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]), train)
+    if d.auto_augment == "augmix" and mode != v2.InterpolationMode.BILINEAR:
+        # AugMix mixes tensors, whose affine kernels (shear, translate, rotate) have no bicubic.
+        raise ConfigError(f"data.auto_augment=augmix works with data.interpolation=bilinear only (torchvision's "
+                          f"AugMix has no {mode.value} on tensors); set data.interpolation=bilinear")
+    return {"none": lambda: [],
+            "autoaugment": lambda: [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=mode)],
+            "randaugment": lambda: [v2.RandAugment(num_ops=d.randaugment_ops, magnitude=d.randaugment_magnitude,
+                                                   interpolation=mode)],
+            "ta_wide": lambda: [v2.TrivialAugmentWide(interpolation=mode)],
+            "augmix": lambda: [v2.AugMix(severity=d.augmix_severity, interpolation=mode)]}[d.auto_augment]()
+
+
+class Preset(Seeded):
+    """torchvision's ClassificationPresetTrain / ClassificationPresetEval (PIL backend, transforms.v2), split
+    where it costs nothing: the PIL ops and the random erasing's draw in the worker, uint8 out; ToDtype,
+    Normalize and the erasing itself once the batch is on the device (a quarter of the bytes to copy).
+    Train: RandomResizedCrop -> flip -> data.auto_augment -> [float, Normalize, RandomErasing]; eval: Resize
+    -> CenterCrop -> [float, Normalize]. The draws, their order and the results are the preset's."""
+
+    def __init__(self, d, train: bool):
+        from torchvision.transforms import v2
+        train_crop, resize, crop = crops(d)
+        mode = v2.InterpolationMode(d.interpolation)
+        ops = [v2.RandomResizedCrop(train_crop, interpolation=mode, antialias=True), v2.RandomHorizontalFlip(0.5),
+               *policy(d, mode)] if train else [v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(crop)]
+        self.ops = v2.Compose([*ops, v2.PILToTensor()])
+        self.finish = v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                                  v2.Normalize(IMAGENET_MEAN, IMAGENET_STD, inplace=True)])
+        self.erase = v2.RandomErasing(p=d.random_erase) if train and d.random_erase > 0 else None
+        self.size = train_crop if train else crop
+        self.resize, self.crop, self.interpolation = resize, crop, d.interpolation
+        super().__init__(self.worker, train)
+
+    def worker(self, img):
+        x = self.ops(img)
+        if self.erase is None:
+            return x
+        box = (0, 0, 0, 0)
+        if torch.rand(1) < self.erase.p:  # v2.RandomErasing.forward's draw, then its parameters
+            p = self.erase.make_params([x])
+            box = (p["i"], p["j"], p["h"], p["w"]) if p["v"] is not None else box  # None: no box fitted
+        return x, torch.tensor(box)
+
+    def on_device(self, x) -> torch.Tensor:
+        x, boxes = x if isinstance(x, (list, tuple)) else (x, None)
+        # Elementwise, so a batch gets each image's values; in place on the fresh float batch (a second
+        # batch-sized tensor costs more than the arithmetic on a CPU).
+        x = self.finish(x)
+        if boxes is not None:  # v2.erase with value 0: the box of each image set to 0 after normalisation
+            i, j, h, w = (b.view(-1, 1, 1) for b in boxes.unbind(1))
+            rows = torch.arange(x.shape[-2], device=x.device).view(1, -1, 1)
+            cols = torch.arange(x.shape[-1], device=x.device).view(1, 1, -1)
+            x = x.masked_fill_(((rows >= i) & (rows < i + h) & (cols >= j) & (cols < j + w)).unsqueeze(1), 0)
+        return x
+
+    def spec(self) -> dict:
+        """How an eval image becomes the model's input, for --export."""
+        return dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=self.resize, center_crop=self.crop,
+                    interpolation=self.interpolation)
 
 
 class SquareCrop:

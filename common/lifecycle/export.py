@@ -20,7 +20,6 @@ import torch
 
 from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
-from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from common.data.classifier_data import _pad
 from common.formats.checkpoint import MANIFEST
 from common.formats.export import FORMAT, SUFFIXES, read_export, write_export
@@ -48,9 +47,8 @@ def input_spec(cfg, loaders) -> dict:
             spec["resize"] = "PIL.ImageOps.fit to H x W (bicubic, centre crop), grey for C=1, RGB for C=3"
         return spec
     t = getattr(getattr(ev, "ds", None), "transform", None)  # image files (common/data/streaming.py)
-    if t is not None and hasattr(t, "t"):  # classification presets: resize, center crop, normalise
-        size = cfg.data.image_size
-        spec.update(mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=round(size / 0.875), center_crop=size)
+    if hasattr(t, "spec"):  # classification presets: resize, center crop, interpolation, normalise
+        spec.update(t.spec())
     else:  # the GANs' squares in [-1, 1]
         spec.update(mean=[0.5] * loaders.shape[0], std=[0.5] * loaders.shape[0])
     return spec

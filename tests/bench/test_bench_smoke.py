@@ -16,6 +16,7 @@ EXPECTED = {
     "loader_headroom": [f"loader_headroom/{r}" for r in ("mnist_mlp", "mnist_cnn", "lenet_cifar", "resnet_cifar",
                                                            "senet_cifar", "vgg_cifar", "gan_mnist", "cgan_mnist",
                                                            "dcgan", "pix2pix", "imagenet")],
+    "loader_cost": [f"loader_cost/{s}" for s in ("aug_off", "ta_wide_erase", "ta_wide_erase_mixup_cutmix")],
     "ddp_efficiency": ["ddp_efficiency/resnet18_2proc", "ddp_efficiency/mnist_cnn_2proc",
                        "ddp_efficiency/resnet18_world1_cost", "ddp_efficiency/mnist_cnn_world1_cost",
                        "ddp_efficiency/mnist_cnn_explicit_ddp_world1 (info)"],

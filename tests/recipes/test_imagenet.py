@@ -1,7 +1,9 @@
 """imagenet.py on an ImageFolder tree of real Fashion-MNIST images."""
 
 import pytest
+import torch
 
+from common.formats.export import read_export
 from support.inprocess import run_inprocess
 from support.runs import recipe_command, run_ranks, run_recipe
 from support.outputs import metrics
@@ -59,3 +61,38 @@ def test_a_link_loop_stops_every_rank_naming_the_link(tree, tmp_path):
     errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and all("symbolic link" in e and "train/tshirt/up" in e for e in errors), p.stderr[-3000:]
     assert codes == [2, 2], (codes, p.stderr[-3000:])
+
+
+def test_resume_mid_epoch_with_ta_wide_and_erasing_is_bitwise_identical(tmp_path):
+    """The generated tree (48 training JPEGs, batch 8: 6 steps an epoch): 8 steps in one go == 3 steps, a resume
+    from that mid-epoch checkpoint, 5 more across the epoch's end; every augmentation is drawn per sample
+    from the sampler's seeds, so the resumed run sees the very same tensors."""
+    import shutil
+    from support.outputs import final_weights
+    args = [f"data.root={tmp_path / 'tree'}", "data.workers=0", "data.auto_augment=ta_wide", "data.random_erase=0.5",
+            "data.train_crop=32", "data.val_resize=40", "data.val_crop=36", "data.interpolation=bicubic",
+            "train.max_steps=8", "train.ckpt_every_steps=3", "ckpt.keep_last=10"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_inprocess("imagenet", f"out_dir={full}", *args)
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step_00000003", resumed / "checkpoints" / "step_00000003")
+    again = run_inprocess("imagenet", f"out_dir={resumed}", *args)
+    assert "step 3, epoch 0, batch 3" in again.stdout
+    a, b = final_weights(full), final_weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # The exported model says how an image becomes its input: the eval resize, crop and interpolation.
+    run_inprocess("imagenet", "--export", str(full), "--to", str(tmp_path / "m.safetensors"), config=None)
+    spec = read_export(tmp_path / "m.safetensors")[1]["input"]
+    assert (spec["shape"], spec["resize"], spec["center_crop"], spec["interpolation"]) == ([3, 32, 32], 40, 36, "bicubic")
+
+
+def test_bad_crops_and_policies_are_exit_2_naming_the_fix(tmp_path):
+    common = [f"data.root={tmp_path / 'tree'}", f"out_dir={tmp_path / 'run'}", "data.workers=0"]
+    p = run_inprocess("imagenet", *common, "data.auto_augment=typo", check=False)
+    assert p.returncode == 2 and "data.auto_augment" in p.stderr
+    assert all(c in p.stderr for c in ("none", "autoaugment", "randaugment", "ta_wide", "augmix")), p.stderr
+    p = run_inprocess("imagenet", *common, "data.val_resize=40", "data.val_crop=48", check=False)
+    assert p.returncode == 2 and "data.val_resize=40 is smaller than data.val_crop=48" in p.stderr, p.stderr
+    p = run_inprocess("imagenet", *common, "data.auto_augment=augmix", "data.interpolation=bicubic", check=False)
+    assert p.returncode == 2 and "set data.interpolation=bilinear" in p.stderr, p.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

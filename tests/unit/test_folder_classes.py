@@ -1,6 +1,7 @@
 """Class labels of an image folder, on both loaders (the in-memory one every classifier uses with
 data.name=folder, and the streaming one of imagenet.py): train/ names the classes, every other tree is
 labelled by name against them; and a symlinked directory is listed once, a loop is an error naming it."""
+import dataclasses
 import os
 import shutil
 from types import SimpleNamespace
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from common.data.files import DataError, list_images
-from common.data.folder import imagefolder_data
+from common.data.folder import FolderDataConfig, imagefolder_data
 from common.data.classifier_data import classification_data
 from support.images import fashion_tree
 
@@ -29,8 +30,8 @@ class Rank:
 
 def config(root):
     data = dict(root=str(root), drop_last=True, augment=False, workers=0, image_size=16,  # the streaming loader
-                name="folder", folder_shape=[1, 28, 28], pad_to=0, in_memory=True, mixup_alpha=0.0, cutmix_alpha=0.0,
-                auto_augment="none", random_erase=0.0)
+                name="folder", folder_shape=[1, 28, 28], pad_to=0, in_memory=True, mixup_alpha=0.0, cutmix_alpha=0.0)
+    data = {**dataclasses.asdict(FolderDataConfig()), **data}  # the rest at imagenet.py's defaults
     return SimpleNamespace(seed=0, data=SimpleNamespace(**data),
                            train=SimpleNamespace(batch_size=8, grad_accum=1, eval_batch_size=16))
 

@@ -1,11 +1,12 @@
 """common/data/folder.py, the one disk loader, in both uses: imagenet's classification presets
 (imagefolder_data) and the GANs' square / AB-pair crops (folder_data) on tiny generated trees."""
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from common.data.folder import folder_data, imagefolder_data
+from common.data.folder import FolderDataConfig, folder_data, imagefolder_data
 from common.data.datasets import DataError
 from support.images import image_tree
 
@@ -19,9 +20,7 @@ class Rank:
 
 
 def config(root, batch=8, accum=1, **data):
-    d = dict(name="imagefolder", root=str(root), image_size=16, workers=0, drop_last=True, augment=True, direction="AtoB",
-             ra_reps=1)
-    d.update(mixup_alpha=0.0, cutmix_alpha=0.0)
+    d = dict(dataclasses.asdict(FolderDataConfig()), name="imagefolder", root=str(root), image_size=16, workers=0, drop_last=True, augment=True, direction="AtoB")
     d.update(data)
     return SimpleNamespace(seed=5, data=SimpleNamespace(**d),
                            train=SimpleNamespace(batch_size=batch, grad_accum=accum, eval_batch_size=6))
@@ -154,32 +153,17 @@ def test_a_worker_process_reports_the_unreadable_file_too(gan_tree):
         epoch(train)
 
 
-def test_repeated_augmentation_on_image_files(imagenet_tree):
-    """data.ra_reps=3 on JPEGs: the global batches are the same on 1 and 3 ranks, each holds 2 files 3 times
-    (rank r holds copy r), and every copy has its own crop."""
-    one = epoch(build("classification", imagenet_tree, batch=6, ra_reps=3).train)
-    ranks = [epoch(build("classification", imagenet_tree, rank=r, world=3, batch=6, ra_reps=3).train) for r in range(3)]
-    assert len(one) == 21 // 6
-    for (x, y), *shards in zip(one, *ranks, strict=True):
-        assert torch.equal(x, torch.cat([sx for sx, _ in shards])) and torch.equal(y, torch.cat([sy for _, sy in shards]))
-        assert torch.equal(y, y[:2].repeat(3))
-        copies = x.view(3, 2, *x.shape[1:])
-        assert all(not torch.equal(copies[a, i], copies[b, i]) for a, b in ((0, 1), (0, 2), (1, 2)) for i in range(2))
-
-
-def test_mixup_cutmix_run_on_the_device_with_the_one_implementation(imagenet_tree, world=2):
-    """imagenet's loader mixes the decoded batch after the copy, with common/data/mixing.py's BatchMix (the
-    in-memory loaders' too), seeded per step: torchvision's MixUp/CutMix over the global batch, each shard
-    led by its predecessor there, so the mixed global batch is the unmixed one mixed, at any world size."""
-    from common.data import mixing
-    keys = dict(mixup_alpha=0.4, cutmix_alpha=1.0)
-    mixed = [build("classification", imagenet_tree, rank=r, world=world, **keys).train for r in range(world)]
-    plain = build("classification", imagenet_tree).train
-    assert all(type(ld.mix) is mixing.BatchMix for ld in mixed) and plain.mix is None
-    mix = mixing.batch_mix(config(imagenet_tree, **keys).data, 3, seed=5)
-    steps = [epoch(ld) for ld in mixed]
-    for step, ((x, y), *shards) in enumerate(zip(epoch(plain), *steps)):
-        want_x, want_y = mix(torch.cat([x[-1:], x]), torch.cat([y[-1:], y]), 1, step)
-        assert torch.equal(torch.cat([sx for sx, _ in shards]), want_x)
-        assert torch.equal(torch.cat([sy for _, sy in shards]), want_y) and want_y.shape == (8, 3)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(steps[0], epoch(mixed[0])))  # seeded: repeats
+@pytest.mark.parametrize("auto_augment", ["ta_wide", "augmix"])
+def test_policies_and_erasing_give_the_same_global_batches_at_world_size_1_and_2(imagenet_tree, auto_augment):
+    """Per-sample seeds from the sampler: rank 0 and rank 1 of a world of 2 together see the batch one process
+    sees, augmentation and erasing boxes included, from the start and from a mid-epoch step."""
+    kw = dict(auto_augment=auto_augment, random_erase=0.5, batch=8)
+    one = build("classification", imagenet_tree, **kw).train
+    ranks = [build("classification", imagenet_tree, rank=r, world=2, **kw).train for r in (0, 1)]
+    for start in (0, 1):
+        whole, halves = epoch(one, 2, start), [epoch(r, 2, start) for r in ranks]
+        assert len(whole) == 21 // 8 - start
+        for (x, y), (x0, y0), (x1, y1) in zip(whole, *halves, strict=True):
+            assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
+    assert any((x == 0).all(1).any() for x, _ in whole)  # some boxes were erased (p=0.5)
+    assert not torch.equal(epoch(one, 2)[0][0], epoch(one, 3)[0][0])  # augmented afresh each epoch
