@@ -9,8 +9,8 @@ tree), with the same worker count, batch and crop:
     references/classification/train.py runs it.
 Three settings: (a) augmentation off (RandomResizedCrop + flip); (b) TrivialAugment-wide + random erasing 0.1;
 (c) (b) + MixUp 0.2 / CutMix 1.0 (torchvision's ResNet-50 v2 recipe): the reference mixes in its collate_fn,
-in the workers, as train.py does; dtrain mixes the batch on the device after the transfer, with the same
-torchvision v2 MixUp/CutMix (RandomChoice of the two).
+in the workers, as train.py does; dtrain's loader mixes the batch on the device after the transfer
+(data.mixup_alpha, data.cutmix_alpha: common/data/mixing.py, the same torchvision v2 MixUp/CutMix).
 Each arm: one untimed epoch (workers started, files in the page cache), then whole epochs from the first
 request, arms alternated. Per core: images / CPU seconds of the worker processes and of the training process
 (the batch's finishing and mixing, which a GPU does on a GPU machine, is counted on the CPU here), read from
@@ -40,11 +40,13 @@ from common.train.runtime import runtime
 SETTINGS = {  # name -> (imagenet.py overrides, the preset's auto_augment_policy, random_erase_prob, mix)
     "aug_off": ([], None, 0.0, False),
     "ta_wide_erase": (["data.auto_augment=ta_wide", "data.random_erase=0.1"], "ta_wide", 0.1, False),
-    "ta_wide_erase_mixup_cutmix": (["data.auto_augment=ta_wide", "data.random_erase=0.1"], "ta_wide", 0.1, True),
+    "ta_wide_erase_mixup_cutmix": (["data.auto_augment=ta_wide", "data.random_erase=0.1", "data.mixup_alpha=0.2",
+                                    "data.cutmix_alpha=1.0"], "ta_wide", 0.1, True),
 }
 
 
 def mixer(num_classes: int):
+    """The reference's mix, as torchvision's train.py builds it (dtrain's loader mixes by its config keys)."""
     from torchvision.transforms import v2
     return v2.RandomChoice([v2.MixUp(alpha=0.2, num_classes=num_classes), v2.CutMix(alpha=1.0, num_classes=num_classes)])
 
@@ -59,12 +61,10 @@ def reference_loader(root: Path, crop: int, policy, erase: float, mix: bool, bat
     ops += [T.PILToTensor(), T.ConvertImageDtype(torch.float), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     ops += [T.RandomErasing(p=erase)] if erase > 0 else []
     ds = datasets.ImageFolder(str(root / "train"), transform=T.Compose(ops))
-    collate = default_collate
-    if mix:
-        mixing = mixer(len(ds.classes))
+    mixing = mixer(len(ds.classes)) if mix else None
 
-        def collate(samples):
-            return mixing(*default_collate(samples))
+    def collate(samples):
+        return mixing(*default_collate(samples)) if mixing else default_collate(samples)
     return DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True, collate_fn=collate,
                       persistent_workers=workers > 0, pin_memory=False)
 
@@ -87,13 +87,11 @@ def cpu_seconds() -> float:
     return sum(used.get(pid, 0.0) for pid in ours)
 
 
-def timed(batches, device, mix=None) -> dict:
-    """One epoch of (x, y) batches taken to the device (and mixed there): images per CPU second and per second."""
+def timed(batches, device) -> dict:
+    """One epoch of (x, y) batches taken to the device: images per CPU second and per second."""
     n, t0, c0 = 0, time.perf_counter(), cpu_seconds()
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if mix is not None:
-            x, y = mix(x, y)
         n += len(x)
     H.sync(device)
     cpu = max(cpu_seconds() - c0, 0.01)  # the kernel counts CPU time in 10 ms ticks (a smoke epoch can read 0)
@@ -116,9 +114,9 @@ def measure(name: str, jpeg: Path, tmp: Path, batch: int, crop: int, workers: in
         loaders = mod.task.build_data(cfg, rt)
         train, device = loaders.train, rt.device
         train.set_epoch(0, 0)
-        ours_mix = mixer(loaders.num_classes) if mix else None
+        assert (train.mix is not None) == mix  # dtrain mixes on the device inside its loader
         ref = reference_loader(jpeg, crop, policy, erase, mix, batch, workers)
-        arms = {"dtrain": lambda: timed(micro_batches(train), device, ours_mix), "torchvision": lambda: timed(ref, device)}
+        arms = {"dtrain": lambda: timed(micro_batches(train), device), "torchvision": lambda: timed(ref, device)}
         for arm in arms.values():
             arm()  # warm-up: workers started, files in the page cache
         blocks = H.alternate(arms, pairs)

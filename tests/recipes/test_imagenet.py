@@ -63,13 +63,15 @@ def test_a_link_loop_stops_every_rank_naming_the_link(tree, tmp_path):
     assert codes == [2, 2], (codes, p.stderr[-3000:])
 
 
-def test_resume_mid_epoch_with_ta_wide_and_erasing_is_bitwise_identical(tmp_path):
+def test_resume_mid_epoch_with_ta_wide_erasing_and_mixing_is_bitwise_identical(tmp_path):
     """The generated tree (48 training JPEGs, batch 8: 6 steps an epoch): 8 steps in one go == 3 steps, a resume
     from that mid-epoch checkpoint, 5 more across the epoch's end; every augmentation is drawn per sample
-    from the sampler's seeds, so the resumed run sees the very same tensors."""
+    from the sampler's seeds and each step's MixUp/CutMix from its own, so the resumed run sees the very
+    same tensors."""
     import shutil
     from support.outputs import final_weights
     args = [f"data.root={tmp_path / 'tree'}", "data.workers=0", "data.auto_augment=ta_wide", "data.random_erase=0.5",
+            "data.mixup_alpha=0.2", "data.cutmix_alpha=1.0",
             "data.train_crop=32", "data.val_resize=40", "data.val_crop=36", "data.interpolation=bicubic",
             "train.max_steps=8", "train.ckpt_every_steps=3", "ckpt.keep_last=10"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
