@@ -13,18 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from common.data.transforms import policy
+
 SEEDS = 2**62  # per-sample seeds, drawn like streaming's Seeded
-
-
-def _policy(d):
-    """data.auto_augment as torchvision's v2 transform, with the reference's bilinear interpolation."""
-    from torchvision.transforms import v2
-    bilinear = v2.InterpolationMode.BILINEAR
-    return {"ta_wide": lambda: v2.TrivialAugmentWide(interpolation=bilinear),
-            "randaugment": lambda: v2.RandAugment(num_ops=d.randaugment_ops, magnitude=d.randaugment_magnitude,
-                                                  interpolation=bilinear),
-            "autoaugment": lambda: v2.AutoAugment(interpolation=bilinear),  # torchvision's default: the ImageNet policy
-            "augmix": lambda: v2.AugMix(severity=d.augmix_severity, interpolation=bilinear)}[d.auto_augment]()
 
 
 class SampleAugment:
@@ -33,7 +24,8 @@ class SampleAugment:
     def __init__(self, d, shape: tuple[int, int, int]):
         from torchvision.transforms import v2
         self.kind, self.shape = d.auto_augment, shape
-        self.policy = None if d.auto_augment == "none" else _policy(d)
+        # torchvision's presets' policy, with the reference's bilinear interpolation (these images have no other key).
+        self.policy = next(iter(policy(d, v2.InterpolationMode.BILINEAR)), None)
         self.erase_p = d.random_erase
         self.eraser = v2.RandomErasing(p=d.random_erase)  # its box; whether a sample is erased is drawn by position
 
