@@ -1,7 +1,8 @@
 """timm models by name (recipes/imagenet.py model.name=timm:<name>), and their pretrained weights, offline.
 
 build() is timm.create_model with this run's class count and input channels; a model timm declares
-fixed to one input size (ViT, Swin: pretrained_cfg.fixed_input_size) is built for this run's image size.
+fixed to one input size (ViT, Swin: pretrained_cfg.fixed_input_size) is built for this run's training crop
+and takes any other (dynamic_img_size).
 An unknown name is a UserError naming the closest of timm's names. Pretrained weights are read from the
 cache timm itself fills: the Hugging Face hub cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
 ~/.cache/huggingface/hub: models--timm--<name>/snapshots/<revision>/model.safetensors), else timm's
@@ -52,7 +53,9 @@ def build(name: str, in_shape, num_classes: int, drop_path: float, pretrained: b
     cfg = timm.models.get_pretrained_cfg(name)
     kw = {"num_classes": num_classes, "in_chans": in_shape[0]}
     if cfg is not None and cfg.fixed_input_size:
-        kw["img_size"] = tuple(in_shape[1:])
+        # Built for the training crop, and able to take another (data.val_crop, FixRes): timm resamples
+        # the position embeddings to the input; at the training crop the output is the same bit for bit.
+        kw.update(img_size=tuple(in_shape[1:]), dynamic_img_size=True)
     if drop_path:
         kw["drop_path_rate"] = drop_path
     if pretrained:

@@ -37,6 +37,15 @@ def test_vit_with_drop_path_recomputed_in_backward_changes_no_number(tree, tmp_p
     assert no_drop.returncode == 0 and not torch.equal(final_weights(tmp_path / "no_drop")["head.weight"], a["head.weight"])
 
 
+def test_a_vit_trained_at_one_crop_is_evaluated_at_another(tree, tmp_path):
+    """FixRes with a model timm fixes to one input size: built for the training crop, it evaluates at
+    data.val_crop (timm resamples its position embeddings) instead of failing at the first evaluation."""
+    run_inprocess("imagenet", f"data.root={tree}", *SMALL, "model.name=timm:vit_tiny_patch16_224", "data.train_crop=32",
+                  "data.val_resize=56", "data.val_crop=48", f"out_dir={tmp_path / 'run'}")
+    assert final_weights(tmp_path / "run")["pos_embed"].shape == (1, 5, 192)  # 2 x 2 patches of the 32 px crop
+    assert [m["step"] for m in metrics(tmp_path / "run") if m["split"] == "val"] == [2]
+
+
 @pytest.mark.parametrize("name, blocks", [("vit_tiny_patch16_224", 12), ("convnext_atto", 16)])
 def test_fsdp_on_two_processes_shards_each_block(tree, tmp_path, name, blocks):
     out = tmp_path / "run"
