@@ -36,7 +36,7 @@ def list_all(dirs: list[Path]) -> list[list[str]]:
 class FolderDataConfig(AugmentConfig):
     name: Literal["imagefolder", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; synthetic = a small tree made there (offline runs)
     root: str = setting("data/imagenet", evaluate=APPLIED)  # dataset directory with train/ and val/ class sub-directories
-    image_size: int = ranged(224, ge=1)  # training crop and eval crop side, pixels (shorthand for both: data.train_crop, data.val_crop override it)
+    image_size: int = ranged(224, ge=1)  # training and eval crop side, pixels (data.train_crop, data.val_crop override it)
     train_crop: int = ranged(0, ge=0)  # RandomResizedCrop side = the model's input, pixels; 0 = data.image_size
     val_resize: int = ranged(0, ge=0)  # eval: shorter side resized to this, then centre-cropped; 0 = round(val_crop / 0.875)
     val_crop: int = ranged(0, ge=0)  # eval centre crop side, pixels (FixRes: train 176, eval 224 from 232); 0 = data.image_size
