@@ -1,5 +1,4 @@
 """N steps == N/2 steps + resume + N/2 steps, bitwise on CPU, including mid-epoch."""
-import shutil
 import signal
 import subprocess
 
@@ -9,7 +8,7 @@ import torch
 from common.formats.checkpoint import load_file
 from support.inprocess import run_inprocess
 from support.runs import ROOT, recipe_command, run_recipe
-from support.outputs import final_weights, metrics
+from support.outputs import final_weights, metrics, resume_dir_from
 
 
 def assert_bitwise(a, b):
@@ -33,8 +32,7 @@ def test_resume_mid_epoch_is_bitwise_identical(recipe, nproc, extra, tmp_path):
         return run_recipe(*args, nproc=nproc) if nproc > 1 else run_inprocess(*args)
     run(recipe, f"out_dir={full}", *steps)
     # The resumed run starts from the full run's mid-epoch checkpoint and nothing else.
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step_00000006", resumed / "checkpoints" / "step_00000006")
+    resume_dir_from(full, 6, resumed)
     proc = run(recipe, f"out_dir={resumed}", *steps)
     assert "resumed from" in proc.stdout and "step 6, epoch 0, batch 6" in proc.stdout
     assert_bitwise(final_weights(full), final_weights(resumed))
@@ -54,8 +52,7 @@ def test_resume_mid_epoch_with_repeated_augmentation_and_a_sparse_ema_is_bitwise
              "train.ema_decay=0.9", "train.ema_every_steps=4", "train.ema_warmup=ramp"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     run_inprocess("mnist_mlp", f"out_dir={full}", *steps)
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step_00000006", resumed / "checkpoints" / "step_00000006")
+    resume_dir_from(full, 6, resumed)
     proc = run_inprocess("mnist_mlp", f"out_dir={resumed}", *steps)
     assert "resumed from" in proc.stdout and "step 6, epoch 0, batch 6" in proc.stdout
     assert "data.ra_reps=3: an epoch shows 160 distinct samples, each 3 times" in proc.stdout

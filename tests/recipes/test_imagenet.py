@@ -6,7 +6,7 @@ import torch
 from common.formats.export import read_export
 from support.inprocess import run_inprocess
 from support.runs import recipe_command, run_ranks, run_recipe
-from support.outputs import metrics
+from support.outputs import metrics, resume_dir_from
 from support.images import fashion_tree
 
 
@@ -68,7 +68,6 @@ def test_resume_mid_epoch_with_ta_wide_erasing_and_mixing_is_bitwise_identical(t
     from that mid-epoch checkpoint, 5 more across the epoch's end; every augmentation is drawn per sample
     from the sampler's seeds and each step's MixUp/CutMix from its own, so the resumed run sees the very
     same tensors."""
-    import shutil
     from support.outputs import final_weights
     args = [f"data.root={tmp_path / 'tree'}", "data.workers=0", "data.auto_augment=ta_wide", "data.random_erase=0.5",
             "data.mixup_alpha=0.2", "data.cutmix_alpha=1.0",
@@ -76,8 +75,7 @@ def test_resume_mid_epoch_with_ta_wide_erasing_and_mixing_is_bitwise_identical(t
             "train.max_steps=8", "train.ckpt_every_steps=3", "ckpt.keep_last=10"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     run_inprocess("imagenet", f"out_dir={full}", *args)
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step_00000003", resumed / "checkpoints" / "step_00000003")
+    resume_dir_from(full, 3, resumed)
     again = run_inprocess("imagenet", f"out_dir={resumed}", *args)
     assert "step 3, epoch 0, batch 3" in again.stdout
     a, b = final_weights(full), final_weights(resumed)

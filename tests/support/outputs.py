@@ -23,3 +23,11 @@ def final_weights(out_dir: Path, model: str = "net") -> dict[str, torch.Tensor]:
     from common.formats.checkpoint import load_file
     step = last_checkpoint_step(out_dir)
     return load_file(Path(out_dir) / "checkpoints" / f"step_{step:08d}")["models"][model]
+
+
+def resume_dir_from(run: Path, step: int, out_dir: Path) -> Path:
+    """out_dir holding only run's checkpoint of `step` (a resume there starts from it and nothing else)."""
+    import shutil
+    name = f"step_{step:08d}"
+    shutil.copytree(Path(run) / "checkpoints" / name, Path(out_dir) / "checkpoints" / name)
+    return Path(out_dir)
