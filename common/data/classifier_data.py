@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from common.config import ConfigError
 from common.data.datasets import channel_stats, load_split, read_folder
 from common.data.files import SAVED_CLASSES
-from common.data.mixing import batch_mix, lead_position
+from common.data.mixing import batch_mix
 from common.data.policies import SampleAugment
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
@@ -119,12 +119,9 @@ class TensorTrainLoader:
         """This rank's view positions at `step` (led by the one its first is mixed with, under MixUp/CutMix):
         they index the per-sample draws; _samples maps them to the samples shown (data.ra_reps)."""
         lo, hi = self.plan.shard(step, self.rank)
-        if self.mix is None and self.chunk == 1:
-            if hi <= self.plan.n and self.plan.reps == 1:
-                return slice(lo, hi)
-            return torch.arange(lo, hi) % self.plan.n  # wraps only with drop_last=false
-        lead = [lead_position(self.plan, step, self.rank)] if self.mix is not None else []
-        return torch.tensor([*lead, *range(lo, hi)]) % self.plan.n
+        if self.mix is None and self.chunk == 1 and self.plan.reps == 1 and hi <= self.plan.n:
+            return slice(lo, hi)  # the plain case: slices of the epoch's tensors, no index tensor
+        return self.plan.views(step, self.rank, lead=self.mix is not None)[1]
 
     def _samples(self, order: torch.Tensor, pos) -> torch.Tensor:
         return order[pos] if self.plan.reps == 1 else order[self.plan.sample_of(pos)]

@@ -3,7 +3,7 @@ every classifier loader uses (in-memory and streaming).
 
 torchvision mixes each sample with the one before it in the batch, with one lambda (MixUp) or one box
 (CutMix) per batch. Here the batch is the global batch: each rank's shard comes led by its
-predecessor in the global batch (`lead_position`, fetched and augmented like the shard), the draw is
+predecessor in the global batch (`TrainPlan.lead`, fetched and augmented like the shard), the draw is
 seeded by (seed, epoch, step) alone, and the lead is dropped after mixing. So the mixed global batch
 is the same whatever the world size or grad_accum, a resumed step mixes as it did, and the global
 RNG is untouched.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from common.config import seed_bits
-from common.data.sampling import TrainPlan
 
 
 class BatchMix:
@@ -39,11 +38,3 @@ def batch_mix(d, num_classes: int, seed: int) -> BatchMix | None:
     mixes += [v2.CutMix(alpha=d.cutmix_alpha, num_classes=num_classes)] if d.cutmix_alpha > 0 else []
     return BatchMix(mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes), seed)
 
-
-def lead_position(plan: TrainPlan, step: int, rank: int) -> int:
-    """The epoch position the first sample of this rank's shard is mixed with: the previous one in the
-    global batch, cyclically (rank 0's is the last of the global batch, padding included)."""
-    lo, _ = plan.shard(step, rank)
-    first, _ = plan.shard(step, 0)
-    _, end = plan.shard(step, plan.world - 1)
-    return (lo if lo > first else end) - 1

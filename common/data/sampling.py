@@ -78,16 +78,27 @@ class TrainPlan:
         full, tail = divmod(self.n, self.global_batch)
         return full * (self.global_batch // self.reps) + (0 if self.drop_last else -(-tail // self.reps))
 
-    def views(self, step: int, rank: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(self, step: int, rank: int, device=None, lead: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(order positions, view positions) of this rank's shard at `step`, on `device`.
 
         The shard shows the sample at each order position with the augmentation drawn for its
         view position (per-sample draws are indexed by view). Views >= n wrap to the start of
-        the epoch (the padding of a short last batch).
+        the epoch (the padding of a short last batch). lead: the shard is led by `lead(step, rank)`.
         """
         lo, hi = self.shard(step, rank)
-        view = torch.arange(lo, hi, device=device) % self.n
+        view = torch.arange(lo, hi, device=device)
+        if lead:
+            view = torch.cat([torch.tensor([self.lead(step, rank)], device=device), view])
+        view = view % self.n
         return self.sample_of(view), view
+
+    def lead(self, step: int, rank: int) -> int:
+        """The view position the first of this rank's shard is mixed with (common/data/mixing.py): the
+        previous one in the global batch, cyclically (rank 0's is the last of the global batch, padding included)."""
+        lo, _ = self.shard(step, rank)
+        first, _ = self.shard(step, 0)
+        _, end = self.shard(step, self.world - 1)
+        return (lo if lo > first else end) - 1
 
     def sample_of(self, view: torch.Tensor) -> torch.Tensor:
         """The order position each view position (in [0, n)) shows."""

@@ -15,7 +15,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from common.data.files import DataError, decode
-from common.data.mixing import lead_position
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
 
@@ -52,10 +51,7 @@ class EpochBatches(Sampler):
         order = epoch_order(n, self.seed, self.epoch).tolist()
         params = self.draw(n, augment_generator(self.seed, self.epoch))  # by view position: repeats differ
         for step in range(self.start_step, self.plan.steps):
-            lo, hi = self.plan.shard(step, self.rank)
-            lead = [lead_position(self.plan, step, self.rank)] if self.lead else []
-            views = torch.tensor([*lead, *range(lo, hi)]) % n
-            samples = self.plan.sample_of(views)
+            samples, views = self.plan.views(step, self.rank, lead=self.lead)
             yield [(order[s], params[v]) for s, v in zip(samples.tolist(), views.tolist())]
 
 

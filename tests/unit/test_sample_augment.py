@@ -162,7 +162,7 @@ def test_random_erasing_is_torchvisions_on_the_drawn_samples(fashion):
 
 
 def test_mix_is_torchvisions_over_the_global_batch():
-    """Every rank's shard, led by lead_position's sample, mixes to that shard of torchvision's MixUp on the
+    """Every rank's shard, led by TrainPlan.lead's sample, mixes to that shard of torchvision's MixUp on the
     whole global batch under the step's seed."""
     from common.data.sampling import TrainPlan
     x, y = torch.randn(12, 1, 8, 8), torch.arange(12) % 10
@@ -171,7 +171,7 @@ def test_mix_is_torchvisions_over_the_global_batch():
     plan = TrainPlan(24, 12, 3, True)  # step 0: positions 0..11 in shards of 4
     for rank in range(3):
         lo, hi = plan.shard(0, rank)
-        lead = mixing.lead_position(plan, 0, rank)
+        lead = plan.lead(0, rank)
         part, part_soft = mix(x[[lead, *range(lo, hi)]], y[[lead, *range(lo, hi)]], 0, 5)
         assert torch.equal(part, whole[lo:hi]) and torch.equal(part_soft, soft[lo:hi])
     assert soft.shape == (12, 10) and torch.allclose(soft.sum(1), torch.ones(12))
