@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from common.data.transforms import policy
+from common.data.transforms import erase_boxes, policy
 
 SEEDS = 2**62  # per-sample seeds, drawn like streaming's Seeded
 
@@ -113,20 +113,17 @@ class SampleAugment:
         """RandomErasing on normalised images x, on the samples drawn for it."""
         if self.erase_p <= 0:
             return x
-        from torchvision.transforms.v2 import functional as F
         picked = params["erase"].nonzero().squeeze(1).tolist()
         if not picked:
             return x
-        # The box is RandomErasing's draw under the sample's seed (on the CPU); the value 0 is put on the
-        # device as a scalar, so no host-device copy waits for the queued steps.
+        # The box is RandomErasing's draw under the sample's seed (on the CPU), applied on the device.
         shapes = torch.zeros(()).expand(*x.shape)  # make_params reads only the image size: no copy off the device
-        boxes = _seeded(lambda image: self.eraser.make_params([image]), shapes, params["erase_seeds"].tolist(), picked)
-        out, zero = x.clone(), x.new_zeros(())
-        for i, box in zip(picked, boxes):
-            if box["v"] is not None:  # None: no box fitted in its ten tries, as in torchvision
-                out[i] = F.erase(out[i], box["i"], box["j"], box["h"], box["w"], zero)
-        return out
-
+        drawn = _seeded(lambda image: self.eraser.make_params([image]), shapes, params["erase_seeds"].tolist(), picked)
+        boxes = torch.zeros(len(x), 4, dtype=torch.long)  # empty boxes: not picked, or none fitted in ten tries
+        for i, box in zip(picked, drawn):
+            if box["v"] is not None:
+                boxes[i] = torch.tensor([box["i"], box["j"], box["h"], box["w"]])
+        return erase_boxes(x.clone(), boxes)
 
 def _seeded(fn, x: torch.Tensor, seeds: list[int], rows: list[int] | None = None):
     """fn(x[i]) with torch's CPU generator seeded by seeds[i], for each row (all by default); the caller's RNG is

@@ -71,6 +71,15 @@ def policy(d, mode) -> list:
             "augmix": lambda: [v2.AugMix(severity=d.augmix_severity, interpolation=mode)]}[d.auto_augment]()
 
 
+def erase_boxes(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """v2.erase with value 0 on a batch, in place: image k's box (top, left, height, width) = boxes[k] set to 0
+    (an empty box erases nothing), one masked fill for the whole batch."""
+    i, j, h, w = (b.view(-1, 1, 1) for b in boxes.to(x.device, non_blocking=True).unbind(1))
+    rows = torch.arange(x.shape[-2], device=x.device).view(1, -1, 1)
+    cols = torch.arange(x.shape[-1], device=x.device).view(1, 1, -1)
+    return x.masked_fill_(((rows >= i) & (rows < i + h) & (cols >= j) & (cols < j + w)).unsqueeze(1), 0)
+
+
 class Preset(Seeded):
     """torchvision's ClassificationPresetTrain / ClassificationPresetEval (PIL backend, transforms.v2), split
     where it costs nothing: the PIL ops and the random erasing's draw in the worker, uint8 out; ToDtype,
@@ -107,12 +116,7 @@ class Preset(Seeded):
         # Elementwise, so a batch gets each image's values; in place on the fresh float batch (a second
         # batch-sized tensor costs more than the arithmetic on a CPU).
         x = self.finish(x)
-        if boxes is not None:  # v2.erase with value 0: the box of each image set to 0 after normalisation
-            i, j, h, w = (b.view(-1, 1, 1) for b in boxes.unbind(1))
-            rows = torch.arange(x.shape[-2], device=x.device).view(1, -1, 1)
-            cols = torch.arange(x.shape[-1], device=x.device).view(1, 1, -1)
-            x = x.masked_fill_(((rows >= i) & (rows < i + h) & (cols >= j) & (cols < j + w)).unsqueeze(1), 0)
-        return x
+        return x if boxes is None else erase_boxes(x, boxes)
 
     def spec(self) -> dict:
         """How an eval image becomes the model's input, for --export."""
