@@ -116,12 +116,15 @@ def _names(classes: list[str], limit: int = 10) -> str:
     return ", ".join(repr(c) for c in classes[:limit]) + more
 
 
-def decode(path: Path):
-    """The file as an RGB PIL image; a truncated, empty or non-image file is a DataError naming it."""
+def decode(src, where=None):
+    """An image file (a path, or its bytes read from a folder or a shard, named by `where`) as an RGB PIL image;
+    a truncated, empty or non-image file is a DataError naming it."""
+    import io
     from PIL import Image
+    where = src if where is None else where
     try:
-        with Image.open(path) as f:
+        with Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src) as f:
             f.load()
             return f if f.mode == "RGB" else f.convert("RGB")  # a JPEG is RGB already: no copy
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace the file") from None
+        raise DataError(f"cannot read image {where} ({type(e).__name__}: {e}); delete or replace the file") from None

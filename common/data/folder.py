@@ -34,8 +34,10 @@ def list_all(dirs: list[Path]) -> list[list[str]]:
 
 @dataclass
 class FolderDataConfig(AugmentConfig):
-    name: Literal["imagefolder", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; synthetic = a small tree made there (offline runs)
-    root: str = setting("data/imagenet", evaluate=APPLIED)  # dataset directory with train/ and val/ class sub-directories
+    name: Literal["imagefolder", "shards", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; shards = tar shards made by common.data.pack (docs/data.md); synthetic = a small tree made there (offline runs)
+    root: str = setting("data/imagenet", evaluate=APPLIED)  # dataset directory with train/ and val/ class sub-directories (data.name=shards: the packed directory, or its shards' paths)
+    decode: Literal["pil", "fast", "gpu"] = "pil"  # pil = torchvision's presets exactly; fast = the faster CPU JPEG pipeline; gpu = nvJPEG on the device (docs/data.md)
+    shard_cache: str = setting("", read_when="data.name=shards")  # data.name=shards with URLs: local directory the shards are copied into on first read; "" = ~/.cache/dtrain/shards
     image_size: int = ranged(224, ge=1)  # training and eval crop side, pixels (data.train_crop, data.val_crop override it)
     train_crop: int = ranged(0, ge=0)  # RandomResizedCrop side = the model's input, pixels; 0 = data.image_size
     val_resize: int = ranged(0, ge=0)  # eval: shorter side resized to this, then centre-cropped; 0 = round(val_crop / 0.875)
@@ -43,6 +45,14 @@ class FolderDataConfig(AugmentConfig):
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"  # resampling of the crops, resizes and auto_augment's geometric ops
     workers: int = ranged(8, ge=0, evaluate=APPLIED)  # decoding worker processes per rank (persistent, pinned memory)
     drop_last: bool = setting(True, evaluate=IGNORED)  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
+
+
+DECODERS = {"pil": Preset}  # data.decode -> the transform that decodes and augments an image file's bytes
+
+
+def image_transform(d, train: bool):
+    """The train or eval transform of data.decode (each has Preset's interface: draw, load, on_device, size)."""
+    return DECODERS[d.decode](d, train)
 
 
 def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
@@ -71,9 +81,9 @@ def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
     absent = absent_classes(val_files, classes, dirs[1])
     if absent:
         rt.log(absent)
-    workers, train_t = cfg.data.workers, Preset(cfg.data, train=True)
+    workers, train_t = cfg.data.workers, image_transform(cfg.data, train=True)
     train_ds = ImageFiles(dirs[0], train_files, train_labels, train_t)
-    val_ds = ImageFiles(dirs[1], val_files, val_labels, Preset(cfg.data, train=False))
+    val_ds = ImageFiles(dirs[1], val_files, val_labels, image_transform(cfg.data, train=False))
     train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
                               seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers,
                               mix=batch_mix(cfg.data, len(classes), cfg.seed), ra_reps=cfg.data.ra_reps)

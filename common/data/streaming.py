@@ -12,14 +12,18 @@ import signal
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from common.data.files import DataError, decode
+from common.data.files import DataError
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
 
 
 class ImageFiles(Dataset):
-    """Files under root with labels; item (index, params) -> (transform(image, params), label)."""
+    """Image files under root with labels; item (index, params) -> (transform.load(bytes, name, params), label).
+
+    A sample is read as its file's bytes (`read`, named by `where` in errors) and decoded by the transform,
+    so every source of the same bytes (a folder, tar shards: common/data/shards.py) gives the same batches.
+    """
 
     def __init__(self, root: Path, files: list[str], labels: list[int], transform):
         self.root, self.files, self.labels, self.transform = Path(root), files, labels, transform
@@ -27,9 +31,18 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def where(self, i: int) -> str:
+        return str(self.root / self.files[i])
+
+    def read(self, i: int) -> bytes:
+        try:
+            return (self.root / self.files[i]).read_bytes()
+        except OSError as e:
+            raise DataError(f"cannot read image {self.where(i)} ({e.strerror or e}); delete or replace the file") from None
+
     def __getitem__(self, item):
         i, params = item
-        return self.transform(decode(self.root / self.files[i]), params), self.labels[i]
+        return self.transform.load(self.read(i), self.where(i), params), self.labels[i]
 
 
 class EpochBatches(Sampler):
@@ -71,6 +84,7 @@ def _loader(ds: ImageFiles, batches, workers: int, rt, prefetch: int = 4) -> Dat
     memory lets the copy to the GPU overlap compute.
     """
     return DataLoader(ds, batch_sampler=batches, num_workers=workers, persistent_workers=workers > 0,
+                      collate_fn=getattr(ds.transform, "collate", None),  # e.g. JPEG bytes of unequal lengths
                       pin_memory=rt.device.type == "cuda", multiprocessing_context="spawn" if workers > 0 else None,
                       prefetch_factor=prefetch if workers > 0 else None, generator=torch.Generator().manual_seed(0),
                       worker_init_fn=_ignore_ctrl_c if workers > 0 else None)
@@ -129,4 +143,5 @@ class FolderEvalLoader:
 
     def head(self, n: int) -> torch.Tensor:
         """The first n images of the split (global order: the same on every rank), decoded here."""
-        return _to_device(self.ds, torch.stack([self.ds[(i, None)][0] for i in range(min(n, self.total))]), self.rt)
+        collate = getattr(self.ds.transform, "collate", None) or default_collate
+        return _to_device(self.ds, collate([self.ds[(i, None)] for i in range(min(n, self.total))])[0], self.rt)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from common.config import ConfigError
+from common.data.files import decode
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -80,7 +81,15 @@ def erase_boxes(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return x.masked_fill_(((rows >= i) & (rows < i + h) & (cols >= j) & (cols < j + w)).unsqueeze(1), 0)
 
 
-class Preset(Seeded):
+class Decoded:
+    """A transform of decoded images: `load` decodes a file's bytes (PIL, RGB; a bad file is a DataError
+    naming `where`), then applies it with the sample's parameters."""
+
+    def load(self, data: bytes, where: str, params):
+        return self(decode(data, where), params)
+
+
+class Preset(Decoded, Seeded):
     """torchvision's ClassificationPresetTrain / ClassificationPresetEval (PIL backend, transforms.v2), split
     where it costs nothing: the PIL ops and the random erasing's draw in the worker, uint8 out; ToDtype,
     Normalize and the erasing itself once the batch is on the device (a quarter of the bytes to copy).
@@ -124,7 +133,7 @@ class Preset(Seeded):
                     interpolation=self.interpolation)
 
 
-class SquareCrop:
+class SquareCrop(Decoded):
     """uint8 [C, size, size] for the GANs, scaled to [-1, 1] on the device.
 
     Single images: shorter side resized to load_size, center crop. AB pairs (pix2pix): the halves
