@@ -81,6 +81,15 @@ def erase_boxes(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return x.masked_fill_(((rows >= i) & (rows < i + h) & (cols >= j) & (cols < j + w)).unsqueeze(1), 0)
 
 
+def draw_crop(rrc, height: int, width: int) -> tuple[int, int, int, int, bool]:
+    """(top, left, height, width, flip) of a `height` x `width` image: v2.RandomResizedCrop `rrc`'s draw,
+    then v2.RandomHorizontalFlip(0.5)'s, from torch's RNG in the preset's order. The size alone decides
+    them, so a pipeline that decodes later (reduced, or on the GPU) crops what the preset would."""
+    p = rrc.make_params([torch.empty(1, 1, 1, dtype=torch.uint8).expand(3, height, width)])
+    flip = bool(torch.rand(1) < 0.5)  # the flip's forward: flipped when rand < p
+    return p["top"], p["left"], p["height"], p["width"], flip
+
+
 class Decoded:
     """A transform of decoded images: `load` decodes a file's bytes (PIL, RGB; a bad file is a DataError
     naming `where`), then applies it with the sample's parameters."""
