@@ -264,8 +264,14 @@ def _names(err: str, target: Path) -> bool:
     return any(str(d) in err and str(target.relative_to(d)) in err for d in target.parents)
 
 
-@pytest.mark.parametrize("kind, damage", [pytest.param(k, d, id=f"{k}-{d}", marks=[pytest.mark.heavy] * _heavy(k, d))
-                                          for k, d in CASES])
+def _marks(kind: str, damage: str) -> list:
+    """heavy where _heavy says; one xdist worker per module fixture (taken by name below, so conftest.py cannot
+    see it): made once, not once per worker."""
+    return [pytest.mark.heavy] * _heavy(kind, damage) + [pytest.mark.xdist_group(
+        "damaged_shards" if kind in SHARDED else "damaged_good")]
+
+
+@pytest.mark.parametrize("kind, damage", [pytest.param(k, d, id=f"{k}-{d}", marks=_marks(k, d)) for k, d in CASES])
 def test_a_damaged_file_stops_with_exit_2_and_one_line_naming_it(kind, damage, tmp_path, capsys, monkeypatch, request):
     case = KINDS[kind](request.getfixturevalue("shards" if kind in SHARDED else "good"), tmp_path)
     marker = tmp_path / "PAYLOAD_RAN"
