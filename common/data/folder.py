@@ -19,7 +19,7 @@ from common.data.datasets import DataError, synthetic_tree
 from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_labels, class_names,
                                labels_by_name, list_images)
 from common.data.classifier_data import Loaders
-from common.data.gpu_decode import GpuDecode, require_cuda
+from common.data.gpu_decode import GpuDecode
 from common.data.mixing import batch_mix
 from common.data.streaming import FolderEvalLoader, FolderTrainLoader, ImageFiles
 from common.data.transforms import Preset, SquareCrop
@@ -61,7 +61,6 @@ def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
     (common/data/transforms.py Preset); the model's input is the train crop, evaluation runs at data.val_crop.
     Both are labelled by class name against `classes` (a trained model's, from its checkpoint), else
     against train/'s sub-directories."""
-    require_cuda(cfg.data, rt.device)  # before the tree is listed (--evaluate and --export come here too)
     root = Path(cfg.data.root)
     if cfg.data.name == "synthetic":
         dist.on_main(lambda: synthetic_tree(root))  # written once (atomically); the others wait for it

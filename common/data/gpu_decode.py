@@ -7,6 +7,8 @@ crops the same boxes for the same seed), and pass on the compressed bytes: a bat
 device: decode (a file that fails is found and named), per image crop -> resize (antialiased) -> flip,
 then Preset's float conversion, Normalize and erasing; eval: Resize -> CenterCrop. Pixels differ from
 data.decode=pil by the decoder and resize kernels only. data.auto_augment (PIL ops) is refused.
+The transform decodes on any device (torchvision decodes lists on the CPU too: tests, the benchmark's CPU
+check); training, --dry-run and --evaluate call `require_cuda` first.
 """
 from __future__ import annotations
 

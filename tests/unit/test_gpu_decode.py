@@ -4,6 +4,7 @@ resizes, flips and normalises. Its device half takes a device, so here it runs o
 erasing boxes for the same seeds, and pixels within a bound that a wrong crop, flip or normalisation breaks.
 The tests marked cuda run the same on a GPU (nvJPEG) and skip without one.
 """
+import dataclasses
 import io
 from types import SimpleNamespace
 
@@ -13,10 +14,9 @@ import torch
 from torch.utils.data import default_collate
 
 from common.config import ConfigError
-from common.data.files import DataError, class_labels, list_images
-from common.data.folder import DECODERS
+from common.data.files import DataError
+from common.data.folder import DECODERS, FolderDataConfig, imagefolder_data
 from common.data.gpu_decode import GpuDecode, JpegBatch, jpeg_size, require_cuda
-from common.data.streaming import FolderEvalLoader, FolderTrainLoader, ImageFiles
 from common.data.transforms import IMAGENET_STD, Preset
 from support.images import image_tree
 from support.inprocess import run_inprocess
@@ -149,9 +149,11 @@ def test_without_cuda_the_recipe_exits_2_before_reading_data(tmp_path):
 
 
 class Rank:
-    def __init__(self, rank=0, world=1, device="cpu"):
+    """What the loaders read from a Runtime, for one rank of a world we do not start."""
+
+    def __init__(self, rank=0, world=1):
         self.rank, self.world_size, self.is_main = rank, world, True
-        self.device, self.memory_format = torch.device(device), torch.contiguous_format
+        self.device, self.memory_format = torch.device("cpu"), torch.contiguous_format
 
 
 def noisy(i: int) -> np.ndarray:
@@ -166,14 +168,16 @@ def tree(tmp_path_factory):
                       classes=3, ext="jpg", name="{:02d}")
 
 
-def loaders(root, decode, workers=0, rank=0, world=1, device="cpu"):
-    d = data(decode=decode, image_size=16, random_erase=0.3)
-    rt = Rank(rank, world, device)
-    files = {s: list_images(root / s) for s in ("train", "val")}
-    train = ImageFiles(root / "train", files["train"], class_labels(files["train"])[0], DECODERS[decode](d, True))
-    val = ImageFiles(root / "val", files["val"], class_labels(files["val"])[0], DECODERS[decode](d, False))
-    return (FolderTrainLoader(train, rt, global_batch=8, accum=2, seed=5, drop_last=True, workers=workers),
-            FolderEvalLoader(val, rt, batch_size=6, workers=workers))
+def loaders(root, decode, workers=0, rank=0, world=1):
+    """imagefolder_data's loaders for data.decode=`decode` (the library decodes on any device: the commands
+    refuse a device other than CUDA, common/entry.py)."""
+    d = dict(dataclasses.asdict(FolderDataConfig()), root=str(root), image_size=16, random_erase=0.3, workers=workers,
+             decode=decode)
+    cfg = SimpleNamespace(seed=5, data=SimpleNamespace(**d),
+                          train=SimpleNamespace(batch_size=8, grad_accum=2, eval_batch_size=6))
+    loaders = imagefolder_data(cfg, Rank(rank, world))
+    assert isinstance(loaders.train.ds.transform, DECODERS[decode])
+    return loaders.train, loaders.eval
 
 
 def epoch(loader, e=1, start=0):
