@@ -26,7 +26,7 @@ Timing: each block is one fit() (or bare-loop) run of `warmup + timed + 1` steps
 reads at the start of step `warmup` and of the last step, each after torch.cuda.synchronize().
 fit()'s end-of-run evaluation and checkpoint lie outside that window.
 
-    python bench/gpu.py --out gpu_results.json          # about 4-6 minutes on one H100
+    python bench/gpu.py --out gpu_results.json          # minutes on one GPU (--budget-s caps them)
     python bench/gpu.py --smoke --out smoke.json        # tiny sizes, no compile, seconds
 """
 from __future__ import annotations
