@@ -110,16 +110,18 @@ class GpuDecode(Preset):
 
     def on_device(self, x: JpegBatch) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F
-        images = decode_jpegs(x.data, x.where, x.device)
-        mode = self.first.interpolation
-        if not self.train:
-            out = [F.center_crop(F.resize(img, [self.resize], interpolation=mode, antialias=True), [self.crop])
-                   for img in images]
-            return super().on_device(torch.stack(out))
+        mode, rows = self.first.interpolation, x.params[:, :5].tolist() if self.train else None
         out = []
-        for img, (top, left, height, width, flip) in zip(images, x.params[:, :5].tolist()):
-            img = F.resized_crop(img, top, left, height, width, [self.size, self.size], interpolation=mode,
-                                 antialias=True)
-            out.append(img.flip(-1) if flip else img)
-        out = torch.stack(out)
+        for k, img in enumerate(decode_jpegs(x.data, x.where, x.device)):
+            if self.train:  # RandomResizedCrop: the drawn box resized to the crop, then the flip
+                top, left, height, width, flip = rows[k]
+                img = F.resize(img[None, :, top:top + height, left:left + width].float(), [self.size, self.size],
+                               interpolation=mode, antialias=True)
+                out.append(img.flip(-1) if flip else img)
+            else:
+                img = F.resize(img[None].float(), [self.resize], interpolation=mode, antialias=True)
+                out.append(F.center_crop(img, [self.crop]))
+        # F.resize's arithmetic on a CUDA uint8 image (to float, resize, round, back), with the rounding and the
+        # cast done once a batch rather than once an image.
+        out = torch.cat(out).clamp_(0, 255).round_().to(torch.uint8)
         return super().on_device(out if self.erase is None else (out, x.params[:, 5:]))
