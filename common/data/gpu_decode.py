@@ -2,13 +2,11 @@
 torchvision.io.decode_jpeg), then cropped, resized, flipped and normalised there.
 
 The workers read a file's header only (its size; a non-JPEG or unreadable header is a DataError naming
-the file), draw the sample's crop, flip and erasing box under its seed as Preset does (so data.decode=pil
-crops the same boxes for the same seed), and pass on the compressed bytes: a batch is a JpegBatch. On the
-device: decode (a file that fails is found and named), per image crop -> resize (antialiased) -> flip,
-then Preset's float conversion, Normalize and erasing; eval: Resize -> CenterCrop. Pixels differ from
-data.decode=pil by the decoder and resize kernels only. data.auto_augment (PIL ops) is refused.
-The transform decodes on any device (torchvision decodes lists on the CPU too: tests, the benchmark's CPU
-check); training, --dry-run and --evaluate call `require_cuda` first.
+it), draw the sample's crop, flip and erasing box under its seed as Preset does (data.decode=pil's boxes
+for the same seed), and pass on the bytes: a batch is a JpegBatch. On the device: decode (a file that fails
+is named), per image crop -> resize -> flip, then Preset's float, Normalize and erasing; eval: Resize ->
+CenterCrop. data.auto_augment is refused. It decodes on any device (torchvision decodes on the CPU too:
+tests, the benchmark's CPU check); training, --dry-run and --evaluate call `require_cuda` first.
 """
 from __future__ import annotations
 
