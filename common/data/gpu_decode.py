@@ -47,16 +47,24 @@ def jpeg_size(data: bytes, where: str) -> tuple[int, int]:
 
 @dataclasses.dataclass
 class JpegBatch:
-    """A batch as the workers send it: each file's bytes (1-D uint8, on the host, where nvJPEG reads them),
-    per image (top, left, height, width, flip, erasing top, left, height, width) for training (None for
-    eval), the files' names for errors, and the device to decode on (set by `to`)."""
-    data: list[torch.Tensor]
+    """A batch as the workers send it: the files' bytes end to end in one 1-D uint8 tensor on the host (where
+    nvJPEG reads them; one tensor, not one a file: each costs a file descriptor between processes) and each
+    file's length; per image (top, left, height, width, flip, erasing top, left, height, width) for training
+    (None for eval); the files' names for errors; the device to decode on (set by `to`)."""
+    data: torch.Tensor
+    sizes: list[int]
     params: torch.Tensor | None
     where: list[str]
     device: torch.device = torch.device("cpu")
 
+    def files(self) -> list[torch.Tensor]:
+        return list(self.data.split(self.sizes))
+
     def to(self, device, non_blocking: bool = False) -> JpegBatch:
         return dataclasses.replace(self, device=torch.device(device))
+
+    def pin_memory(self) -> JpegBatch:  # the DataLoader's pinning thread
+        return dataclasses.replace(self, data=self.data.pin_memory())
 
 
 def decode_jpegs(data: list[torch.Tensor], where: list[str], device: torch.device) -> list[torch.Tensor]:
@@ -104,13 +112,13 @@ class GpuDecode(Preset):
         items, labels = zip(*samples)
         data, params, where = zip(*items)
         params = None if params[0] is None else torch.stack(params)
-        return JpegBatch(list(data), params, list(where)), torch.tensor(labels)
+        return JpegBatch(torch.cat(data), [len(d) for d in data], params, list(where)), torch.tensor(labels)
 
     def on_device(self, x: JpegBatch) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as F
         mode, rows = self.first.interpolation, x.params[:, :5].tolist() if self.train else None
         out = []
-        for k, img in enumerate(decode_jpegs(x.data, x.where, x.device)):
+        for k, img in enumerate(decode_jpegs(x.files(), x.where, x.device)):
             if self.train:  # RandomResizedCrop: the drawn box resized to the crop, then the flip
                 top, left, height, width, flip = rows[k]
                 img = F.resize(img[None, :, top:top + height, left:left + width].float(), [self.size, self.size],

@@ -78,6 +78,7 @@ def test_train_draws_the_pil_crops_flips_and_erasing_and_the_pixels_agree(jpegs,
     seeds = [7919 * k + 2 ** 61 for k in range(12)]  # as Seeded.draw makes them
     pil, gpu, batch, want, got = both(data(interpolation=interpolation, random_erase=0.5), True, files, seeds)
     assert got.shape == want.shape == (12, 3, 176, 176) and got.dtype == torch.float32 and gpu.size == 176
+    assert isinstance(batch, JpegBatch) and [f.numpy().tobytes() for f in batch.files()] == files  # bytes as read
     # The erasing box drawn in the worker is the preset's, for the same seed (it follows the crop's draws).
     boxes = [pil.load(f, "f", s)[1].tolist() for f, s in zip(files, seeds)]
     assert batch.params[:, 5:].tolist() == boxes and any(b[2] > 0 for b in boxes) and any(b[2] == 0 for b in boxes)
@@ -214,6 +215,8 @@ def test_nvjpeg_decodes_what_the_cpu_path_decodes(jpegs):
     files = [jpegs[k % 3] for k in range(12)]
     seeds = [7919 * k + 2 ** 61 for k in range(12)]
     _, _, batch, want, got = both(data(random_erase=0.5), True, files, seeds, device="cuda")
+    pinned = batch.pin_memory()  # as the DataLoader's pinning thread does: the same bytes, pinned
+    assert pinned.data.is_pinned() and [f.numpy().tobytes() for f in pinned.files()] == files
     worst, mean = levels(got, want)
     assert mean <= 1.0, (worst, mean)
     assert levels(got[batch.params[:, 4].bool()].flip(-1), want[batch.params[:, 4].bool()])[1] > 5.0
