@@ -208,6 +208,7 @@ def test_the_folder_loaders_give_pils_batches_whatever_the_workers_world_size_or
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(steps[1:], epoch(train, start=1)))
 
 
+@pytest.mark.gpu
 @cuda
 def test_nvjpeg_decodes_what_the_cpu_path_decodes(jpegs):
     """nvJPEG's IDCT and chroma upsampling are not libjpeg-turbo's: a looser bound on the mean than the CPU's,
@@ -228,6 +229,7 @@ def test_nvjpeg_decodes_what_the_cpu_path_decodes(jpegs):
         GpuDecode(data(), True).on_device(bad.to("cuda"))
 
 
+@pytest.mark.gpu
 @cuda
 def test_imagenet_trains_and_evaluates_with_gpu_decoding(tmp_path):
     """imagenet_debug.yaml's generated JPEG tree, decoded by nvJPEG: trains, evaluates every val image."""
