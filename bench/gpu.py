@@ -1,4 +1,5 @@
-"""GPU benchmark: ResNet-18 on CIFAR-shaped data, bf16 + channels_last + the in-memory GPU loader, batch 512.
+"""GPU benchmark: ResNet-18 on CIFAR-shaped data, bf16 + channels_last + the in-memory GPU loader, batch 512;
+and ResNet-50 fed by JPEGs decoded on the CPU workers vs on the GPU.
 
 Prints "not measured" (and writes that to --out) when no CUDA device is visible. Otherwise,
 with the recipe's own pieces (resnet_cifar's task: Config, build_data = classification_data on
@@ -17,11 +18,15 @@ common.train.loop.fit):
   6. host-device synchronizations per step inside fit() (torch.cuda.set_sync_debug_mode), for
      bf16, fp16 (GradScaler with the fused optimizer) and bf16 + EMA (common/train/state.py's EMA):
      target 0 for each.
+  7. JPEG decoding feeding ResNet-50 (imagenet's task, bf16, channels_last, batch --decode-batch, 224 px crops)
+     on generated ImageNet-like JPEGs (500x375, quality 90): images/s and fit()'s data_wait_pct for
+     data.decode=pil (the CPU workers decode) and data.decode=gpu (the workers read headers, nvJPEG decodes),
+     both with --decode-workers workers; one fit() block per arm, the arms alternating.
 Timing: each block is one fit() (or bare-loop) run of `warmup + timed + 1` steps; the clock
 reads at the start of step `warmup` and of the last step, each after torch.cuda.synchronize().
 fit()'s end-of-run evaluation and checkpoint lie outside that window.
 
-    python bench/gpu.py --out gpu_results.json          # about 3-5 minutes on one H100
+    python bench/gpu.py --out gpu_results.json          # minutes on one GPU (--budget-s caps them)
     python bench/gpu.py --smoke --out smoke.json        # tiny sizes, no compile, seconds
 """
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
 import shutil
 import tempfile
 import time
@@ -40,11 +46,11 @@ import torch.nn.functional as F
 
 try:
     from bench import harness as H
-    from bench.loader_headroom import _memoize_synthetic
+    from bench.loader_headroom import _memoize_synthetic, make_jpeg_tree
     from bench.loop_overhead import bare_setup, epochs
 except ImportError:
     import harness as H
-    from loader_headroom import _memoize_synthetic
+    from loader_headroom import _memoize_synthetic, make_jpeg_tree
     from loop_overhead import bare_setup, epochs
 
 from common.train.runtime import runtime
@@ -180,12 +186,68 @@ def count_syncs(mod, tmp: Path, base: list[str], name: str, extra: list[str], wa
     return len(syncs) / (b.steps - 1 - b.warmup)
 
 
+DECODES = ("pil", "gpu")
+
+
+def jpeg_tree(root: Path, n_train: int, n_val: int, size: tuple[int, int], distinct: int) -> Path:
+    """`distinct` generated JPEGs copied under more names up to n_train: the decoding cost per image is a real
+    JPEG's, and the tree is written in seconds."""
+    make_jpeg_tree(root, distinct, n_val, size=size)
+    made = sorted((root / "train").rglob("*.jpg"))
+    for i in range(distinct, n_train):
+        src = made[i % distinct]
+        shutil.copyfile(src, src.parent / f"{i:05d}.jpg")
+    return root
+
+
+def decode_rows(args, device: str, tmp: Path, over_budget) -> list[dict]:
+    """7: data.decode=pil vs data.decode=gpu feeding ResNet-50 (on the CPU: a code-path check, ResNet-18 at 32 px)."""
+    if over_budget("JPEG decoding (pil vs gpu)"):
+        return [H.row(n, None, op, t, {}, status="skipped (time budget)") for n, op, t in decode_names()]
+    smoke = args.smoke
+    batch, workers = (8, 0) if smoke else (args.decode_batch, args.decode_workers)
+    warmup, timed = (2, 3) if smoke else (10, 40)
+    size, crop, model = ((64, 48), 32, "resnet18") if smoke else ((500, 375), 224, "resnet50")
+    root = jpeg_tree(tmp / "jpeg", 16 * batch, batch, size, distinct=min(16 * batch, 256))
+    base = [f"device={device}", "data.name=imagefolder", f"data.root={root}", f"data.image_size={crop}",
+            f"data.workers={workers}", f"model.name={model}", "precision=bf16", "train.channels_last=true",
+            f"train.batch_size={batch}", f"train.eval_batch_size={batch}", "train.eval_every_steps=1000000",
+            "train.ckpt_every_steps=1000000", f"train.log_every_steps={2 if smoke else 10}", "train.progress=false",
+            "resume=none"]
+    mod = H.load_recipe("imagenet")
+    arms = {d: Bench(mod, tmp, f"decode_{d}", base + [f"data.decode={d}"], warmup, timed) for d in DECODES}
+    for b in arms.values() if not smoke else ():
+        b.ours()  # untimed warm-up block: workers started, cuDNN autotuned, files in the page cache
+        b.data_wait.clear()
+    times = H.alternate({d: (lambda b=b: b.ours()[0]) for d, b in arms.items()}, 1 if smoke else 2)
+    ips = {d: batch / H.median(times[d]) for d in DECODES}
+    ratios = H.paired_ratios(times["pil"], times["gpu"])  # images/s gpu / pil = t_pil / t_gpu
+    print("  JPEG decoding: " + ", ".join(f"data.decode={d} {ips[d]:,.0f} images/s" for d in DECODES), flush=True)
+    setup = (f"{model}, bf16, channels_last, batch {batch}, {crop} px crops of {size[0]}x{size[1]} JPEGs, "
+             f"data.workers={workers}, {timed} timed steps per block")
+    rows = [H.row(f"gpu/jpeg_images_per_s (data.decode={d})", ips[d], "", None, {"setup": setup}) for d in DECODES]
+    rows.append(H.row("gpu/jpeg_gpu_vs_pil_images_per_s", H.median(ratios), "", None, {"paired_ratios": ratios}))
+    for d, b in arms.items():
+        wait = H.median(b.data_wait) if b.data_wait else None
+        rows.append(H.row(f"gpu/jpeg_data_wait_pct (data.decode={d})", wait, "<=", 1.0, {"unit": "percent",
+                          "values": b.data_wait}, status="measured" if wait is not None else "not measured (no log "
+                          "interval after the first)"))
+        b.close()
+    return rows
+
+
+def decode_names() -> list[tuple[str, str, float | None]]:
+    return ([(f"gpu/jpeg_images_per_s (data.decode={d})", "", None) for d in DECODES]
+            + [("gpu/jpeg_gpu_vs_pil_images_per_s", "", None)]
+            + [(f"gpu/jpeg_data_wait_pct (data.decode={d})", "<=", 1.0) for d in DECODES])
+
+
 def not_measured(reason: str) -> list[dict]:
     names = [("gpu/ours_vs_bare_images_per_s", ">=", 0.95), ("gpu/images_per_s (ours, bf16, eager)", "", None),
              ("gpu/mfu (ours, bf16, eager)", "", None), ("gpu/compile_vs_eager", ">=", 1.2),
              ("gpu/bf16_vs_fp32", ">=", 2.0), ("gpu/data_wait_pct", "<=", 1.0),
              ("gpu/host_syncs_per_step (bf16)", "<=", 0), ("gpu/host_syncs_per_step (fp16)", "<=", 0),
-             ("gpu/host_syncs_per_step (bf16 + ema_decay=0.999)", "<=", 0)]
+             ("gpu/host_syncs_per_step (bf16 + ema_decay=0.999)", "<=", 0), *decode_names()]
     return [H.row(n, None, op, t, {"reason": reason}, status="not measured") for n, op, t in names]
 
 
@@ -288,6 +350,14 @@ def run(args) -> dict:
             print("  host syncs per step: " + ", ".join(f"{r['name'].split('(')[1][:-1]}: {r['ratio']}"
                                                       for r in rows if "host_syncs" in r["name"]), flush=True)
 
+        # 7: JPEG decoding on the CPU workers vs on the GPU, feeding ResNet-50
+        try:
+            rows += decode_rows(args, device, tmp, over_budget)
+        except Exception as e:
+            traceback.print_exc()
+            rows += [H.row(n, None, "", None, {"error": f"{type(e).__name__}: {e}"[:500]}, status="failed")
+                     for n, _, _ in decode_names()]
+
         # 4: bf16 vs fp32 (TF32), ours eager
         if over_budget("bf16 vs fp32"):
             rows.append(H.row("gpu/bf16_vs_fp32", None, ">=", 2.0, {}, status="skipped (time budget)"))
@@ -344,6 +414,9 @@ def main(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of this GPU, TFLOP/s")
     p.add_argument("--budget-s", type=float, default=420, help="skip the remaining comparisons after this many seconds")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison")
+    p.add_argument("--decode-batch", type=int, default=256, help="batch of the JPEG decoding comparison")
+    p.add_argument("--decode-workers", type=int, default=min(16, len(os.sched_getaffinity(0))),
+                   help="data.workers of both arms of the JPEG decoding comparison (default: the cores, at most 16)")
     p.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)  # code-path check without a GPU
     args = p.parse_args(argv)
     args.argv = argv

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 import traceback
@@ -57,7 +58,8 @@ def run_one(name: str, args) -> dict:
     if name == "gpu":
         argv = ["--smoke"] if args.smoke else []
         gargs = argparse.Namespace(smoke=args.smoke, batch=512 if not args.smoke else 64, warmup=15, timed=100, pairs=3,
-                                   peak_tflops=None, budget_s=420, no_compile=False, allow_cpu=False, argv=argv)
+                                   peak_tflops=None, budget_s=420, no_compile=False, allow_cpu=False, argv=argv,
+                                   decode_batch=256, decode_workers=min(16, len(os.sched_getaffinity(0))))
         return mod.run(gargs)
     return mod.run(argparse.Namespace(smoke=args.smoke, threads=args.threads, only=""))
 

@@ -25,6 +25,7 @@ from common import dist, launcher
 from common.config import BaseConfig, UserError
 from common.cli import parse_cli
 from common.config import dump_yaml
+from common.data.gpu_decode import require_cuda
 from common.data.sampling import check_batch
 from common.lifecycle import evaluate, export
 from common.train import checks
@@ -111,6 +112,7 @@ def run(task: Task, script: str, argv=None):
         with runtime(cli.cfg) as rt:
             reps = getattr(cli.cfg.data, "ra_reps", 1)  # the classifiers' repeated augmentation; 1 where a recipe has none
             check_batch(cli.cfg.train.batch_size, rt.world_size, cli.cfg.train.grad_accum, reps)
+            require_cuda(cli.cfg.data, rt.device)  # data.decode=gpu without CUDA: refused before the dry run or any file
             if cli.dry_run:
                 return dry_run(cli, rt)
             loaders = task.build_data(cli.cfg, rt)

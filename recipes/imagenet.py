@@ -5,6 +5,7 @@ processes with pinned memory and persistent workers, through torchvision's refer
 (transforms.v2; docs/data.md): RandomResizedCrop(data.train_crop) + flip + data.auto_augment
 (autoaugment, randaugment, ta_wide, augmix) + RandomErasing(data.random_erase) for training,
 Resize(data.val_resize) + CenterCrop(data.val_crop) for eval, in data.interpolation (bilinear, bicubic).
+data.decode=gpu decodes the JPEGs on the GPU instead (nvJPEG, same crops; docs/data.md).
 data.image_size sets both crops. data.root holds train/ and val/ with one sub-directory per class.
 
 Reference schedule (torchvision's ResNet-50 recipe): 90 epochs, global batch 256, SGD 0.1,

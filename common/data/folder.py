@@ -19,6 +19,7 @@ from common.data.datasets import DataError, synthetic_tree
 from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_labels, class_names,
                                labels_by_name, list_images)
 from common.data.classifier_data import Loaders
+from common.data.gpu_decode import GpuDecode
 from common.data.mixing import batch_mix
 from common.data.streaming import FolderEvalLoader, FolderTrainLoader, ImageFiles
 from common.data.transforms import Preset, SquareCrop
@@ -36,7 +37,7 @@ def list_all(dirs: list[Path]) -> list[list[str]]:
 class FolderDataConfig(AugmentConfig):
     name: Literal["imagefolder", "shards", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; shards = tar shards made by common.data.pack (docs/data.md); synthetic = a small tree made there (offline runs)
     root: str = setting("data/imagenet", evaluate=APPLIED)  # dataset directory with train/ and val/ class sub-directories (data.name=shards: the packed directory, or its shards' paths)
-    decode: Literal["pil", "fast", "gpu"] = "pil"  # pil = torchvision's presets exactly; fast = the faster CPU JPEG pipeline; gpu = nvJPEG on the device (docs/data.md)
+    decode: Literal["pil", "fast", "gpu"] = setting("pil", evaluate=APPLIED)  # pil = torchvision's presets; fast = a faster CPU JPEG path; gpu = nvJPEG on CUDA (docs/data.md)
     shard_cache: str = setting("", read_when="data.name=shards")  # data.name=shards with URLs: local directory the shards are copied into on first read; "" = ~/.cache/dtrain/shards
     image_size: int = ranged(224, ge=1)  # training and eval crop side, pixels (data.train_crop, data.val_crop override it)
     train_crop: int = ranged(0, ge=0)  # RandomResizedCrop side = the model's input, pixels; 0 = data.image_size
@@ -47,7 +48,7 @@ class FolderDataConfig(AugmentConfig):
     drop_last: bool = setting(True, evaluate=IGNORED)  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
 
 
-DECODERS = {"pil": Preset}  # data.decode -> the transform that decodes and augments an image file's bytes
+DECODERS = {"pil": Preset, "gpu": GpuDecode}  # data.decode -> the transform that decodes and augments an image file's bytes
 
 
 def image_transform(d, train: bool):

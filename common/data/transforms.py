@@ -121,13 +121,16 @@ class Preset(Decoded, Seeded):
 
     def worker(self, img):
         x = self.ops(img)
-        if self.erase is None:
-            return x
+        return x if self.erase is None else (x, torch.tensor(self.erase_box(x.shape[-1])))
+
+    def erase_box(self, side: int) -> tuple[int, int, int, int]:
+        """The random erasing's (top, left, height, width) for a `side` x `side` image, drawn from torch's RNG
+        as v2.RandomErasing.forward draws it (its size alone decides); (0, 0, 0, 0) = not erased."""
         box = (0, 0, 0, 0)
-        if torch.rand(1) < self.erase.p:  # v2.RandomErasing.forward's draw, then its parameters
-            p = self.erase.make_params([x])
+        if torch.rand(1) < self.erase.p:  # the forward's draw, then its parameters
+            p = self.erase.make_params([torch.empty(1, 1, 1, dtype=torch.uint8).expand(3, side, side)])
             box = (p["i"], p["j"], p["h"], p["w"]) if p["v"] is not None else box  # None: no box fitted
-        return x, torch.tensor(box)
+        return box
 
     def on_device(self, x) -> torch.Tensor:
         x, boxes = x if isinstance(x, (list, tuple)) else (x, None)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common import dist
 from common.config import UserError
+from common.data.gpu_decode import require_cuda
 from common.lifecycle.source import build_data, open_source
 from common.train.rundir import LockHeld, held
 from common.train.runtime import runtime
@@ -28,6 +29,7 @@ def run(task, cli) -> dict[str, float]:
     with runtime(cfg) as rt:
         if src.ignored:
             rt.log(f"--evaluate ignores training settings: {', '.join(src.ignored)}")
+        require_cuda(cfg.data, rt.device)  # data.decode=gpu (data.decode=pil may be given here)
         loaders = build_data(task, src, rt)
         weights, which = checkpoint_weights(src.ckpt, src.sd, cli.weights)
         rt.seed()

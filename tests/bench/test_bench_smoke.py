@@ -22,7 +22,9 @@ EXPECTED = {
                        "ddp_efficiency/mnist_cnn_explicit_ddp_world1 (info)"],
     "grad_comm": ["grad_comm/ddp_comm_vs_flat_allreduce", "grad_comm/ddp_exposed_comm_vs_flat (info)"],
     "gpu": ["gpu/ours_vs_bare_images_per_s", "gpu/compile_vs_eager", "gpu/bf16_vs_fp32", "gpu/data_wait_pct",
-            "gpu/host_syncs_per_step (fp16)", "gpu/host_syncs_per_step (bf16 + ema_decay=0.999)"],
+            "gpu/host_syncs_per_step (fp16)", "gpu/host_syncs_per_step (bf16 + ema_decay=0.999)",
+            "gpu/jpeg_gpu_vs_pil_images_per_s", "gpu/jpeg_data_wait_pct (data.decode=pil)",
+            "gpu/jpeg_data_wait_pct (data.decode=gpu)"],
 }
 
 
@@ -81,6 +83,12 @@ def test_gpu_benchmark_code_path_runs_on_cpu(tmp_path):
     assert wait["status"] == "measured" and math.isfinite(wait["ratio"]) and wait["ratio"] >= 0, wait
     details = rows["gpu/ours_vs_bare_images_per_s"]["details"]
     assert details["loss_max_abs_diff_ours_vs_bare"] == 0.0  # same batches, same seed, CPU: identical losses
+    # data.decode=pil vs gpu through imagenet's fit() (gpu_decode's device half on the CPU here)
+    for decode in ("pil", "gpu"):
+        assert rows[f"gpu/jpeg_images_per_s (data.decode={decode})"]["status"] == "measured"
+        wait = rows[f"gpu/jpeg_data_wait_pct (data.decode={decode})"]
+        assert wait["status"] == "measured" and math.isfinite(wait["ratio"]) and wait["ratio"] >= 0, wait
+    assert rows["gpu/jpeg_gpu_vs_pil_images_per_s"]["ratio"] > 0
 
 
 def test_form_check_allows_a_negative_difference_but_not_a_negative_ratio():

@@ -84,6 +84,9 @@ def test_resume_mid_epoch_with_ta_wide_erasing_and_mixing_is_bitwise_identical(t
     run_inprocess("imagenet", "--export", str(full), "--to", str(tmp_path / "m.safetensors"), config=None)
     spec = read_export(tmp_path / "m.safetensors")[1]["input"]
     assert (spec["shape"], spec["resize"], spec["center_crop"], spec["interpolation"]) == ([3, 32, 32], 40, 36, "bicubic")
+    # --evaluate on a machine without CUDA: data.decode=gpu is refused before any file is read, naming the fix.
+    p = run_inprocess("imagenet", "--evaluate", str(full), "data.decode=gpu", config=None, check=False)
+    assert p.returncode == 2 and "data.decode=gpu decodes JPEGs with nvJPEG on a CUDA GPU" in p.stderr, p.stderr
 
 
 def test_bad_crops_and_policies_are_exit_2_naming_the_fix(tmp_path):
