@@ -20,6 +20,7 @@ from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_
                                labels_by_name, list_images)
 from common.data.classifier_data import Loaders
 from common.data.mixing import batch_mix
+from common.data.shards import shard_splits
 from common.data.streaming import FolderEvalLoader, FolderTrainLoader, ImageFiles
 from common.data.transforms import Preset, SquareCrop
 
@@ -56,12 +57,29 @@ def image_transform(d, train: bool):
 
 
 def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
-    """data.root/train and data.root/val (ImageNet layout: one sub-directory per class), torchvision's presets
-    (common/data/transforms.py Preset); the model's input is the train crop, evaluation runs at data.val_crop.
-    Both are labelled by class name against `classes` (a trained model's, from its checkpoint), else
-    against train/'s sub-directories."""
-    root = Path(cfg.data.root)
-    if cfg.data.name == "synthetic":
+    """data.root/train and data.root/val (ImageNet layout: one sub-directory per class), or the same packed as tar
+    shards (data.name=shards, common/data/shards.py), through torchvision's presets (common/data/transforms.py
+    Preset); the model's input is the train crop, evaluation runs at data.val_crop. Both are labelled by class
+    name against `classes` (a trained model's, from its checkpoint), else against train/'s sub-directories."""
+    transforms = image_transform(cfg.data, train=True), image_transform(cfg.data, train=False)
+    if cfg.data.name == "shards":
+        train_ds, val_ds, classes, absent = shard_splits(cfg.data, classes, "val", transforms)
+    else:
+        train_ds, val_ds, classes, absent = folder_sources(cfg.data, classes, transforms)
+    if absent:
+        rt.log(absent)
+    workers, train_t = cfg.data.workers, transforms[0]
+    train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
+                              seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers,
+                              mix=batch_mix(cfg.data, len(classes), cfg.seed), ra_reps=cfg.data.ra_reps)
+    evaluate = FolderEvalLoader(val_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
+    return Loaders(train, evaluate, len(classes), (3, train_t.size, train_t.size), classes)
+
+
+def folder_sources(data, classes: list[str] | None, transforms):
+    """data.root/train and data.root/val as ImageFiles, the class list and the log line naming val's absent classes."""
+    root = Path(data.root)
+    if data.name == "synthetic":
         dist.on_main(lambda: synthetic_tree(root))  # written once (atomically); the others wait for it
     dirs = [root / "train", root / "val"]
     for d in dirs:
@@ -78,17 +96,8 @@ def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
         listed.append(files)
     (train_files, val_files), classes = listed, classes or class_names(listed[0])
     train_labels, val_labels = (labels_by_name(f, classes, d, known_from) for f, d in zip(listed, dirs))
-    absent = absent_classes(val_files, classes, dirs[1])
-    if absent:
-        rt.log(absent)
-    workers, train_t = cfg.data.workers, image_transform(cfg.data, train=True)
-    train_ds = ImageFiles(dirs[0], train_files, train_labels, train_t)
-    val_ds = ImageFiles(dirs[1], val_files, val_labels, image_transform(cfg.data, train=False))
-    train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
-                              seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers,
-                              mix=batch_mix(cfg.data, len(classes), cfg.seed), ra_reps=cfg.data.ra_reps)
-    evaluate = FolderEvalLoader(val_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
-    return Loaders(train, evaluate, len(classes), (3, train_t.size, train_t.size), classes)
+    return (ImageFiles(dirs[0], train_files, train_labels, transforms[0]),
+            ImageFiles(dirs[1], val_files, val_labels, transforms[1]), classes, absent_classes(val_files, classes, dirs[1]))
 
 
 def folder_splits(root: Path) -> tuple[Path, Path]:
