@@ -60,6 +60,10 @@ def plan(src: Path, shard_size: int) -> tuple[dict, dict]:
                         f"{src / 'train'}: SRC must hold train/<class>/<image> files")
     manifest, splits = {"format": FORMAT, "classes": classes, "splits": {}}, {}
     for split, files in listed.items():
+        unknown = sorted(set(class_names(files)) - set(classes))
+        if unknown:
+            raise UserError(f"{src / split} has class folder(s) {', '.join(unknown[:10])} that {src / 'train'} lacks: "
+                            "add them to train/ or remove them")
         labels = labels_by_name(files, classes, src / split, str(src / "train"))
         index, shards, used = np.zeros((len(files), 4), dtype=np.int64), [], shard_size
         for i, (f, label) in enumerate(zip(files, labels)):
@@ -198,10 +202,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for split, s in m["splits"].items():
-        print(f"{split}: {s['samples']} samples in {len(s['shards'])} shards, "
+        print(f"{split}: {s['samples']} samples in {len(s['shards'])} shard{'s' * (len(s['shards']) != 1)}, "
               f"{sum(x['bytes'] for x in s['shards']) / 1e6:.1f} MB")
     print(f"packed {args.src} into {args.out} in {time.perf_counter() - start:.1f} s "
-          f"({m['written']} shards written, the others were complete)")
+          f"({m['written']} shards written, {sum(len(s['shards']) for s in m['splits'].values()) - m['written']} "
+          "already complete)")
     return 0
 
 

@@ -28,6 +28,7 @@ from common.data.shard_format import (BLOCK, MANIFEST, FORMAT, SHARD_NAME, files
 from common.data.streaming import ImageFiles
 
 DEFAULT_CACHE = "~/.cache/dtrain/shards"
+OPEN_MAX = 128  # shard files a process keeps open
 
 # ----------------------------------------------------------------------------- locating a pack
 
@@ -194,6 +195,8 @@ class ShardFiles(ImageFiles):
 
     def _fd(self, k: int) -> int:
         if k not in self._open:
+            if len(self._open) >= OPEN_MAX:  # a worker reads every shard: stay far below the process's file limit
+                os.close(self._open.pop(next(iter(self._open))))
             path = cached(self.shards[k], self.cache, self.sizes[k])
             self._check_size(k, path)
             self._open[k] = os.open(path, os.O_RDONLY)
@@ -224,7 +227,7 @@ class ShardFiles(ImageFiles):
         """Label by class name against `classes` (a trained model's), as a folder is (files.labels_by_name);
         returns the log line naming the classes of `classes` this split lacks, or None."""
         present = [f"{self.names[c]}/" for c in sorted(set(self.labels))]
-        where = Path(f"{self.shards[0]} ({self.split} shards)")
+        where = f"{self.shards[0]} ({self.split} shards)"  # not a Path: it would fold a URL's //
         mapping = dict(zip(sorted(set(self.labels)), labels_by_name([p + "x" for p in present], classes, where,
                                                                       known_from)))
         self.labels = [mapping[c] for c in self.labels]

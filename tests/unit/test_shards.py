@@ -3,6 +3,7 @@ run in parallel or are killed, the forms of data.root, URLs, and each kind of ba
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,24 +144,28 @@ def test_a_killed_packer_leaves_no_complete_looking_shard_and_a_rerun_finishes(t
     assert [train.read(i) for i in range(len(train))] == [(src / "train" / f).read_bytes() for f in train.files]
 
 
-@pytest.mark.parametrize("case", ["no train", "no images", "unwritable", "bad size"])
+@pytest.mark.parametrize("case", ["no train", "no images", "unwritable", "bad size", "a class train lacks"])
 def test_bad_pack_input_is_one_line_exit_2(tmp_path, case):
     src = tree(tmp_path / "src", train=3, val=0)
     args = {"no train": [tmp_path, tmp_path / "o"], "no images": [tmp_path / "src" / "train", tmp_path / "o"],
-            "unwritable": [src, "/proc/version/out"], "bad size": [src, tmp_path / "o", "--shard-size", "lots"]}[case]
+            "unwritable": [src, "/proc/version/out"], "bad size": [src, tmp_path / "o", "--shard-size", "lots"],
+            "a class train lacks": [src, tmp_path / "o"]}[case]
     if case == "no images":
         (tmp_path / "src" / "train" / "train").mkdir()
+    if case == "a class train lacks":
+        (src / "val" / "extra").mkdir(parents=True)
+        shutil.copy(next((src / "train" / "c0").iterdir()), src / "val" / "extra" / "x.jpg")
     code, out, err = run_pack(*args)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
     assert {"no train": "has no train/", "no images": "found no images", "unwritable": "/proc/version/out",
-            "bad size": "--shard-size 'lots'"}[case] in err
+            "bad size": "--shard-size 'lots'", "a class train lacks": f"{src / 'val'} has class folder(s) extra"}[case] in err
 
 
 def rebuild(shard, members):
     """Rewrite a shard as a real tar of (name, bytes) members; returns each member's data offset."""
     with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as t:
         for name, blob in members:
-            t.addfile(tarfile.TarInfo(name) if False else _info(name, len(blob)), io.BytesIO(blob))
+            t.addfile(_info(name, len(blob)), io.BytesIO(blob))
     with tarfile.open(shard) as t:
         return [m.offset_data for m in t.getmembers()]
 
@@ -215,7 +220,6 @@ BAD = {"truncated": "truncated", "another pack's shard": "does not match its ind
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_shards_stop_the_run_with_one_line_naming_the_file(packed, tmp_path, case):
-    import shutil
     from support.inprocess import run_inprocess
     out = shutil.copytree(packed[1], tmp_path / "out")
     named = damage(out, case)
