@@ -50,23 +50,25 @@ def beside(location: str, name: str) -> str:
     return location[:m.start()] + name + location[m.end():]
 
 
-def cached(location: str, cache: str, size: int | None = None) -> str:
-    """A URL's file copied whole into the cache (once per node: a lock, a temporary name, a rename); a local
-    path as it is. size: the bytes it must have (a copy of another size is copied again)."""
+def cached(location: str, name: str, cache: str, size: int | None = None) -> str:
+    """A URL's file `name` copied whole into the cache (once per node: a lock, a temporary name, a rename); a
+    local path as it is. size: a shard's bytes (a copy of that size is reused); None: fetched again (the
+    manifest and index, small, may change with a new pack)."""
     if not is_url(location):
         return local_path(location)
-    name = SHARD_NAME.search(location) or re.search(r"[^/\s:]+$", location)
-    name = name.group(0) if name else "file"
-    where = Path(os.path.expanduser(cache or DEFAULT_CACHE))
-    where = where / hashlib.sha256(location.replace(name, "{}").encode()).hexdigest()[:16]
+    place = location[::-1].replace(name[::-1], "}{", 1)[::-1]  # the URL without this file's name
+    where = Path(os.path.expanduser(cache or DEFAULT_CACHE)) / hashlib.sha256(place.encode()).hexdigest()[:16]
     dest = where / name
-    if dest.is_file() and (size is None or dest.stat().st_size == size) and name.endswith(".tar"):
+
+    def ready() -> bool:
+        return size is not None and dest.is_file() and dest.stat().st_size == size
+    if ready():
         return str(dest)
     try:
         where.mkdir(parents=True, exist_ok=True)
         with open(where / f".{name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (dest.is_file() and name.endswith(".tar") and (size is None or dest.stat().st_size == size)):
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the node's other processes wait for this copy
+            if not ready():
                 tmp = where / f".{name}.{os.getpid()}.tmp"
                 try:
                     with _open_url(location) as src, open(tmp, "wb") as out:
@@ -74,8 +76,6 @@ def cached(location: str, cache: str, size: int | None = None) -> str:
                     os.replace(tmp, dest)
                 finally:
                     tmp.unlink(missing_ok=True)
-    except DataError:
-        raise
     except Exception as e:  # a failed pipe, HTTP error or full cache all mean the same to the user
         raise DataError(f"cannot copy {location} into data.shard_cache={where} ({type(e).__name__}: {e}); check "
                         "the URL and that the cache directory is writable") from None
@@ -115,7 +115,7 @@ class Pack:
         if given is None and not Path(root).is_dir():
             raise DataError(f"data.root={root} does not exist: data.name=shards needs a directory made by "
                             "python -m common.data.pack SRC OUT (or shard paths, docs/data.md)")
-        path = cached(manifest, cache)
+        path = cached(manifest, MANIFEST, cache)
         if not Path(path).is_file():
             raise DataError(f"{manifest} is missing: packing did not finish there, or data.root names no shards of "
                             "a pack; run python -m common.data.pack SRC OUT (again)")
@@ -151,27 +151,28 @@ class Pack:
             raise DataError(f"{self.manifest_at}: the {split} split has no samples; pack a tree with images in "
                             f"{split}/<class>/")
         where = [self.locations[s["name"]] for s in shards]
-        index = np.load(cached(beside(where[0], index_name(split)), self.cache), allow_pickle=False)
-        files = json.loads(Path(cached(beside(where[0], files_name(split)), self.cache)).read_text())
-        return ShardFiles(split, where, [s["bytes"] for s in shards], index, files, self, transform)
+        index = np.load(cached(beside(where[0], index_name(split)), index_name(split), self.cache), allow_pickle=False)
+        files = json.loads(Path(cached(beside(where[0], files_name(split)), files_name(split), self.cache)).read_text())
+        return ShardFiles(split, where, index, files, self, transform)
 
 
 class ShardFiles(ImageFiles):
     """A pack's split as ImageFiles: read(i) is sample i's bytes, where(i) names its shard, key and file."""
 
-    def __init__(self, split: str, shards: list[str], sizes: list[int], index, files: list[str], pack: Pack,
-                 transform=None):
-        n = sum(pack.splits[split]["shards"][k]["samples"] for k in range(len(shards)))
+    def __init__(self, split: str, shards: list[str], index, files: list[str], pack: Pack, transform=None):
+        meta = pack.splits[split]["shards"]  # per shard: name, bytes, samples
+        n = sum(m["samples"] for m in meta)
         if index.dtype != np.int64 or index.shape != (n, 4) or len(files) != n:
             raise DataError(f"the {split} index beside {shards[0]} does not match its manifest {pack.manifest_at} "
                             f"({len(index)} samples, the manifest says {n}); pack again")
-        self.split, self.shards, self.sizes, self.index, self.cache = split, shards, sizes, index, pack.cache
+        self.split, self.shards, self.index, self.cache = split, shards, index, pack.cache
+        self.shard_names, self.sizes = [m["name"] for m in meta], [m["bytes"] for m in meta]
         bad = np.flatnonzero((index[:, 3] < 0) | (index[:, 3] >= len(pack.classes)))
         if len(bad):
             raise DataError(f"sample {self.where(int(bad[0]), files)} has label {index[bad[0], 3]}, outside the "
                             f"pack's {len(pack.classes)} classes ({pack.manifest_at}); pack the images again")
         super().__init__(Path(split), files, index[:, 3].tolist(), transform)
-        self.names = pack.classes
+        self.pack_classes = pack.classes
         self._open: dict[int, int] = {}  # shard -> file descriptor, per process (never pickled)
         for k, s in enumerate(shards):
             if not is_url(s):
@@ -197,7 +198,7 @@ class ShardFiles(ImageFiles):
         if k not in self._open:
             if len(self._open) >= OPEN_MAX:  # a worker reads every shard: stay far below the process's file limit
                 os.close(self._open.pop(next(iter(self._open))))
-            path = cached(self.shards[k], self.cache, self.sizes[k])
+            path = cached(self.shards[k], self.shard_names[k], self.cache, self.sizes[k])
             self._check_size(k, path)
             self._open[k] = os.open(path, os.O_RDONLY)
         return self._open[k]
@@ -226,7 +227,7 @@ class ShardFiles(ImageFiles):
     def relabel(self, classes: list[str], known_from: str) -> str | None:
         """Label by class name against `classes` (a trained model's), as a folder is (files.labels_by_name);
         returns the log line naming the classes of `classes` this split lacks, or None."""
-        present = [f"{self.names[c]}/" for c in sorted(set(self.labels))]
+        present = [f"{self.pack_classes[c]}/" for c in sorted(set(self.labels))]
         where = f"{self.shards[0]} ({self.split} shards)"  # not a Path: it would fold a URL's //
         mapping = dict(zip(sorted(set(self.labels)), labels_by_name([p + "x" for p in present], classes, where,
                                                                       known_from)))

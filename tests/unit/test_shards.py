@@ -104,6 +104,13 @@ def test_urls_are_copied_once_into_the_cache_and_read_there(packed, tmp_path):
     assert [train.read(i) for i in range(len(train))] == [local.read(i) for i in range(len(local))]
     copies = sorted(p.name for p in (tmp_path / "cache").rglob("*.tar"))
     assert copies == sorted(p.name for p in out.glob("train-*.tar")), copies  # val not read yet: not copied
+    first = {p: p.stat().st_ino for p in (tmp_path / "cache").rglob("*.tar")}
+    again = shard_splits(data(f"pipe:dd if={out}/{{train,val}}-{{000000..000009}}.tar status=none", tmp_path / "cache"),
+                         None)[0]  # another command for the same shards: its own copies
+    assert [again.read(i) for i in range(len(again))] == [local.read(i) for i in range(len(local))]
+    train = shard_splits(data(pattern, tmp_path / "cache"), None)[0]
+    assert [train.read(i) for i in range(len(train))] == [local.read(i) for i in range(len(local))]
+    assert all(p.stat().st_ino == ino for p, ino in first.items())  # read from the copies made before
     with pytest.raises(DataError, match="cannot copy pipe:cat /nonexistent/dtrain-pack.json"):
         shard_splits(data("pipe:cat /nonexistent/train-000000.tar", tmp_path / "cache"), None)
 
