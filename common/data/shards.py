@@ -1,12 +1,10 @@
-"""Tar shards made by common/data/pack.py, read at an index: a split of a pack as an ImageFiles source.
+"""A split of a pack (made by common/data/pack.py; layout in common/data/shard_format.py) as an ImageFiles source.
 
-A pack directory holds MANIFEST (format version, classes, per split its shards' names, byte sizes and
-sample counts), per split an int64 index [N, 4] (shard, data offset, size, label; sample i = file i of
-the folder in list order) and the samples' original paths, and the shards: per sample `KEY.<ext>` (the
-file's bytes) then `KEY.cls` (the label in ASCII), KEY = the sample's number. data.root is the pack
-directory, a brace pattern of shard paths or URLs, or a "::" list of them (the manifest and index are read
-beside the first). A sample is one pread of its two tar headers, data and label, each checked against
-the index; URLs (webdataset's gopen, else fsspec) are copied whole into data.shard_cache on first read.
+data.root is the pack directory, a brace pattern of shard paths or URLs, or a "::" list of them (the
+manifest and index are read beside the first shard). Sample i (file i of the packed folder, in list order)
+is one pread of its two tar headers, its data and its label, each checked against the index. URLs
+(webdataset's gopen, else fsspec) are copied whole into data.shard_cache on a node's first read, then read
+there. Every damaged input is a DataError naming the file.
 """
 from __future__ import annotations
 
@@ -29,6 +27,7 @@ from common.data.streaming import ImageFiles
 
 DEFAULT_CACHE = "~/.cache/dtrain/shards"
 OPEN_MAX = 128  # shard files a process keeps open
+
 
 # ----------------------------------------------------------------------------- locating a pack
 
