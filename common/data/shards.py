@@ -190,7 +190,8 @@ class ShardFiles(ImageFiles):
         except OSError as e:
             raise DataError(f"cannot read shard {path} ({e.strerror or e}); give every shard of the pack") from None
         if have != self.sizes[k]:
-            raise DataError(f"shard {path} has {have} bytes where its pack's manifest says {self.sizes[k]}: it is "
+            copied = f" (copied from {self.shards[k]})" if path != local_path(self.shards[k]) else ""
+            raise DataError(f"shard {path}{copied} has {have} bytes where its pack's manifest says {self.sizes[k]}: it is "
                             "truncated or another pack's; copy it again or pack again")
 
     def _fd(self, k: int) -> int:

@@ -111,6 +111,11 @@ def test_urls_are_copied_once_into_the_cache_and_read_there(packed, tmp_path):
     train = shard_splits(data(pattern, tmp_path / "cache"), None)[0]
     assert [train.read(i) for i in range(len(train))] == [local.read(i) for i in range(len(local))]
     assert all(p.stat().st_ino == ino for p, ino in first.items())  # read from the copies made before
+    cut = shutil.copytree(out, tmp_path / "cut")
+    (cut / "train-000000.tar").write_bytes((cut / "train-000000.tar").read_bytes()[:-700])
+    cut_train = shard_splits(data(f"pipe:cat {cut}/{{train,val}}-{{000000..000009}}.tar", tmp_path / "cache"), None)[0]
+    with pytest.raises(DataError, match=f"copied from pipe:cat {cut}/train-000000.tar.*truncated"):
+        cut_train.read(0)
     with pytest.raises(DataError, match="cannot copy pipe:cat /nonexistent/dtrain-pack.json"):
         shard_splits(data("pipe:cat /nonexistent/train-000000.tar", tmp_path / "cache"), None)
 
