@@ -77,6 +77,11 @@ def test_each_sample_is_its_file_s_bytes_in_folder_order_with_webdataset_names(p
     assert [m[0] for m in members[1::2]] == [f"{i:08d}.cls" for i in range(len(files))]
     assert [(m[1], m[2]) for m in members[::2]] == [(int(r[1]), int(r[2])) for r in index]
     assert [int(m[3]) for m in members[1::2]] == index[:, 3].tolist()
+    import webdataset  # webdataset's own reader sees the same samples
+    urls = [str(out / s["name"]) for s in manifest["splits"]["train"]["shards"]]
+    got = [(s["__key__"], s[files[int(s["__key__"])].rsplit(".", 1)[1].lower()], int(s["cls"]))
+           for s in webdataset.WebDataset(urls, shardshuffle=False)]
+    assert got == [(f"{i:08d}", train.read(i), train.labels[i]) for i in range(len(files))]
 
 
 def test_brace_patterns_and_lists_read_the_same_samples_as_the_directory(packed):
