@@ -35,10 +35,10 @@ def list_all(dirs: list[Path]) -> list[list[str]]:
 
 @dataclass
 class FolderDataConfig(AugmentConfig):
-    name: Literal["imagefolder", "shards", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; shards = tar shards made by common.data.pack (docs/data.md); synthetic = a small tree made there (offline runs)
-    root: str = setting("data/imagenet", evaluate=APPLIED)  # dataset directory with train/ and val/ class sub-directories (data.name=shards: the packed directory, or its shards' paths)
-    decode: Literal["pil", "fast", "gpu"] = "pil"  # pil = torchvision's presets exactly; fast = the faster CPU JPEG pipeline; gpu = nvJPEG on the device (docs/data.md)
-    shard_cache: str = setting("", read_when="data.name=shards")  # data.name=shards with URLs: local directory the shards are copied into on first read; "" = ~/.cache/dtrain/shards
+    name: Literal["imagefolder", "shards", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; shards = them packed (docs/data.md); synthetic = generated
+    root: str = setting("data/imagenet", evaluate=APPLIED)  # directory with train/ and val/ class folders (data.name=shards: the pack, or its shards' paths)
+    decode: Literal["pil", "fast", "gpu"] = "pil"  # pil = torchvision's presets exactly; fast = a faster CPU JPEG pipeline; gpu = nvJPEG (docs/data.md)
+    shard_cache: str = setting("", evaluate=APPLIED, read_when="data.name=shards")  # data.name=shards from URLs: where a node copies the shards; "" = ~/.cache/dtrain/shards
     image_size: int = ranged(224, ge=1)  # training and eval crop side, pixels (data.train_crop, data.val_crop override it)
     train_crop: int = ranged(0, ge=0)  # RandomResizedCrop side = the model's input, pixels; 0 = data.image_size
     val_resize: int = ranged(0, ge=0)  # eval: shorter side resized to this, then centre-cropped; 0 = round(val_crop / 0.875)
