@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from common.config import ConfigError
-from common.data.datasets import channel_stats, load_split, read_folder
+from common.data.datasets import channel_stats, load_split, read_folder, read_images
 from common.data.files import SAVED_CLASSES
 from common.data.mixing import batch_mix
 from common.data.policies import SampleAugment
 from common.data.sampling import TrainPlan, augment_generator, check_batch, epoch_order, eval_shard
+from common.data.shards import shard_splits
 
 POLICY_BYTES = 2**26  # uint8 images per policy pass (data.auto_augment): 21,845 CIFAR images, bounded memory
 
@@ -205,6 +206,12 @@ def classification_data(cfg, rt, classes: list[str] | None = None,
         root, known_from = Path(d.root), SAVED_CLASSES if classes else None
         train_x, train_y, classes, _ = read_folder(root, "train", d.folder_shape, classes, known_from)
         test_x, test_y, _, absent = read_folder(root, "test", d.folder_shape, classes, known_from)
+        if absent:
+            rt.log(absent)
+    elif d.name == "shards":  # the same files packed (common/data/pack.py), decoded as read_folder does
+        train_src, test_src, classes, absent = shard_splits(d, classes)
+        train_x, train_y = read_images(train_src, d.folder_shape), torch.tensor(train_src.labels)
+        test_x, test_y = read_images(test_src, d.folder_shape), torch.tensor(test_src.labels)
         if absent:
             rt.log(absent)
     else:  # a dataset read by name: its labels are its own

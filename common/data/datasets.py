@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from common import dist
 from common.config import ConfigError
 from common.data.files import DataError, absent_classes, class_names, decode, labels_by_name, list_images
+from common.data.streaming import ImageFiles
 
 SYSTEM_DIRS = {"fashion_mnist": [Path("/usr/share/datasets/fashion-mnist")]}  # Debian: dataset-fashion-mnist
 STATS = {  # per-channel mean/std of the training split, in [0, 1] units
@@ -135,9 +136,7 @@ def read_folder(root: Path, split: str, shape: list[int], classes: list[str] | N
     classes it lacks (or None). Training images come from root/train; evaluation from root/val, else
     root/test. Labels are the index of each class folder's name in `classes` (the list a model knows,
     from `known_from`: root/train unless said); None: this split's own folders, sorted (a new run's
-    train/). Decoded with threads (PIL releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-    from PIL import Image, ImageOps
+    train/)."""
     names = ["train"] if split == "train" else ["val", "test"]
     d = next((root / n for n in names if (root / n).is_dir()), None)
     if d is None:
@@ -148,14 +147,22 @@ def read_folder(root: Path, split: str, shape: list[int], classes: list[str] | N
         raise DataError(f"data.name=folder found no images in class sub-directories of {d.resolve()}")
     classes = class_names(files) if classes is None else classes
     labels = labels_by_name(files, classes, d, known_from or str(root / "train"))
+    images = read_images(ImageFiles(d, files, labels, None), shape)
+    return images, torch.tensor(labels), classes, absent_classes(files, classes, d)
+
+
+def read_images(source, shape: list[int]) -> torch.Tensor:
+    """Every image of an ImageFiles source (a folder's files, a pack's shards) as uint8 [N, C, H, W]: decoded,
+    grey or RGB by C, resized and centre-cropped to H x W. Decoded with threads (PIL releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from PIL import Image, ImageOps
     c, h, w = shape
 
-    def load(f):
-        img = ImageOps.fit(decode(d / f).convert("L" if c == 1 else "RGB"), (w, h), Image.BICUBIC)
+    def load(i):
+        img = ImageOps.fit(decode(source.read(i), source.where(i)).convert("L" if c == 1 else "RGB"), (w, h), Image.BICUBIC)
         return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).reshape(h, w, -1).permute(2, 0, 1)
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        images = torch.stack(list(pool.map(load, files)))
-    return images, torch.tensor(labels), classes, absent_classes(files, classes, d)
+        return torch.stack(list(pool.map(load, range(len(source)))))
 
 
 def channel_stats(name: str, train_images: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -21,6 +21,7 @@ from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_
 from common.data.classifier_data import Loaders
 from common.data.gpu_decode import GpuDecode
 from common.data.mixing import batch_mix
+from common.data.shards import shard_splits
 from common.data.streaming import FolderEvalLoader, FolderTrainLoader, ImageFiles
 from common.data.transforms import Preset, SquareCrop
 
@@ -35,10 +36,10 @@ def list_all(dirs: list[Path]) -> list[list[str]]:
 
 @dataclass
 class FolderDataConfig(AugmentConfig):
-    name: Literal["imagefolder", "shards", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; shards = tar shards made by common.data.pack (docs/data.md); synthetic = a small tree made there (offline runs)
-    root: str = setting("data/imagenet", evaluate=APPLIED)  # dataset directory with train/ and val/ class sub-directories (data.name=shards: the packed directory, or its shards' paths)
+    name: Literal["imagefolder", "shards", "synthetic"] = setting("imagefolder", resume=DATASET)  # imagefolder = data.root/{train,val}; shards = them packed (docs/data.md); synthetic = generated
+    root: str = setting("data/imagenet", evaluate=APPLIED)  # directory with train/ and val/ class folders (data.name=shards: the pack, or its shards' paths)
     decode: Literal["pil", "fast", "gpu"] = setting("pil", evaluate=APPLIED)  # pil = torchvision's presets; fast = a faster CPU JPEG path; gpu = nvJPEG on CUDA (docs/data.md)
-    shard_cache: str = setting("", read_when="data.name=shards")  # data.name=shards with URLs: local directory the shards are copied into on first read; "" = ~/.cache/dtrain/shards
+    shard_cache: str = setting("", evaluate=APPLIED, read_when="data.name=shards")  # data.name=shards from URLs: where a node copies the shards; "" = ~/.cache/dtrain/shards
     image_size: int = ranged(224, ge=1)  # training and eval crop side, pixels (data.train_crop, data.val_crop override it)
     train_crop: int = ranged(0, ge=0)  # RandomResizedCrop side = the model's input, pixels; 0 = data.image_size
     val_resize: int = ranged(0, ge=0)  # eval: shorter side resized to this, then centre-cropped; 0 = round(val_crop / 0.875)
@@ -57,12 +58,29 @@ def image_transform(d, train: bool):
 
 
 def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
-    """data.root/train and data.root/val (ImageNet layout: one sub-directory per class), torchvision's presets
-    (common/data/transforms.py Preset); the model's input is the train crop, evaluation runs at data.val_crop.
-    Both are labelled by class name against `classes` (a trained model's, from its checkpoint), else
-    against train/'s sub-directories."""
-    root = Path(cfg.data.root)
-    if cfg.data.name == "synthetic":
+    """data.root/train and data.root/val (ImageNet layout: one sub-directory per class), or the same packed as tar
+    shards (data.name=shards, common/data/shards.py), through torchvision's presets (common/data/transforms.py
+    Preset); the model's input is the train crop, evaluation runs at data.val_crop. Both are labelled by class
+    name against `classes` (a trained model's, from its checkpoint), else against train/'s sub-directories."""
+    transforms = image_transform(cfg.data, train=True), image_transform(cfg.data, train=False)
+    if cfg.data.name == "shards":
+        train_ds, val_ds, classes, absent = shard_splits(cfg.data, classes, "val", transforms)
+    else:
+        train_ds, val_ds, classes, absent = folder_sources(cfg.data, classes, transforms)
+    if absent:
+        rt.log(absent)
+    workers, train_t = cfg.data.workers, transforms[0]
+    train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
+                              seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers,
+                              mix=batch_mix(cfg.data, len(classes), cfg.seed), ra_reps=cfg.data.ra_reps)
+    evaluate = FolderEvalLoader(val_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
+    return Loaders(train, evaluate, len(classes), (3, train_t.size, train_t.size), classes)
+
+
+def folder_sources(data, classes: list[str] | None, transforms):
+    """data.root/train and data.root/val as ImageFiles, the class list and the log line naming val's absent classes."""
+    root = Path(data.root)
+    if data.name == "synthetic":
         dist.on_main(lambda: synthetic_tree(root))  # written once (atomically); the others wait for it
     dirs = [root / "train", root / "val"]
     for d in dirs:
@@ -79,17 +97,8 @@ def imagefolder_data(cfg, rt, classes: list[str] | None = None) -> Loaders:
         listed.append(files)
     (train_files, val_files), classes = listed, classes or class_names(listed[0])
     train_labels, val_labels = (labels_by_name(f, classes, d, known_from) for f, d in zip(listed, dirs))
-    absent = absent_classes(val_files, classes, dirs[1])
-    if absent:
-        rt.log(absent)
-    workers, train_t = cfg.data.workers, image_transform(cfg.data, train=True)
-    train_ds = ImageFiles(dirs[0], train_files, train_labels, train_t)
-    val_ds = ImageFiles(dirs[1], val_files, val_labels, image_transform(cfg.data, train=False))
-    train = FolderTrainLoader(train_ds, rt, global_batch=cfg.train.batch_size, accum=cfg.train.grad_accum,
-                              seed=cfg.seed, drop_last=cfg.data.drop_last, workers=workers,
-                              mix=batch_mix(cfg.data, len(classes), cfg.seed), ra_reps=cfg.data.ra_reps)
-    evaluate = FolderEvalLoader(val_ds, rt, batch_size=cfg.train.eval_batch_size, workers=workers)
-    return Loaders(train, evaluate, len(classes), (3, train_t.size, train_t.size), classes)
+    return (ImageFiles(dirs[0], train_files, train_labels, transforms[0]),
+            ImageFiles(dirs[1], val_files, val_labels, transforms[1]), classes, absent_classes(val_files, classes, dirs[1]))
 
 
 def folder_splits(root: Path) -> tuple[Path, Path]:

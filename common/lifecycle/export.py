@@ -43,7 +43,7 @@ def input_spec(cfg, loaders) -> dict:
     if hasattr(ev, "mean"):  # in-memory tensors (common/data/classifier_data.py)
         spec.update(mean=ev.mean.flatten().tolist(), std=ev.std.flatten().tolist(),
                     pad_to=getattr(cfg.data, "pad_to", 0))
-        if cfg.data.name == "folder":  # image files converted as common/data/datasets.py's read_folder does
+        if cfg.data.name in ("folder", "shards"):  # image files converted as common/data/datasets.py's read_folder does
             spec["resize"] = "PIL.ImageOps.fit to H x W (bicubic, centre crop), grey for C=1, RGB for C=3"
         return spec
     t = getattr(getattr(ev, "ds", None), "transform", None)  # image files (common/data/streaming.py)

@@ -24,8 +24,9 @@ from common.train.state import TrainState
 
 @dataclass
 class ClassifierDataConfig(AugmentConfig, DataConfig):
-    name: str = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | cifar100 | synthetic | folder (docs/data.md)
-    folder_shape: list[int] = ranged(factory=lambda: [3, 32, 32], length=3, ge=1, read_when="data.name=folder")  # data.name=folder: C, H, W the images are converted to (grey for C=1), resized and centre-cropped
+    name: str = "fashion_mnist"  # mnist | fashion_mnist | cifar10 | cifar100 | synthetic | folder | shards (docs/data.md)
+    folder_shape: list[int] = ranged(factory=lambda: [3, 32, 32], length=3, ge=1, read_when="data.name=folder")  # data.name=folder, shards: C, H, W the images are made (grey for C=1), resized and centre-cropped
+    shard_cache: str = setting("", evaluate=APPLIED, read_when="data.name=shards")  # data.name=shards from URLs: where a node copies the shards; "" = ~/.cache/dtrain/shards
     pad_to: int = ranged(0, ge=0, resume=Fixed("the input shape"))  # zero-pad images to this square size (e.g. 32 for 28x28 data on CIFAR nets); 0 = off
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from common.config import schema
+from common.data.pack import pack
 from common.fields import roles
 from common.entry import run as run_recipe_in_process
 from support.images import image_tree
@@ -95,20 +96,22 @@ def test_conditional_keys_are_read_under_their_setting(tmp_path):
     """The shared optimizer, engine and data-source code reads each conditional key once its
     setting is on (one run per recipe and setting, on the first of CONDITIONAL_ON that has the key;
     DeepSpeed keeps its process group for the life of the process, so it is initialised once here).
-    data.name=folder runs on a small image tree; the MLflow run needs no setup (W&B reads log.project too)."""
+    data.name=folder runs on a small image tree, data.name=shards on its pack; the MLflow run needs no setup (W&B reads log.project too)."""
     rng = np.random.default_rng(0)
     tree = image_tree(tmp_path / "tree", {"train": 16, "val": 16},
                       lambda split, i: rng.integers(0, 255, (28, 28, 3), dtype=np.uint8))
+    packed = tmp_path / "packed"
+    pack(tree, packed, 10**6)
     by_run, seen = {}, set()
     for name in CONDITIONAL_ON:
         for key, override in conditional(load_recipe(name).Config).items():
             if key not in seen:
                 seen.add(key)
                 by_run.setdefault((name, override), []).append(key)
-    assert {"optim.momentum", "data.folder_shape", "data.direction", "model.pretrained_download"} <= seen
+    assert {"optim.momentum", "data.folder_shape", "data.direction", "data.shard_cache", "model.pretrained_download"} <= seen
     for i, ((name, override), wanted) in enumerate(sorted(by_run.items())):
         if "mlflow" in override and importlib.util.find_spec("mlflow") is None:
             continue  # an optional package (requirements-trackers.txt), which CI installs
-        folder = [f"data.root={tree}"] if override == "data.name=folder" else []
+        folder = {"data.name=folder": [f"data.root={tree}"], "data.name=shards": [f"data.root={packed}"]}.get(override, [])
         reads, _ = run(name, tmp_path / str(i), override, *folder)
         assert set(wanted) <= reads, f"{name} with {override}: {sorted(set(wanted) - reads)} still unread"
