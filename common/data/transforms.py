@@ -120,7 +120,10 @@ class Preset(Decoded, Seeded):
         super().__init__(self.worker, train)
 
     def worker(self, img):
-        x = self.ops(img)
+        return self.erased(self.ops(img))
+
+    def erased(self, x: torch.Tensor):
+        """x, or (x, its erasing box) when data.random_erase > 0: RandomErasing's draws after the ops'."""
         if self.erase is None:
             return x
         box = (0, 0, 0, 0)
