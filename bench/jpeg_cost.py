@@ -27,11 +27,11 @@ import torch
 
 try:
     from bench import harness as H
-    from bench.loader_cost import reference_loader, timed
+    from bench.loader_cost import loader_args, reference_loader, timed
     from bench.loader_headroom import make_jpeg_tree
 except ImportError:
     import harness as H
-    from loader_cost import reference_loader, timed
+    from loader_cost import loader_args, reference_loader, timed
     from loader_headroom import make_jpeg_tree
 from common.data.fast_jpeg import FastJpeg, decode, reduction
 from common.data.transforms import Preset, draw_crop
@@ -140,10 +140,7 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    def add_args(p):
-        p.add_argument("--workers", type=int, default=2, help="DataLoader workers of each arm")
-        p.add_argument("--pairs", type=int, default=5, help="timed epochs per arm, alternated")
-    return H.cli_main(__doc__, run, argv, add_args)
+    return H.cli_main(__doc__, run, argv, loader_args)
 
 
 if __name__ == "__main__":

@@ -153,11 +153,14 @@ def run(args) -> dict:
                                           "workers": workers}, t0)
 
 
+def loader_args(p) -> None:
+    """The loader benchmarks' own flags (this one and jpeg_cost.py)."""
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of each arm")
+    p.add_argument("--pairs", type=int, default=5, help="timed epochs per arm, alternated")
+
+
 def main(argv=None):
-    def add_args(p):
-        p.add_argument("--workers", type=int, default=2, help="DataLoader workers of each arm")
-        p.add_argument("--pairs", type=int, default=5, help="timed epochs per arm, alternated")
-    return H.cli_main(__doc__, run, argv, add_args)
+    return H.cli_main(__doc__, run, argv, loader_args)
 
 
 if __name__ == "__main__":

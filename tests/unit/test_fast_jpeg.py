@@ -183,5 +183,11 @@ def test_other_files_take_the_pil_path_and_bad_ones_are_named():
                 fast.load(bad, "/data/train/c0/bad.jpg", SEEDS[0] if train else None)
 
 
-def test_registered_as_data_decode_fast():
+def test_registered_as_data_decode_fast_and_sent_to_spawned_workers(jpegs):
+    """data.decode=fast builds it; it pickles (the loaders' workers are spawned) into the same transform."""
+    import pickle
     assert type(image_transform(data(), True)) is FastJpeg and type(image_transform(data(decode="pil"), False)) is Preset
+    t = image_transform(data(random_erase=0.5), True)
+    copy = pickle.loads(pickle.dumps(t))
+    for seed in SEEDS[:4]:
+        assert all(torch.equal(a, b) for a, b in zip(t.load(jpegs[0], "x", seed), copy.load(jpegs[0], "x", seed)))
