@@ -51,14 +51,16 @@ def mixer(num_classes: int):
     return v2.RandomChoice([v2.MixUp(alpha=0.2, num_classes=num_classes), v2.CutMix(alpha=1.0, num_classes=num_classes)])
 
 
-def reference_loader(root: Path, crop: int, policy, erase: float, mix: bool, batch: int, workers: int):
+def reference_loader(root: Path, crop: int, policy, erase: float, mix: bool, batch: int, workers: int,
+                     uint8: bool = False):
     """torchvision's ImageFolder + ClassificationPresetTrain(crop_size=crop, auto_augment_policy=policy,
-    random_erase_prob=erase) in a DataLoader; MixUp/CutMix in the collate_fn as train.py does."""
+    random_erase_prob=erase) in a DataLoader; MixUp/CutMix in the collate_fn as train.py does. uint8: the
+    preset stopped at PILToTensor (no ConvertImageDtype, Normalize)."""
     from torch.utils.data import DataLoader, default_collate
     from torchvision import datasets, transforms as T
     ops = [T.RandomResizedCrop(crop, interpolation=T.InterpolationMode.BILINEAR, antialias=True), T.RandomHorizontalFlip(0.5)]
     ops += [T.TrivialAugmentWide(interpolation=T.InterpolationMode.BILINEAR)] if policy == "ta_wide" else []
-    ops += [T.PILToTensor(), T.ConvertImageDtype(torch.float), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    ops += [T.PILToTensor()] + ([] if uint8 else [T.ConvertImageDtype(torch.float), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     ops += [T.RandomErasing(p=erase)] if erase > 0 else []
     ds = datasets.ImageFolder(str(root / "train"), transform=T.Compose(ops))
     mixing = mixer(len(ds.classes)) if mix else None
@@ -151,11 +153,14 @@ def run(args) -> dict:
                                           "workers": workers}, t0)
 
 
+def loader_args(p) -> None:
+    """The loader benchmarks' own flags (this one and jpeg_cost.py)."""
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of each arm")
+    p.add_argument("--pairs", type=int, default=5, help="timed epochs per arm, alternated")
+
+
 def main(argv=None):
-    def add_args(p):
-        p.add_argument("--workers", type=int, default=2, help="DataLoader workers of each arm")
-        p.add_argument("--pairs", type=int, default=5, help="timed epochs per arm, alternated")
-    return H.cli_main(__doc__, run, argv, add_args)
+    return H.cli_main(__doc__, run, argv, loader_args)
 
 
 if __name__ == "__main__":

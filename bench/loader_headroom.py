@@ -83,14 +83,16 @@ FMNIST_FILES = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.g
 
 
 def make_jpeg_tree(root: Path, n_train: int, n_val: int, classes: int = 8, size=(500, 375)) -> Path:
-    """Real JPEG files, ImageNet-like size and compressibility: smooth colour fields plus texture."""
+    """Real JPEG files, ImageNet-like size and compressibility: smooth colour fields plus texture. size: (w, h),
+    or a list of them taken in turn."""
     import numpy as np
     from PIL import Image
     rng = np.random.default_rng(0)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    sizes = size if isinstance(size, list) else [size]
     for split, n in (("train", n_train), ("val", n_val)):
         for i in range(n):
+            w, h = sizes[i % len(sizes)]
+            yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
             c = i % classes
             d = root / split / f"class_{c:02d}"
             d.mkdir(parents=True, exist_ok=True)

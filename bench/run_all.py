@@ -1,6 +1,6 @@
 """Run the CPU benchmarks (and the GPU one where a GPU is visible), print the table, write JSON.
 
-    python -m bench                      # CPU benchmarks, about 7-9 minutes on 2 cores
+    python -m bench                      # CPU benchmarks, about 10-12 minutes on 2 cores
     python -m bench --smoke              # every benchmark at tiny sizes (< 1 min): checks they run
     python -m bench --json bench.json    # also write every report as JSON
     python -m bench --only loop_overhead,grad_comm
@@ -24,7 +24,7 @@ try:
 except ImportError:
     import harness as H
 
-CPU = ["loop_overhead", "loader_headroom", "loader_cost", "ddp_efficiency", "grad_comm"]
+CPU = ["loop_overhead", "loader_headroom", "loader_cost", "jpeg_cost", "ddp_efficiency", "grad_comm"]
 ROW_KEYS = {"name", "ratio", "target", "met", "status", "details"}
 GPU_COMMAND = "python bench/gpu.py --out gpu_results.json"
 

@@ -19,6 +19,7 @@ from common.data.datasets import DataError, synthetic_tree
 from common.data.files import (EXTENSIONS, SAVED_CLASSES, absent_classes, class_labels, class_names,
                                labels_by_name, list_images)
 from common.data.classifier_data import Loaders
+from common.data.fast_jpeg import FastJpeg
 from common.data.gpu_decode import GpuDecode
 from common.data.mixing import batch_mix
 from common.data.shards import shard_splits
@@ -49,7 +50,7 @@ class FolderDataConfig(AugmentConfig):
     drop_last: bool = setting(True, evaluate=IGNORED)  # train: drop the last incomplete global batch (False: keep it, padded to equal shards)
 
 
-DECODERS = {"pil": Preset, "gpu": GpuDecode}  # data.decode -> the transform that decodes and augments an image file's bytes
+DECODERS = {"pil": Preset, "fast": FastJpeg, "gpu": GpuDecode}  # data.decode -> the transform that decodes and augments an image file's bytes
 
 
 def image_transform(d, train: bool):

@@ -120,7 +120,10 @@ class Preset(Decoded, Seeded):
         super().__init__(self.worker, train)
 
     def worker(self, img):
-        x = self.ops(img)
+        return self.erased(self.ops(img))
+
+    def erased(self, x: torch.Tensor):
+        """x, or (x, its erasing box) when data.random_erase > 0: RandomErasing's draws after the ops'."""
         return x if self.erase is None else (x, torch.tensor(self.erase_box(x.shape[-1])))
 
     def erase_box(self, side: int) -> tuple[int, int, int, int]:

@@ -17,6 +17,8 @@ EXPECTED = {
                                                            "senet_cifar", "vgg_cifar", "gan_mnist", "cgan_mnist",
                                                            "dcgan", "pix2pix", "imagenet")],
     "loader_cost": [f"loader_cost/{s}" for s in ("aug_off", "ta_wide_erase", "ta_wide_erase_mixup_cutmix")],
+    "jpeg_cost": [f"jpeg_cost/{t} {r}" for t in ("500x375", "mixed")
+                  for r in ("fast / torchvision", "fast / torchvision_uint8", "pil / torchvision")],
     "ddp_efficiency": ["ddp_efficiency/resnet18_2proc", "ddp_efficiency/mnist_cnn_2proc",
                        "ddp_efficiency/resnet18_world1_cost", "ddp_efficiency/mnist_cnn_world1_cost",
                        "ddp_efficiency/mnist_cnn_explicit_ddp_world1 (info)"],
