@@ -169,11 +169,11 @@ def tree(tmp_path_factory):
                       classes=3, ext="jpg", name="{:02d}")
 
 
-def loaders(root, decode, workers=0, rank=0, world=1):
+def loaders(root, decode, workers=0, rank=0, world=1, name="imagefolder"):
     """imagefolder_data's loaders for data.decode=`decode` (the library decodes on any device: the commands
     refuse a device other than CUDA, common/entry.py)."""
     d = dict(dataclasses.asdict(FolderDataConfig()), root=str(root), image_size=16, random_erase=0.3, workers=workers,
-             decode=decode)
+             decode=decode, name=name)
     cfg = SimpleNamespace(seed=5, data=SimpleNamespace(**d),
                           train=SimpleNamespace(batch_size=8, grad_accum=2, eval_batch_size=6))
     loaders = imagefolder_data(cfg, Rank(rank, world))
@@ -236,3 +236,16 @@ def test_imagenet_trains_and_evaluates_with_gpu_decoding(tmp_path):
     run = run_inprocess("imagenet", "device=cuda", "data.decode=gpu", f"data.root={tmp_path / 'tree'}",
                         f"out_dir={tmp_path / 'run'}")
     assert run.returncode == 0 and 0 <= run.result["acc1"] <= 100, run.result
+
+
+@pytest.mark.parametrize("decode", ["pil", "fast", "gpu"])
+def test_every_decoder_reads_shards_as_it_reads_the_folder(tree, tmp_path, decode):
+    """data.name (where the bytes come from) and data.decode (how they become pixels) are independent: the
+    packed tree's batches are the folder's, bit for bit, for each decoder."""
+    from common.data.pack import pack
+    pack(tree, tmp_path / "packed", shard_size=2000)  # several shards: samples are read across them
+    folder, shards = loaders(tree, decode), loaders(tmp_path / "packed", decode, name="shards")
+    assert type(shards[0].ds).__name__ == "ShardFiles" and len(shards[0].ds.shards) > 2
+    for (x, y), (sx, sy) in zip(epoch(folder[0]), epoch(shards[0]), strict=True):
+        assert torch.equal(x, sx) and torch.equal(y, sy)
+    assert all(torch.equal(x, sx) and torch.equal(y, sy) for (x, y), (sx, sy) in zip(folder[1], shards[1], strict=True))
