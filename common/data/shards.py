@@ -26,7 +26,7 @@ from common.data.shard_format import (BLOCK, MANIFEST, FORMAT, SHARD_NAME, files
 from common.data.streaming import ImageFiles
 
 DEFAULT_CACHE = "~/.cache/dtrain/shards"
-OPEN_MAX = 128  # shard files a process keeps open
+SPARE_FILES = 256  # file descriptors left for everything else (the DataLoader passes tensors through them)
 
 
 # ----------------------------------------------------------------------------- locating a pack
@@ -173,12 +173,13 @@ class ShardFiles(ImageFiles):
         super().__init__(Path(split), files, index[:, 3].tolist(), transform)
         self.pack_classes = pack.classes
         self._open: dict[int, int] = {}  # shard -> file descriptor, per process (never pickled)
+        self._keep = 0  # how many may stay open, set by this process's first read
         for k, s in enumerate(shards):
             if not is_url(s):
                 self._check_size(k, local_path(s))
 
     def __getstate__(self):
-        return {**self.__dict__, "_open": {}}
+        return {**self.__dict__, "_open": {}, "_keep": 0}
 
     def where(self, i: int, files=None) -> str:
         k = int(self.index[i, 0])
@@ -196,7 +197,8 @@ class ShardFiles(ImageFiles):
 
     def _fd(self, k: int) -> int:
         if k not in self._open:
-            if len(self._open) >= OPEN_MAX:  # a worker reads every shard: stay far below the process's file limit
+            self._keep = self._keep or open_limit(len(self.shards))
+            if len(self._open) >= self._keep:
                 os.close(self._open.pop(next(iter(self._open))))
             path = cached(self.shards[k], self.shard_names[k], self.cache, self.sizes[k])
             self._check_size(k, path)
@@ -233,6 +235,19 @@ class ShardFiles(ImageFiles):
                                                                       known_from)))
         self.labels = [mapping[c] for c in self.labels]
         return absent_classes([p + "x" for p in present], classes, where)
+
+
+def open_limit(shards: int) -> int:
+    """How many shard files this process keeps open: all of them (a worker reads every shard in an epoch, and a
+    reopen is a metadata round trip on a network file system), raising the soft file limit up to the hard one
+    where it needs to; else as many as the limit leaves, after SPARE_FILES."""
+    import resource  # lazily: POSIX only, needed once per process
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = shards + SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < need:
+        soft = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return shards if soft == resource.RLIM_INFINITY else max(16, min(shards, soft - SPARE_FILES))
 
 
 def _header(block: bytes):

@@ -245,3 +245,20 @@ def test_bad_shards_stop_the_run_with_one_line_naming_the_file(packed, tmp_path,
                       "data.folder_shape=[1,8,8]", "train.batch_size=4", check=False)
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(err) == 1 and BAD[case] in err[0] and str(named) in err[0], p.stderr
+
+
+def test_a_reader_keeps_every_shard_open_raising_a_low_soft_file_limit(tmp_path):
+    """A worker reads every shard in an epoch: with 120 one-sample shards and a soft limit of 64 open files (the
+    hard one higher), a process reading them all in a shuffled order opens each once and keeps it open."""
+    pack(tree(tmp_path / "src", train=120, val=2), tmp_path / "out", 1)
+    code = ("import resource, random\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+            "from types import SimpleNamespace\nfrom common.data.shards import shard_splits\n"
+            f"train = shard_splits(SimpleNamespace(root={str(tmp_path / 'out')!r}, shard_cache=''), None)[0]\n"
+            "order = list(range(len(train))); random.Random(0).shuffle(order)\n"
+            "sizes = [len(train.read(i)) for i in order + order]\n"
+            "print(len(train.shards), len(train._open), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shards, open_now, soft = map(int, proc.stdout.split())
+    assert shards == 120 and open_now == 120 and soft >= 120, proc.stdout
