@@ -15,7 +15,8 @@ def tree(tmp_path_factory):
     return fashion_tree(tmp_path_factory.mktemp("imagefolder"), train=8, val=3)
 
 
-@pytest.mark.parametrize("nproc", [pytest.param(1, marks=pytest.mark.heavy), 2])  # 1: the fresh-clone test
+# Both heavy: 1 process is the fresh-clone test, 2 processes tests/recipes/test_shards_training.py's folder run.
+@pytest.mark.parametrize("nproc", [pytest.param(1, marks=pytest.mark.heavy), pytest.param(2, marks=pytest.mark.heavy)])
 def test_trains_and_evaluates_every_val_image(tree, tmp_path, nproc):
     out = tmp_path / "run"
     run_recipe("imagenet", f"data.root={tree}", f"out_dir={out}", nproc=nproc)

@@ -56,6 +56,10 @@ def _two_procs(trees, tmp_path, resume: bool):
     run_recipe("imagenet", f"out_dir={shards}", "data.name=shards", f"data.root={out}", "data.workers=0", *IMAGENET,
                nproc=2)
     assert same(folder, shards)
+    # What a 2-process imagenet run must do (tests/recipes/test_imagenet.py runs it on its own under heavy): all
+    # its steps, and evaluation of every val image (the recipe checks the reduced count is the val set's).
+    val, train = ([m for m in metrics(folder) if m["split"] == s] for s in ("val", "train"))
+    assert val and 0 <= val[-1]["acc1"] <= 100 and train[-1]["step"] == 5 and all(m["samples_per_s"] > 0 for m in train)
     if resume:  # from the mid-epoch checkpoint, a worker per rank (the source is pickled into it)
         resume_dir_from(shards, 4, resumed)
         run_recipe("imagenet", f"out_dir={resumed}", "data.name=shards", f"data.root={out}", *IMAGENET, nproc=2)
