@@ -7,9 +7,9 @@ speed and stability: tanh output on [-1, 1] data (not sigmoid on [0, 1]), the no
 G loss (the paper's own advice), and Adam(2e-4, beta1 0.5) instead of SGD with momentum.
 
 Result: val/fd 35.2 on real Fashion-MNIST after the default 6 epochs, 12 min on a 2-core CPU
-shared with other jobs (README, "Generative recipes": grids, the FD scale). val/fd needs the judge
-classifier first: `python recipes/mnist_cnn.py out_dir=runs/fid_classifier train.epochs=5`
-(or eval.classifier=none to skip it).
+shared with other jobs (README, "Generative recipes": grids, the FD scale), judged by the 5-epoch
+classifier. The first run trains the judge behind val/fd (about 2 minutes, cached: docs/generative.md;
+eval.classifier=none skips it).
 
     python recipes/gan_mnist.py                                   # Fashion-MNIST, one process
     torchrun --nproc_per_node=2 recipes/gan_mnist.py              # DDP, same global batch

@@ -46,7 +46,7 @@ def run(task, cli) -> dict[str, float]:
             judge = getattr(getattr(cfg, "eval", None), "classifier", None)
             raise UserError(f"--evaluate: {cli.recipe}'s evaluation gave no metrics" + (
                 f" with eval.classifier={judge} (the Fréchet distance needs the judge classifier): set "
-                "eval.classifier=RUN_DIR of an mnist_cnn run" if judge in ("", "none") else ""))
+                "eval.classifier=RUN_DIR of an mnist_cnn run, or auto" if judge in ("", "none") else ""))
         row = {"step": state.step, "epoch": state.epoch, "split": SPLIT, **numbers,
                "checkpoint": str(src.ckpt), "weights": which}
         where = src.run_dir / "metrics.jsonl" if src.run_dir else None

@@ -114,9 +114,10 @@ class Exported:
         return self.meta["classes"]
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images [N, C, H, W] of the training data's size -> the model's input, as in training
-        (zero padding to data.pad_to, scale to [0, 1], per-channel mean/std). Image files take
-        torchvision's Resize(meta['input']['resize']) + CenterCrop first."""
+        """uint8 images [N, C, H, W] -> the model's input: zero padding to data.pad_to, scale to [0, 1],
+        per-channel mean/std, as in training. It neither resizes, crops nor checks the size: images
+        must already be meta['input']['shape'] (image files converted first the way
+        meta['input']['resize'] describes); another size passes through unchanged."""
         spec = self.meta["input"]
         x = _pad(images, spec.get("pad_to", 0)).float() / 255
         mean, std = (torch.tensor(spec[k], device=x.device).view(1, -1, 1, 1) for k in ("mean", "std"))

@@ -1,8 +1,9 @@
 """Fréchet distance on the features of our own Fashion-MNIST classifier (the "judge").
 
 FID compares Gaussians fitted to Inception features of real and generated images; here the
-features are the input of the last Linear layer of a classifier this project trains offline with
-`recipes/mnist_cnn.py`, so figures compare between runs of this project, not with published FIDs.
+features are the input of the last Linear layer of a classifier this project trains with
+`recipes/mnist_cnn.py` (eval.classifier=auto: on first use, common/tasks/judge.py), so figures
+compare between runs of this project, not with published FIDs.
 The judge also scores a conditional generator's label accuracy. Distributed: each rank sums
 features, outer products and counts in float64 over its unpadded shard; one all-reduce adds them.
 How to train the judge: docs/generative.md.
@@ -153,7 +154,8 @@ def find_checkpoint(path: Path) -> Path:
     if found is None:
         raise UserError(f"eval.classifier={str(path)!r} holds no classifier checkpoint. Make one (minutes on a CPU, "
                         f"offline): `{HOW_TO_MAKE}`, then point eval.classifier at that out_dir; or set "
-                        "eval.classifier=none to train without Fréchet distance and label accuracy")
+                        "eval.classifier=auto (trained on first use and cached), or eval.classifier=none to train "
+                        "without Fréchet distance and label accuracy")
     return found
 
 

@@ -26,12 +26,13 @@ from common.data.sampling import eval_shard
 from common.models.size import within_memory
 from common.entry import Task
 from common.metrics.fid import frechet_distance, load_judge
+from common.tasks.judge import auto_judge
 from common.train.log import Grid
 
 
 @dataclass
 class GanEvalConfig:
-    classifier: str = "runs/fid_classifier"  # mnist_cnn run dir (or checkpoint) whose features give val/fd; none = off
+    classifier: str = "auto"  # judge of val/fd: auto (trained on first use, cached), an mnist_cnn run dir, none
     samples: int = ranged(10000, ge=1)  # generated samples per evaluation (and cap on the real reference set) for val/fd
     grid: int = ranged(64, ge=1)  # images in the sample grid written to TensorBoard and out_dir/samples/ at each evaluation
 
@@ -58,8 +59,9 @@ def GanTask(Config: type, build_models, script: str, *, train_step, evaluate=Non
 
     def data(cfg, rt, **saved):
         nonlocal judge
-        # The judge first: a missing classifier stops the run before any data is read.
-        judge = load_judge(cfg.eval.classifier, rt.device)
+        # The judge first (auto: trained here on first use): a missing one stops the run before any data is read.
+        where = auto_judge(rt) if cfg.eval.classifier == "auto" else cfg.eval.classifier
+        judge = load_judge(where, rt.device)
         return build_data(cfg, rt, **saved)
 
     def judged(cfg, state, rt, loader) -> dict:

@@ -116,10 +116,11 @@ def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
     ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
     rundir.prepare(cfg, rt, ckpt)  # locked, and not another run's: before anything is written
     total = total_steps(cfg, train)
-    resume(cfg, state, rt, ckpt, recipe, classes)
+    resume(cfg, state, rt, ckpt, recipe, total, classes)
     if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
         rows = read_metrics(out) if rt.is_main else []
-        rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: step {state.step} of {total}; "
+        at = f"step {state.step} of {total}" if state.step == total else f"step {state.step}, past this config's {total} steps"
+        rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: {at}; "
                                                "nothing to train (a new out_dir, or resume=none overwrite=true, starts over)"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
     rundir.record_config(out, cfg, state.step)  # only now: a refused resume leaves the old config.yaml as it was

@@ -4,9 +4,8 @@
 counts before the step runs; the first steps are warm-up), each marked `ProfilerStep#N`, loader
 waits included. CPU activity always, CUDA kernels when the run is on a GPU, tensor
 shapes and allocations (memory). Each rank writes one Chrome-trace JSON,
-out_dir/profile/rank<R>.<time>.pt.trace.json, through torch's tensorboard_trace_handler: TensorBoard's
-profiler plugin (torch-tb-profiler) lists it as run `profile` when pointed at out_dir, and Perfetto
-(ui.perfetto.dev) or chrome://tracing open the file itself. A run that ends inside the window
+out_dir/profile/rank<R>.<time>.pt.trace.json, through torch's tensorboard_trace_handler: Perfetto
+(ui.perfetto.dev) or chrome://tracing open the file, Holistic Trace Analysis reads the folder. A run that ends inside the window
 (the last step, preemption, an error) writes what it recorded. docs/performance.md says what to look for.
 """
 from __future__ import annotations

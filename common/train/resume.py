@@ -71,10 +71,12 @@ def find(cfg, rt, ckpt: Checkpointer) -> Path | None:
     return Path(cfg.resume)
 
 
-def resume(cfg, state, rt, ckpt: Checkpointer, recipe: str, classes: list[str] | None = None) -> Path | None:
+def resume(cfg, state, rt, ckpt: Checkpointer, recipe: str, total: int,
+           classes: list[str] | None = None) -> Path | None:
     """Continue from the checkpoint find() picks; returns it (None: a fresh run). Raises UserError,
     with nothing written, when this config cannot continue it, or the data's class names (`classes`)
-    are not the ones the checkpoint's labels number."""
+    are not the ones the checkpoint's labels number. `total`: this run's length in steps; a checkpoint
+    at or past it is a complete run, whose changed settings are listed as not applied."""
     path = find(cfg, rt, ckpt)
     if path is None:
         return None
@@ -102,7 +104,8 @@ def resume(cfg, state, rt, ckpt: Checkpointer, recipe: str, classes: list[str] |
     rt.log(f"resumed from {path}: step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch} of the epoch")
     moved = [f"processes {sd['world_size']} -> {rt.world_size}"] if sd.get("world_size", rt.world_size) != rt.world_size else []
     if changed or moved:
-        rt.log("changed since the checkpoint, in effect from now: "
+        done = f"not applied, the run is complete (step {state.step} of this config's {total})"
+        rt.log(f"changed since the checkpoint, {done if state.step >= total else 'in effect from now'}: "
                + "; ".join([f"{k} {old!r} -> {new!r}" for k, old, new in changed] + moved))
     return path
 

@@ -119,3 +119,13 @@ def test_each_fixed_key_alone_names_only_itself(tmp_path, capsys):
         lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  ")]
         assert len(lines) == 1 and lines[0].startswith(f"  {override.split('=')[0]}: "), lines
     assert torch.load(tmp_path / "checkpoints" / "step_00000002" / "state.pt", weights_only=True)["step"] == 2
+
+
+def test_a_finished_run_resumed_with_fewer_steps_says_it_is_complete(tmp_path):
+    out_dir = tmp_path / "r"
+    run_inprocess("mnist_mlp", f"out_dir={out_dir}", "train.max_steps=4", "train.eval_every_steps=4")
+    out = run_inprocess("mnist_mlp", f"out_dir={out_dir}", "train.max_steps=2").stdout
+    assert "run mnist_mlp is already complete: step 4, past this config's 2 steps; nothing to train" in out, out
+    assert ("changed since the checkpoint, not applied, the run is complete (step 4 of this config's 2): "
+            "train.max_steps 4 -> 2") in out, out
+    assert "in effect from now" not in out and "[train]" not in out

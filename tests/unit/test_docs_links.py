@@ -145,3 +145,23 @@ def test_tests_the_page_names_exist(page):
             if test not in where:
                 missing.append(span)
     assert not missing, f"{page.relative_to(ROOT)} names tests that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_ids(PAGES))
+def test_profiling_commands_profile_in_an_out_dir_of_their_own(page, monkeypatch):
+    """A command with train.profile_steps in the recipe's default out_dir would resume the README's
+    finished run there and record nothing; each one names its own."""
+    monkeypatch.chdir(ROOT)
+    seen, problems = set(), []
+    for command in _commands(page.read_text()):
+        tokens = shlex.split(command, comments=True)
+        at = [i for i, t in enumerate(tokens) if RECIPE.fullmatch(t)]
+        if not at or not any(t.startswith("train.profile_steps=") for t in tokens):
+            continue
+        name = RECIPE.fullmatch(tokens[at[0]]).group(1)
+        out_dir = parse_cli(_recipe_config(name), str(ROOT / "recipes" / f"{name}.py"), tokens[at[0] + 1:]).cfg.out_dir
+        default = parse_cli(_recipe_config(name), str(ROOT / "recipes" / f"{name}.py"), []).cfg.out_dir
+        if out_dir == default or out_dir in seen:
+            problems.append(f"{command!r}: out_dir {out_dir} is {'the default' if out_dir == default else 'reused'}")
+        seen.add(out_dir)
+    assert not problems, f"{page.name}: " + "\n".join(problems)
