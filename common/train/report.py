@@ -44,7 +44,7 @@ def banner(cfg, state, rt, recipe: str, total: int, plan) -> str:
 def final_metrics(rows: list[dict]) -> dict[str, float]:
     """The last evaluation's metrics (what fit returns)."""
     vals = [r for r in rows if r.get("split") == "val"]
-    return {k: v for k, v in vals[-1].items() if k not in ("step", "epoch", "split")} if vals else {}
+    return {k: v for k, v in vals[-1].items() if k not in ("step", "epoch", "split", "wall_time")} if vals else {}
 
 
 def summary(cfg, ckpt, rows: list[dict], headline: str) -> str:

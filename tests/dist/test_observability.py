@@ -102,6 +102,9 @@ def test_tensorboard_train_and_val_share_tags_and_hparams_add_no_scalars(runs):
         for key in ("loss", "acc1", "lr") if split == "train" else ("loss", "acc1"):
             assert [e.step for e in acc.Scalars(key)] == [r["step"] for r in logged], (split, key)
             assert [e.value for e in acc.Scalars(key)] == pytest.approx([r[key] for r in logged])
+    # system metrics are a group of their own, apart from loss and accuracy
+    assert {"perf/samples_per_s", "perf/step_time_s", "perf/peak_rss_gib"} <= set(train.Tags()["scalars"])
+    assert not {"samples_per_s", "step_time_s"} & set(train.Tags()["scalars"])
     # every scalar point of the val run is a logged val value: hparams wrote none at step 0
     assert min(e.step for tag in val.Tags()["scalars"] for e in val.Scalars(tag)) > 0
     assert "_hparams_/session_start_info" in val.PluginTagToContent("hparams")
