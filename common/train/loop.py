@@ -38,7 +38,7 @@ class Cadence:
 
 def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str, float]:
     started, t, train = time.perf_counter(), cfg.train, loaders.train
-    out, ckpt, total, done = start(cfg, state, rt, train, recipe, loaders.classes)
+    out, ckpt, total, done = start(cfg, state, rt, loaders, recipe)
     if done is not None:
         return done
     log_at, eval_at, ckpt_at = Cadence(t.log_every_steps, at_epoch_end=True), Cadence(t.eval_every_steps), Cadence(t.ckpt_every_steps)
@@ -107,10 +107,11 @@ def end_step(state, rt, epoch_end: bool) -> None:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
-def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
+def start(cfg, state, rt, loaders, recipe: str):
     """Run directory, resume, the banner: (out_dir, checkpointer, total steps, None), or with the
     final metrics in place of None when the resumed checkpoint is already the last step.
-    classes: the data's class names, which a resumed checkpoint must share."""
+    loaders.classes: the data's class names, which a resumed checkpoint must share."""
+    train, classes = loaders.train, loaders.classes
     out = Path(cfg.out_dir)
     ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
     rundir.prepare(cfg, rt, ckpt)  # locked, and not another run's: before anything is written
@@ -122,7 +123,7 @@ def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
                                                "nothing to train (a new out_dir, or resume=none overwrite=true, starts over)"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
     rundir.record_config(out, cfg, state.step)  # only now: a refused resume leaves the old config.yaml as it was
-    rt.log(report.banner(cfg, state, rt, recipe, total, train.plan))
+    rt.log(report.banner(cfg, state, rt, recipe, total, loaders))
     return out, ckpt, total, None
 
 

@@ -8,6 +8,8 @@ import struct
 import subprocess
 import termios
 
+from support.inprocess import run_inprocess
+from support.outputs import metrics
 from support.runs import ROOT, recipe_command
 
 LINE = re.compile(r"^\[(train|val)\] +step +\d+/12 epoch \d \| \d:\d\d:\d\d elapsed  ETA \d:\d\d:\d\d \| ")
@@ -48,3 +50,12 @@ def test_bars_and_log_lines_never_share_a_line_on_a_terminal(tmp_path):
         assert LINE.match(p) and "it/s" not in p and "%|" not in p, repr(p)
     assert any("step/s" in p or "s/step" in p for p in pieces), text[-2000:]  # the training bar was drawn
     assert any(p.startswith("eval:") and "batch" in p for p in pieces), text[-2000:]  # and the evaluation's
+
+
+def test_an_evaluation_without_numbers_prints_no_line(tmp_path):
+    """A GAN with eval.classifier=none (its debug config) evaluates a sample grid only: no `[val]` line."""
+    out = tmp_path / "g"
+    proc = run_inprocess("gan_mnist", f"out_dir={out}", "eval.classifier=none")
+    assert [r["step"] for r in metrics(out) if r["split"] == "val"] == [8, 16]  # it did evaluate, twice
+    assert len(list((out / "samples").glob("*.png"))) == 2
+    assert "[val]" not in proc.stdout and "[train] step 16/16" in proc.stdout, proc.stdout

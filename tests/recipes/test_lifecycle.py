@@ -12,6 +12,8 @@ def test_debug_run_prints_banner_and_summary_and_a_rerun_says_complete(tmp_path)
     for line in ["run mnist_mlp: fresh", "  parameters    ", "(net ",
                  "  global batch  32 = world 1 x grad_accum 2 x micro-batch 16",
                  "  length        16 steps (train.max_steps; an epoch is 16 steps)",
+                 "  data          synthetic (generated): 512 train, 256 eval images 1x28x28, 10 classes",
+                 "  device        cpu", "  model         eager (train.compile=false), precision fp32",
                  f"  out_dir       {out_dir}", "  engine        ddp: torch DDP, fp32",
                  "run mnist_mlp finished: step 16 of 16 in ", "  best          val/acc1 ",
                  "  final val     loss ", f"  checkpoints   {out_dir / 'checkpoints'} (newest step_00000016",
