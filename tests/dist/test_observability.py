@@ -20,8 +20,9 @@ PROFILED = (3, 2)  # train.profile_start, train.profile_steps
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("obs")
     run_inprocess("mnist_mlp", f"out_dir={tmp / 'one'}", *COMMON)
-    run_recipe("mnist_mlp", f"out_dir={tmp / 'two'}", *COMMON, "train.grad_accum=2",
-               f"train.profile_start={PROFILED[0]}", f"train.profile_steps={PROFILED[1]}", nproc=2)
+    two = run_recipe("mnist_mlp", f"out_dir={tmp / 'two'}", *COMMON, "train.grad_accum=2",
+                     f"train.profile_start={PROFILED[0]}", f"train.profile_steps={PROFILED[1]}", nproc=2)
+    (tmp / "two.stderr").write_text(two.stderr)
     return tmp / "one", tmp / "two"
 
 
@@ -38,6 +39,11 @@ def test_every_rank_writes_a_trace_of_the_profiled_steps(runs):
         assert "aten::addmm" in names and "autograd::engine::evaluate_function: AddmmBackward0" in names, path
         assert any("Optimizer.step" in x for x in names) and any("allreduce" in x.lower() for x in names), path
         assert any(e.get("name") == "[memory]" for e in events), "no memory events (profile_memory)"
+
+
+def test_the_profiler_on_a_cpu_prints_no_gpu_errors(runs):
+    err = (runs[1].parent / "two.stderr").read_text()
+    assert "gpuGetDeviceCount" not in err and "ERROR:" not in err, err[-3000:]
 
 
 def test_train_metrics_hold_step_time_throughput_memory_and_grad_norm(runs):
