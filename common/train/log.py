@@ -154,8 +154,9 @@ class Logger:
 
     def close(self) -> None:
         """In a `finally`: a write error here (the disk filled since the last log) must not hide the
-        error that is ending the run, so it is reported, not raised."""
-        for t in self.trackers if self.enabled else []:
+        error that is ending the run, so it is reported, not raised. A second call does nothing."""
+        trackers, self.trackers = self.trackers, []
+        for t in trackers if self.enabled else []:
             try:
                 t.close()
             except Exception as e:  # noqa: BLE001 -- any tracker's failure to flush
