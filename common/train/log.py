@@ -114,7 +114,7 @@ class Logger:
         for t in self.trackers:
             t.log(split, step, tagged)
         if metrics:  # an evaluation without numbers (a GAN with no judge) prints no empty line
-            shown = self.progress.line(split, step, epoch, metrics) if self.progress else line(split, step, 0, epoch, metrics)
+            shown = self.progress.line(split, step, metrics) if self.progress else line(split, step, 0, epoch, metrics)
             print(shown, flush=True)
         for tag, grid in values.items():
             if isinstance(grid, Grid):

@@ -46,7 +46,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
     preempt, speed = Preemption(), Throughput(rt.world_size)
     logger.models(state.models)
     saver, profiler = Saver(cfg, state, rt, ckpt, guard, loaders, recipe), StepProfiler(t, out, rt, state.step)
-    bar = logger.progress = Progress(t.progress and rt.is_main, total, state.step)  # last: close() restores stdout
+    bar = logger.progress = Progress(t.progress and rt.is_main, total, state, train.plan.steps)  # last: close() restores stdout
     try:
         while state.step < total:
             train.set_epoch(state.epoch, state.batch_in_epoch)

@@ -11,6 +11,7 @@ shapes the console.
 from __future__ import annotations
 
 import io
+import math
 import sys
 import time
 
@@ -26,10 +27,10 @@ def clock(seconds: float) -> str:
 
 
 def number(v) -> str:
-    """4 significant digits; very small or large numbers in exponent form."""
+    """4 significant digits, at most 8 characters for a positive number (3 in exponent form)."""
     if not isinstance(v, (int, float)):
         return str(v)
-    return f"{v:.3e}" if v and (abs(v) < 1e-3 or abs(v) >= 1e6) else f"{v:.4g}"
+    return f"{v:.2e}" if v and (abs(v) < 1e-3 or abs(v) >= 1e6) else f"{v:.4g}"
 
 
 def perf_text(m: dict) -> str:
@@ -50,8 +51,8 @@ def perf_text(m: dict) -> str:
     return "  ".join(parts)
 
 
-def line(split: str, step: int, total: int, epoch: int, metrics: dict, times: str = "") -> str:
-    """`[train] step   40/1000 epoch 0 | 0:01:02 elapsed  ETA 0:24:50 | loss 2.301    ... | perf`.
+def line(split: str, step: int, total: int, epoch, metrics: dict, times: str = "") -> str:
+    """`[train] step   40/1000 epoch 0.40 | 0:01:02 elapsed  ETA 0:24:50 | loss 2.301    ... | perf`.
     Fixed-width fields, so consecutive lines align."""
     width = len(str(total)) if total else 0
     where = f"{f'[{split}]':<7} step {step:>{width}}" + (f"/{total}" if total else "") + f" epoch {epoch}"
@@ -98,13 +99,17 @@ class Progress:
     """Rank 0's bar and log lines; on other ranks, or with no terminal, no bar. Call update() after each
     optimizer step, close() at the end (in a finally)."""
 
-    def __init__(self, shown: bool, total: int, start: int):
-        self.total, self.start, self.t0 = total, start, time.perf_counter()
+    def __init__(self, shown: bool, total: int, state, steps_per_epoch: int):
+        """state: the run's TrainState, read at each line for the epoch (whole epochs done + the
+        fraction of the current one: 1.00 = the first epoch finished)."""
+        self.total, self.start, self.t0 = total, state.step, time.perf_counter()
+        self.state, self.epoch_steps = state, max(1, steps_per_epoch)
+        self.epoch_width = len(f"{math.ceil(total / self.epoch_steps):.2f}")
         self.shown = shown and sys.stderr.isatty()
         self.bars: list = []
         self.streams = None
         if self.shown:
-            self.bar = tqdm(total=total, initial=start, dynamic_ncols=True, leave=False, unit="step")
+            self.bar = tqdm(total=total, initial=self.start, dynamic_ncols=True, leave=False, unit="step")
             self.bars.append(self.bar)
             self.streams = sys.stdout, sys.stderr
             sys.stdout, sys.stderr = _AroundBars(sys.stdout, self.bars), _AroundBars(sys.stderr, self.bars)
@@ -120,8 +125,9 @@ class Progress:
             return f"{clock(elapsed)} elapsed  ETA -:--:--"
         return f"{clock(elapsed)} elapsed  ETA {clock(elapsed / done * (self.total - step))}"
 
-    def line(self, split: str, step: int, epoch: int, metrics: dict) -> str:
-        return line(split, step, self.total, epoch, metrics, self.times(step))
+    def line(self, split: str, step: int, metrics: dict) -> str:
+        epoch = self.state.epoch + self.state.batch_in_epoch / self.epoch_steps
+        return line(split, step, self.total, f"{epoch:>{self.epoch_width}.2f}", metrics, self.times(step))
 
     def counted(self, loader, what: str = "eval"):
         """The loader, ticking a bar of its own per batch while a bar is shown (an evaluation's progress)."""

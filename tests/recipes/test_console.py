@@ -12,7 +12,7 @@ from support.inprocess import run_inprocess
 from support.outputs import metrics
 from support.runs import ROOT, recipe_command
 
-LINE = re.compile(r"^\[(train|val)\] +step +\d+/12 epoch \d \| \d:\d\d:\d\d elapsed  ETA \d:\d\d:\d\d \| ")
+LINE = re.compile(r"^\[(train|val)\] +step +\d+/12 epoch \d+\.\d\d \| \d:\d\d:\d\d elapsed  ETA \d:\d\d:\d\d \| ")
 
 
 def on_a_terminal(cmd: list[str], env: dict, timeout: float = 240) -> str:

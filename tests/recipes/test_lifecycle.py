@@ -24,12 +24,15 @@ def test_debug_run_prints_banner_and_summary_and_a_rerun_says_complete(tmp_path)
     train = [ln for ln in first.splitlines() if ln.startswith("[train]")]
     assert len(train) == 4, first
     for ln in train:
-        assert re.match(r"\[train\] step +\d+/16 epoch \d \| \d:\d\d:\d\d elapsed  ETA \d:\d\d:\d\d \| loss \S+ +acc1 ", ln), ln
+        assert re.match(r"\[train\] step +\d+/16 epoch \d\.\d\d \| \d:\d\d:\d\d elapsed  ETA \d:\d\d:\d\d \| loss \S+ +acc1 ", ln), ln
         where, _, losses, perf = ln.split(" | ")
         assert "grad_norm " in losses and "img/s" in perf and " ms/step" in perf and " GiB" in perf, ln
         assert "samples_per_s" not in ln and "/device" not in ln and "img/s" not in losses, ln  # one process: one rate
     assert [ln.index(" | ") for ln in train] == [train[0].index(" | ")] * 4  # aligned fields
+    # Epochs done, with the fraction of the current one; metrics.jsonl and the checkpoints keep its whole part.
+    assert "step  4/16 epoch 0.25 |" in train[0] and "step 16/16 epoch 1.00 |" in train[-1], train
     rows = metrics(out_dir)
+    assert [r["epoch"] for r in rows if r["split"] == "train"] == [0, 0, 0, 1]
     assert all(isinstance(r["wall_time"], float) for r in rows)
     assert [r["wall_time"] for r in rows] == sorted(r["wall_time"] for r in rows)
 
