@@ -154,6 +154,10 @@ class _Counted:
     def __getattr__(self, name):
         return getattr(self.loader, name)
 
+    @property
+    def __class__(self):  # isinstance(counted, FolderEvalLoader) holds, as for the loader itself
+        return type(self.loader)
+
     def __len__(self) -> int:
         return len(self.loader)
 

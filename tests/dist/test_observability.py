@@ -3,6 +3,7 @@ throughput per device, peak memory, gradient norm) and the TensorBoard layout (t
 with the same tags, hparams without scalar points of their own, parameter counts)."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ def runs(tmp_path_factory):
     two = run_recipe("mnist_mlp", f"out_dir={tmp / 'two'}", *COMMON, "train.grad_accum=2",
                      f"train.profile_start={PROFILED[0]}", f"train.profile_steps={PROFILED[1]}", nproc=2)
     (tmp / "two.stderr").write_text(two.stderr)
+    (tmp / "two.stdout").write_text(two.stdout)
     return tmp / "one", tmp / "two"
 
 
@@ -44,6 +46,15 @@ def test_every_rank_writes_a_trace_of_the_profiled_steps(runs):
 def test_the_profiler_on_a_cpu_prints_no_gpu_errors(runs):
     err = (runs[1].parent / "two.stderr").read_text()
     assert "gpuGetDeviceCount" not in err and "ERROR:" not in err, err[-3000:]
+
+
+def test_a_two_process_log_shows_progress_once_with_a_rate_per_device(runs):
+    """What a SLURM log holds (no terminal: no bar): rank 0's lines, each with step/total and the ETA."""
+    lines = [ln for ln in (runs[1].parent / "two.stdout").read_text().splitlines() if ln.startswith("[train]")]
+    assert len(lines) == 4, lines
+    for ln in lines:
+        assert re.match(r"\[train\] step \d/8 epoch +\d+\.\d\d \| \d:\d\d:\d\d elapsed  ETA \d:\d\d:\d\d \| loss ", ln), ln
+        assert re.search(r"\d img/s \([\d,]+/device\)", ln) and "it/s" not in ln, ln
 
 
 def test_train_metrics_hold_step_time_throughput_memory_and_grad_norm(runs):
