@@ -27,7 +27,7 @@ def clock(seconds: float) -> str:
 
 
 def number(v) -> str:
-    """4 significant digits, at most 8 characters for a positive number (3 in exponent form)."""
+    """4 significant digits (3 in exponent form, below 1e-3 or from 1e6): at most 8 characters when positive."""
     if not isinstance(v, (int, float)):
         return str(v)
     return f"{v:.2e}" if v and (abs(v) < 1e-3 or abs(v) >= 1e6) else f"{v:.4g}"
