@@ -79,6 +79,7 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
         saver.finish()
         logger.hparams(to_dict(cfg), saver.last_eval)
         logger.close()  # before the summary: a tracker's own footer (W&B's) must not come after it
+        bar.close()  # and the bar is gone: the summary is the last thing on the terminal
         if rt.is_main:
             rt.log(report.summary(cfg, ckpt, read_metrics(out), f"run {recipe} finished: step {state.step} of "
                                   f"{total} in {time.perf_counter() - started:.1f} s"))

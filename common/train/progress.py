@@ -134,6 +134,7 @@ class Progress:
         return _Counted(loader, self, what) if self.shown else loader
 
     def close(self) -> None:
+        """Restore stdout and stderr, remove the bar; a second call does nothing."""
         if self.streams is not None:
             for s in (sys.stdout, sys.stderr):
                 if isinstance(s, _AroundBars):
@@ -143,6 +144,7 @@ class Progress:
         if self.shown:
             self.bar.close()
             self.bars.clear()
+            self.shown = False
 
 
 class _Counted:
