@@ -69,7 +69,7 @@ class TrainConfig:
     channels_last: bool | Literal["auto"] = setting("auto", evaluate=APPLIED)  # NHWC memory format for models and image batches; auto = on for CUDA, off elsewhere
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
-    progress: bool = setting(True, evaluate=APPLIED)  # tqdm progress bar on rank 0 when stderr is a terminal
+    progress: bool = setting(True, evaluate=APPLIED)  # tqdm bars (training steps, each evaluation's batches) on rank 0 when stderr is a terminal
     max_nonfinite_steps: int = ranged(5, ge=1)  # stop when train_step returns NaN/inf this many optimizer steps in a row
     profile_steps: int = ranged(0, ge=0)  # torch.profiler traces of this many steps into out_dir/profile/; 0 = off
     profile_start: int = ranged(10, ge=0)  # the first optimizer step recorded (0-based; the first steps are warm-up)

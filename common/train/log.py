@@ -9,14 +9,16 @@ without overlap.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 import math
+import time
+from dataclasses import dataclass
 
 import torch
 from pathlib import Path
 
 from common.config import LogConfig, UserError, flatten, to_dict
 from common.formats.writes import write_failure, writes_agreed
+from common.train.progress import PERF, line
 from common.train.report import count_parameters
 from common.train.trackers import check_installed, open_trackers
 
@@ -51,9 +53,11 @@ class Logger:
     """Writes happen on rank 0; a failed write (disk full, read-only, quota) stops every rank with the
     same CheckpointError at the end of the call, which every rank makes (see `_writes`)."""
 
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0, cfg=None):
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0, cfg=None, progress=None):
         """cfg: the run's config (log.backends, hyperparameters); None = TensorBoard, no hyperparameters.
+        progress: the run's Progress (step N/TOTAL, times and ETA on each console line); None: step only.
         Collective: every rank raises the same error if rank 0 cannot open a tracker."""
+        self.progress = progress
         log_cfg = cfg.log if cfg is not None else LogConfig()
         check_installed(log_cfg.backends)
         self.enabled, self.trackers, self.out_dir = enabled, [], Path(out_dir)
@@ -102,13 +106,16 @@ class Logger:
             return
         try:
             with open(self.jsonl, "a") as f:
-                f.write(json.dumps({"step": step, "epoch": epoch, "split": split, **metrics}) + "\n")
+                f.write(json.dumps({"step": step, "epoch": epoch, "split": split, "wall_time": time.time(),
+                                    **metrics}) + "\n")
         except OSError as e:  # a failed write() or close() names no file: name it
             raise OSError(e.errno, e.strerror, str(self.jsonl)) from None
+        tagged = {f"perf/{k}" if k in PERF else k: v for k, v in metrics.items()}  # system metrics apart
         for t in self.trackers:
-            t.log(split, step, metrics)
-        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        print(f"[{split}] step {step} epoch {epoch} {shown}", flush=True)
+            t.log(split, step, tagged)
+        if metrics:  # an evaluation without numbers (a GAN with no judge) prints no empty line
+            shown = self.progress.line(split, step, metrics) if self.progress else line(split, step, 0, epoch, metrics)
+            print(shown, flush=True)
         for tag, grid in values.items():
             if isinstance(grid, Grid):
                 self.images(split, tag, step, grid)
@@ -147,8 +154,9 @@ class Logger:
 
     def close(self) -> None:
         """In a `finally`: a write error here (the disk filled since the last log) must not hide the
-        error that is ending the run, so it is reported, not raised."""
-        for t in self.trackers if self.enabled else []:
+        error that is ending the run, so it is reported, not raised. A second call does nothing."""
+        trackers, self.trackers = self.trackers, []
+        for t in trackers if self.enabled else []:
             try:
                 t.close()
             except Exception as e:  # noqa: BLE001 -- any tracker's failure to flush

@@ -9,12 +9,9 @@ holds and whether it is the best: common/train/saver.py.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
 
 from common import dist
 from common.config import to_dict
@@ -23,6 +20,7 @@ from common.train.checkpoint import Checkpointer
 from common.train.log import Logger, read_metrics
 from common.train.meter import Meter, NonFiniteGuard, Throughput, grad_norms, learning_rates, peak_memory
 from common.train.profile import StepProfiler
+from common.train.progress import Progress
 from common.train.preempt import PREEMPT_CHECK_STEPS, Preemption
 from common.train.resume import resume
 from common.train.saver import Saver
@@ -40,14 +38,15 @@ class Cadence:
 
 def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str, float]:
     started, t, train = time.perf_counter(), cfg.train, loaders.train
-    out, ckpt, total, done = start(cfg, state, rt, train, recipe, loaders.classes)
+    out, ckpt, total, done = start(cfg, state, rt, loaders, recipe)
     if done is not None:
         return done
     log_at, eval_at, ckpt_at = Cadence(t.log_every_steps, at_epoch_end=True), Cadence(t.eval_every_steps), Cadence(t.ckpt_every_steps)
     logger, meter, guard = Logger(out, rt.is_main, state.step, cfg), Meter(), NonFiniteGuard(t.max_nonfinite_steps, rt.device)
-    preempt, speed, bar = Preemption(), Throughput(rt.world_size), _progress(cfg, rt, total, state.step)
+    preempt, speed = Preemption(), Throughput(rt.world_size)
     logger.models(state.models)
     saver, profiler = Saver(cfg, state, rt, ckpt, guard, loaders, recipe), StepProfiler(t, out, rt, state.step)
+    bar = logger.progress = Progress(t.progress and rt.is_main, total, state, train.plan.steps)  # last: close() restores stdout
     try:
         while state.step < total:
             train.set_epoch(state.epoch, state.batch_in_epoch)
@@ -62,13 +61,13 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                     speed.samples += len(batch[0]) * rt.world_size
                 end_step(state, rt, epoch_end)
                 profiler.step(state.step)
-                bar.update(1)
+                bar.update()
                 if log_at.due(state.step, epoch_end, last):
                     saver.check()
                     logger.log("train", state.step, state.epoch, train_row(rt, state, meter, speed))
                 if eval_at.due(state.step, epoch_end, last):
                     with rt.whole(state.models.values()):
-                        saver.evaluated(logger.log("val", state.step, state.epoch, evaluate(cfg, state, rt, loaders.eval)))
+                        saver.evaluated(logger.log("val", state.step, state.epoch, evaluate(cfg, state, rt, bar.counted(loaders.eval))))
                 if ckpt_at.due(state.step, epoch_end, last):
                     saver.save()
                 if (rt.world_size == 1 or state.step % PREEMPT_CHECK_STEPS == 0) and preempt.agreed(rt):
@@ -79,6 +78,8 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
         preempt.finish()
         saver.finish()
         logger.hparams(to_dict(cfg), saver.last_eval)
+        logger.close()  # before the summary: a tracker's own footer (W&B's) must not come after it
+        bar.close()  # and the bar is gone: the summary is the last thing on the terminal
         if rt.is_main:
             rt.log(report.summary(cfg, ckpt, read_metrics(out), f"run {recipe} finished: step {state.step} of "
                                   f"{total} in {time.perf_counter() - started:.1f} s"))
@@ -108,10 +109,11 @@ def end_step(state, rt, epoch_end: bool) -> None:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
-def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
+def start(cfg, state, rt, loaders, recipe: str):
     """Run directory, resume, the banner: (out_dir, checkpointer, total steps, None), or with the
     final metrics in place of None when the resumed checkpoint is already the last step.
-    classes: the data's class names, which a resumed checkpoint must share."""
+    loaders.classes: the data's class names, which a resumed checkpoint must share."""
+    train, classes = loaders.train, loaders.classes
     out = Path(cfg.out_dir)
     ckpt = Checkpointer(out / "checkpoints", cfg.ckpt.keep_last, cfg.ckpt.best_mode)
     rundir.prepare(cfg, rt, ckpt)  # locked, and not another run's: before anything is written
@@ -124,15 +126,10 @@ def start(cfg, state, rt, train, recipe: str, classes: list[str] | None = None):
                                                "nothing to train (a new out_dir, or resume=none overwrite=true, starts over)"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
     rundir.record_config(out, cfg, state.step)  # only now: a refused resume leaves the old config.yaml as it was
-    rt.log(report.banner(cfg, state, rt, recipe, total, train.plan))
+    rt.log(report.banner(cfg, state, rt, recipe, total, loaders))
     return out, ckpt, total, None
 
 
 def total_steps(cfg, train_loader) -> int:
     return cfg.train.max_steps if cfg.train.max_steps > 0 else cfg.train.epochs * train_loader.plan.steps
 
-
-def _progress(cfg, rt, total: int, start: int) -> tqdm:
-    """A progress bar on rank 0's terminal; elsewhere one whose update and close do nothing."""
-    shown = cfg.train.progress and rt.is_main and sys.stderr.isatty()
-    return tqdm(total=total, initial=start, dynamic_ncols=True, leave=False, disable=not shown)

@@ -10,6 +10,7 @@ out_dir/profile/rank<R>.<time>.pt.trace.json, through torch's tensorboard_trace_
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -49,6 +50,8 @@ class StepProfiler:
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.rt.device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
+        else:  # kineto's own log (read at its first use) would report GPUs it looks for and a CPU run does not use
+            os.environ.setdefault("KINETO_LOG_LEVEL", "6")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.prof = torch.profiler.profile(
             activities=activities, record_shapes=True, profile_memory=True,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from common.config import best_metric
 from common.engines.base import unwrap
 
@@ -21,9 +23,28 @@ def batch_split(cfg, world: int) -> str:
     return f"{t.batch_size} = world {world} x grad_accum {t.grad_accum} x micro-batch {t.batch_size // (world * t.grad_accum)}"
 
 
-def banner(cfg, state, rt, recipe: str, total: int, plan) -> str:
-    """plan: the training loader's TrainPlan (common/data/sampling.py)."""
-    t, steps_per_epoch = cfg.train, plan.steps
+def device_text(rt) -> str:
+    """`cuda:0 NVIDIA H100 80GB HBM3` / `cpu`: rank 0's device, and how many processes share the work."""
+    d = rt.device
+    name = f"{d} {torch.cuda.get_device_name(d)}" if d.type == "cuda" else str(d)
+    return name + (f" (rank 0 of {rt.world_size} processes)" if rt.world_size > 1 else "")
+
+
+def data_text(cfg, loaders) -> str:
+    """The dataset: its name and where it is read from, the images per split, classes and shape."""
+    data = cfg.data
+    source = "(generated)" if data.name == "synthetic" else f"from {data.root}" if hasattr(data, "root") else ""
+    counts = f"{loaders.train.plan.n:,} train"
+    if getattr(loaders.eval, "total", None) is not None:
+        counts += f", {loaders.eval.total:,} eval"
+    shape = "x".join(str(v) for v in loaders.shape)
+    return f"{data.name} {source}".strip() + f": {counts} images {shape}, {loaders.num_classes} classes"
+
+
+def banner(cfg, state, rt, recipe: str, total: int, loaders) -> str:
+    """loaders: the run's data (its training loader's TrainPlan: common/data/sampling.py)."""
+    t, plan = cfg.train, loaders.train.plan
+    steps_per_epoch = plan.steps
     params = count_parameters(state.models)
     if t.max_steps > 0:
         length = f"{total} steps (train.max_steps; an epoch is {steps_per_epoch} steps)"
@@ -36,6 +57,10 @@ def banner(cfg, state, rt, recipe: str, total: int, plan) -> str:
         f"  parameters    {sum(params.values()):,} (" + ", ".join(f"{k} {v:,}" for k, v in params.items()) + ")",
         f"  global batch  {batch_split(cfg, rt.world_size)}",
         f"  length        {length}",
+        f"  data          {data_text(cfg, loaders)}",
+        f"  device        {device_text(rt)}",
+        f"  model         {'compiled (train.compile=true)' if t.compile else 'eager (train.compile=false)'}, "
+        f"precision {cfg.precision}",
         f"  out_dir       {cfg.out_dir}",
         f"  engine        {cfg.engine}: {rt.describe()}",
     ])
@@ -44,7 +69,7 @@ def banner(cfg, state, rt, recipe: str, total: int, plan) -> str:
 def final_metrics(rows: list[dict]) -> dict[str, float]:
     """The last evaluation's metrics (what fit returns)."""
     vals = [r for r in rows if r.get("split") == "val"]
-    return {k: v for k, v in vals[-1].items() if k not in ("step", "epoch", "split")} if vals else {}
+    return {k: v for k, v in vals[-1].items() if k not in ("step", "epoch", "split", "wall_time")} if vals else {}
 
 
 def summary(cfg, ckpt, rows: list[dict], headline: str) -> str:

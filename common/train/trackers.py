@@ -1,7 +1,7 @@
 """Where rank 0 sends metrics besides metrics.jsonl (`log.backends`): TensorBoard, Weights & Biases, MLflow.
 
-Every backend gets the same names as metrics.jsonl (`train/loss`, `val/acc1`, ...) at the same
-optimizer step, and the resolved config as hyperparameters.
+Every backend gets the same names as metrics.jsonl (`train/loss`, `val/acc1`, ...; system metrics
+under `perf/`, as Logger tags them) at the same optimizer step, and the resolved config as hyperparameters.
 
 TensorBoard: one run per split, out_dir/tb/train and out_dir/tb/val, with the split left out of the
 tag (`loss`, `acc1`), so TensorBoard draws train and val of a metric on one chart, one colour per

@@ -3,6 +3,7 @@ throughput per device, peak memory, gradient norm) and the TensorBoard layout (t
 with the same tags, hparams without scalar points of their own, parameter counts)."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -20,8 +21,10 @@ PROFILED = (3, 2)  # train.profile_start, train.profile_steps
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("obs")
     run_inprocess("mnist_mlp", f"out_dir={tmp / 'one'}", *COMMON)
-    run_recipe("mnist_mlp", f"out_dir={tmp / 'two'}", *COMMON, "train.grad_accum=2",
-               f"train.profile_start={PROFILED[0]}", f"train.profile_steps={PROFILED[1]}", nproc=2)
+    two = run_recipe("mnist_mlp", f"out_dir={tmp / 'two'}", *COMMON, "train.grad_accum=2",
+                     f"train.profile_start={PROFILED[0]}", f"train.profile_steps={PROFILED[1]}", nproc=2)
+    (tmp / "two.stderr").write_text(two.stderr)
+    (tmp / "two.stdout").write_text(two.stdout)
     return tmp / "one", tmp / "two"
 
 
@@ -38,6 +41,20 @@ def test_every_rank_writes_a_trace_of_the_profiled_steps(runs):
         assert "aten::addmm" in names and "autograd::engine::evaluate_function: AddmmBackward0" in names, path
         assert any("Optimizer.step" in x for x in names) and any("allreduce" in x.lower() for x in names), path
         assert any(e.get("name") == "[memory]" for e in events), "no memory events (profile_memory)"
+
+
+def test_the_profiler_on_a_cpu_prints_no_gpu_errors(runs):
+    err = (runs[1].parent / "two.stderr").read_text()
+    assert "gpuGetDeviceCount" not in err and "ERROR:" not in err, err[-3000:]
+
+
+def test_a_two_process_log_shows_progress_once_with_a_rate_per_device(runs):
+    """What a SLURM log holds (no terminal: no bar): rank 0's lines, each with step/total and the ETA."""
+    lines = [ln for ln in (runs[1].parent / "two.stdout").read_text().splitlines() if ln.startswith("[train]")]
+    assert len(lines) == 4, lines
+    for ln in lines:
+        assert re.match(r"\[train\] step \d/8 epoch +\d+\.\d\d \| \d:\d\d:\d\d elapsed  ETA \d:\d\d:\d\d \| loss ", ln), ln
+        assert re.search(r"\d img/s \([\d,]+/device\)", ln) and "it/s" not in ln, ln
 
 
 def test_train_metrics_hold_step_time_throughput_memory_and_grad_norm(runs):
@@ -102,6 +119,9 @@ def test_tensorboard_train_and_val_share_tags_and_hparams_add_no_scalars(runs):
         for key in ("loss", "acc1", "lr") if split == "train" else ("loss", "acc1"):
             assert [e.step for e in acc.Scalars(key)] == [r["step"] for r in logged], (split, key)
             assert [e.value for e in acc.Scalars(key)] == pytest.approx([r[key] for r in logged])
+    # system metrics are a group of their own, apart from loss and accuracy
+    assert {"perf/samples_per_s", "perf/step_time_s", "perf/peak_rss_gib"} <= set(train.Tags()["scalars"])
+    assert not {"samples_per_s", "step_time_s"} & set(train.Tags()["scalars"])
     # every scalar point of the val run is a logged val value: hparams wrote none at step 0
     assert min(e.step for tag in val.Tags()["scalars"] for e in val.Scalars(tag)) > 0
     assert "_hparams_/session_start_info" in val.PluginTagToContent("hparams")

@@ -103,7 +103,7 @@ def test_workers_stop_when_their_torchrun_agent_is_killed(tmp_path):
     workers = []
     try:
         deadline = time.monotonic() + 300
-        while "[train] step 10 " not in log.read_text():  # training: the workers exist and the lock is taken
+        while "step      10/1000000 " not in log.read_text():  # training: the workers exist and the lock is taken
             assert agent.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         workers = children(agent.pid)

@@ -3,20 +3,24 @@ metrics.jsonl under the same names, and the config as hyperparameters; read back
 library's own formats. Skipped only when the package is missing (`pip install -r requirements-trackers.txt`)."""
 import json
 import struct
+import subprocess
 
 import pytest
 
 from support.outputs import metrics
-from support.runs import recipe_command, run_ranks, run_recipe
+from support.runs import ROOT, recipe_command, run_ranks
 
 
 def run(tmp_path, backend):
+    """The run's metrics by (split, step), and what it printed, stdout and stderr as one stream (a SLURM log)."""
     out = tmp_path / "run"
-    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb_home"), "WANDB_SILENT": "true"}
-    run_recipe("mnist_mlp", f"out_dir={out}", f"log.backends=[tensorboard,{backend}]", "log.project=dtrain-test",
-               env=env)
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb_home")}
+    cmd, env = recipe_command("mnist_mlp", f"out_dir={out}", f"log.backends=[tensorboard,{backend}]",
+                              "log.project=dtrain-test", env=env)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:]
     rows = metrics(out)
-    return out, {(r["split"], r["step"]): r for r in rows}
+    return out, {(r["split"], r["step"]): r for r in rows}, proc.stdout
 
 
 def wandb_records(path):
@@ -40,7 +44,9 @@ def wandb_records(path):
 
 def test_wandb_offline_run_holds_the_logged_metrics_and_config(tmp_path):
     pytest.importorskip("wandb")
-    out, logged = run(tmp_path, "wandb")
+    out, logged, printed = run(tmp_path, "wandb")
+    # dtrain's summary is the log's last word: W&B's footer (its own summary) comes before it
+    assert "wandb" in printed and printed.rstrip().splitlines()[-1].startswith("  TensorBoard   "), printed[-3000:]
     (path,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
     history, config = [], {}
     for r in wandb_records(path):
@@ -55,9 +61,10 @@ def test_wandb_offline_run_holds_the_logged_metrics_and_config(tmp_path):
         for key, value in h.items():
             if key.startswith(("train/", "val/")):
                 split, name = key.split("/", 1)
+                name = name.removeprefix("perf/")  # system metrics, grouped (metrics.jsonl: samples_per_s)
                 assert value == pytest.approx(logged[(split, h["_step"])][name]), (key, h["_step"])
     assert {h["_step"] for h in history} == {step for _, step in logged}
-    assert any("train/grad_norm" in h for h in history)
+    assert any("train/grad_norm" in h for h in history) and any("train/perf/samples_per_s" in h for h in history)
     assert config.get("optim.lr") == 0.05 and config.get("train.batch_size") == 32, sorted(config)[:10]
     assert json.loads((out / "trackers.json").read_text())["wandb"] in path.name
 
@@ -65,7 +72,7 @@ def test_wandb_offline_run_holds_the_logged_metrics_and_config(tmp_path):
 def test_mlflow_local_store_holds_the_logged_metrics_and_params(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
-    out, logged = run(tmp_path, "mlflow")
+    out, logged, _ = run(tmp_path, "mlflow")
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     run_id = json.loads((out / "trackers.json").read_text())["mlflow"]
     mlrun = client.get_run(run_id)
