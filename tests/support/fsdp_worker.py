@@ -22,7 +22,7 @@ from common.cli import parse_cli
 from common.engines.base import full_tensor
 from common.engines.fsdp import read_full_weights
 from common.train.runtime import runtime
-from common.train.loop import resume
+from common.train.loop import resume, total_steps
 from common.train.checkpoint import Checkpointer
 from support.runs import load_recipe
 
@@ -41,7 +41,7 @@ def loaded(ckpt: str, argv) -> dict:
     with runtime(cli.cfg) as rt:
         loaders = task.build_data(cli.cfg, rt)
         state = task.build_state(cli.cfg, rt, loaders)
-        resume(cli.cfg, state, rt, Checkpointer(Path(ckpt).parent), "mnist_mlp")
+        resume(cli.cfg, state, rt, Checkpointer(Path(ckpt).parent), "mnist_mlp", total_steps(cli.cfg, loaders.train))
         saved = read_full_weights(ckpt)["net"]
         mine = {k: full_tensor(p.detach()) for k, p in state.models["net"].state_dict().items()}
         worst = max((mine[k] - saved[k]).abs().max().item() for k in saved)
