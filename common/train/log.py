@@ -53,11 +53,10 @@ class Logger:
     """Writes happen on rank 0; a failed write (disk full, read-only, quota) stops every rank with the
     same CheckpointError at the end of the call, which every rank makes (see `_writes`)."""
 
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0, cfg=None, progress=None):
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int = 0, cfg=None):
         """cfg: the run's config (log.backends, hyperparameters); None = TensorBoard, no hyperparameters.
-        progress: the run's Progress (step N/TOTAL, times and ETA on each console line); None: step only.
         Collective: every rank raises the same error if rank 0 cannot open a tracker."""
-        self.progress = progress
+        self.progress = None  # fit() sets the run's Progress (step N/TOTAL, times, ETA); None: the step alone
         log_cfg = cfg.log if cfg is not None else LogConfig()
         check_installed(log_cfg.backends)
         self.enabled, self.trackers, self.out_dir = enabled, [], Path(out_dir)
