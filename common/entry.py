@@ -52,6 +52,7 @@ class Task:
     evaluate: Callable  # (cfg, state, rt, loader) -> {name: number or Grid} over the whole eval split
     ema: tuple[str, ...]  # the models with an EMA copy (train.ema_decay > 0), which evaluation uses
     exported: str  # the model --export writes and load_model builds
+    metrics: dict[str, str] = dataclasses.field(default_factory=dict)  # "val/<name>" evaluate can log -> "max"|"min" (better); {} = not declared
 
     def __post_init__(self):
         if not (isinstance(self.Config, type) and issubclass(self.Config, BaseConfig)
@@ -69,6 +70,8 @@ class Task:
                 and isinstance(self.exported, str)):
             raise TypeError(f"Task.ema must be a tuple of model names and Task.exported one name, not "
                             f"{self.ema!r} and {self.exported!r}")
+        if not all(isinstance(k, str) and k.startswith("val/") and v in ("max", "min") for k, v in self.metrics.items()):
+            raise TypeError(f"Task.metrics must map 'val/<name>' to 'max' or 'min', not {self.metrics!r}")
 
     def build_state(self, cfg, rt, loaders) -> TrainState:
         """The models from build_models (seeded), placed, with optimizers, LR schedules, EMA copies of

@@ -165,7 +165,7 @@ def evaluate(cfg, state, rt, loader, judge) -> dict:
 
 
 task = gan.GanTask(Config, build_models, __file__, train_step=train_step, evaluate=evaluate,
-                   build_data=build_data)
+                   build_data=build_data, metrics={"val/l1": "min", "val/psnr": "max"})
 
 
 if __name__ == "__main__":

@@ -54,6 +54,16 @@ def input_spec(cfg, loaders) -> dict:
     return spec
 
 
+def describe(task, src, loaders, recipe: str, which: str) -> dict:
+    """What an exported model is, for loading it and preprocessing its input: the export metadata
+    (format, recipe, which model and weights, step, checkpoint, config, input spec, classes)."""
+    cfg = src.cfg
+    classes = getattr(loaders, "classes", None) or CLASS_NAMES.get(getattr(cfg.data, "name", ""))
+    return {"format": FORMAT, "recipe": recipe, "model": task.exported, "weights": which, "step": src.sd["step"],
+            "checkpoint": str(src.ckpt), "config": to_dict(cfg), "input": input_spec(cfg, loaders),
+            "num_classes": loaders.num_classes, "classes": classes}
+
+
 def default_path(src, recipe: str, which: str) -> Path:
     where = src.run_dir / "export" if src.run_dir else src.ckpt.parent
     return where / f"{recipe}-{src.name}-{which}.safetensors"
@@ -76,10 +86,7 @@ def run(task, cli) -> dict:
             rt.log(f"--export ignores training settings: {', '.join(src.ignored)}")
         loaders = build_data(task, src, rt)
         name = task.exported
-        classes = getattr(loaders, "classes", None) or CLASS_NAMES.get(getattr(cfg.data, "name", ""))
-        meta = {"format": FORMAT, "recipe": cli.recipe, "model": name, "weights": which, "step": src.sd["step"],
-                "checkpoint": str(src.ckpt), "config": to_dict(cfg), "input": input_spec(cfg, loaders),
-                "num_classes": loaders.num_classes, "classes": classes}
+        meta = describe(task, src, loaders, cli.recipe, which)
         dist.on_main(lambda: write_export(path, weights[name], meta))
         rt.log(f"exported '{name}' ({which} weights) of {src.ckpt}, {src.why}, to {path}")
     return {}

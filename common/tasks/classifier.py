@@ -58,14 +58,18 @@ def evaluate_accuracy(cfg, state: TrainState, rt, loader) -> dict:
     return evaluate_classifier(state.eval_model("net"), rt, loader, tta_flip=cfg.train.tta_flip)
 
 
+METRICS = {"val/loss": "min", "val/acc1": "max", "val/acc5": "max"}  # evaluate_accuracy's (acc5 with over 5 classes)
+
+
 def Classifier(Config: type, build_model, script: str, *, train_step, evaluate=evaluate_accuracy,
-               build_data=classification_data) -> Task:
+               build_data=classification_data, metrics=METRICS) -> Task:
     """A classifier recipe's Task: its one model "net" = build_model(cfg.model, in_shape, num_classes),
     the train_step it names, evaluate (default: loss and accuracy on the eval split) and
-    build_data(cfg, rt, **saved) (default: the in-memory datasets and image folders of cfg.data)."""
+    build_data(cfg, rt, **saved) (default: the in-memory datasets and image folders of cfg.data) and the
+    metrics its evaluate logs, each with whether larger or smaller is better."""
     @within_memory
     def build_models(cfg, loaders) -> dict:
         return {"net": build_model(cfg.model, loaders.shape, loaders.num_classes)}
 
     return Task(Config, script, build_data, build_models, train_step, evaluate,
-                ema=("net",), exported="net")
+                ema=("net",), exported="net", metrics=metrics)

@@ -48,12 +48,16 @@ class GanConfig(BaseConfig):
     ckpt: CkptConfig = field(default_factory=lambda: CkptConfig(best_metric="val/fd", best_mode="min"))
 
 
-def GanTask(Config: type, build_models, script: str, *, train_step, evaluate=None, build_data=None) -> Task:
+METRICS = {"val/fd": "min", "val/label_acc": "max"}  # quality()'s (label_acc for conditional generators)
+
+
+def GanTask(Config: type, build_models, script: str, *, train_step, evaluate=None, build_data=None,
+            metrics=METRICS) -> Task:
     """A GAN recipe's Task: models G and D from build_models(cfg, loaders) -> {"G", "D"}, one optimizer
     each, an EMA of G (exported). The recipe gives its train_step(cfg, batch, state, rt) (D step, then the
     frozen-D G step) and, where they differ from an unconditional GAN's, evaluate(cfg, state, rt, loader,
     judge) (judge: the FD classifier of eval.classifier, or None) and build_data(cfg, rt) (a GAN's
-    checkpoint saves no classes or stats, so `saved` is empty)."""
+    checkpoint saves no classes or stats, so `saved` is empty), and the metrics that evaluate logs."""
     evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
     judge = None  # this run's, loaded with its data
 
@@ -67,7 +71,8 @@ def GanTask(Config: type, build_models, script: str, *, train_step, evaluate=Non
     def judged(cfg, state, rt, loader) -> dict:
         return evaluate(cfg, state, rt, loader, judge)
 
-    return Task(Config, script, data, within_memory(build_models), train_step, judged, ema=("G",), exported="G")
+    return Task(Config, script, data, within_memory(build_models), train_step, judged, ema=("G",), exported="G",
+                metrics=metrics)
 
 
 def images_for_fd(cfg, rt):

@@ -16,9 +16,10 @@ LAYERS = [
     ["common.formats", "common.env"],  # checkpoint/export file formats, write agreement; process environment
     ["common.models", "common.data", "common.engines"],
     ["common.train"],  # fit(), run directory, resume, warm start, checkpoint store, runtime
-    ["common.lifecycle", "common.metrics"],  # after training: evaluate, export; accuracy, FD judge
+    ["common.lifecycle", "common.metrics", "common.compare"],  # after training: evaluate, export, predict; accuracy, FD judge; comparing run dirs
     ["common.cli", "common.entry"],  # parse, dispatch, exit codes; the Task contract every recipe fulfils
     ["common.tasks"],  # what a classifier / a GAN is: each builds an entry.Task, whose main() runs entry.run
+    ["common.sweep"],  # many runs of a recipe: an Optuna study whose trials are dtrain runs
 ]
 LAYER = {group: i for i, groups in enumerate(LAYERS) for group in groups}
 
