@@ -70,7 +70,7 @@ class Task:
                 and isinstance(self.exported, str)):
             raise TypeError(f"Task.ema must be a tuple of model names and Task.exported one name, not "
                             f"{self.ema!r} and {self.exported!r}")
-        if not all(isinstance(k, str) and k.startswith("val/") and v in ("max", "min") for k, v in self.metrics.items()):
+        if not isinstance(self.metrics, dict) or not all(isinstance(k, str) and k.startswith("val/") and v in ("max", "min") for k, v in self.metrics.items()):
             raise TypeError(f"Task.metrics must map 'val/<name>' to 'max' or 'min', not {self.metrics!r}")
 
     def build_state(self, cfg, rt, loaders) -> TrainState:
