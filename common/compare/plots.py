@@ -1,6 +1,6 @@
 """The comparison's pictures (PNG, matplotlib's Agg backend, imported when drawing).
 
-curves.png: the train loss and the eval metric (the runs' ckpt.best_metric) against the optimizer step
+curves.png: the train loss and the eval metric (a sweep's own, else the runs' ckpt.best_metric) against the step
 and against wall time, one line per run on shared axes, one legend. sweep.png, when trials are
 compared: the best metric of each trial against each swept key (log x axis for a key sampled on a log
 scale; categories for a categorical key), pruned trials marked apart.
@@ -58,13 +58,21 @@ def colors(plt, n: int) -> list:
     return [plt.get_cmap("turbo")(i / (n - 1)) for i in range(n)]
 
 
-def eval_metric(runs: list[Run]) -> str | None:
-    """The metric the runs pick their best checkpoint by (the commonest), else the first one evaluated."""
-    named = Counter(r.best_metric[0] for r in runs if r.best_metric and r.best)
+def eval_metric(runs: list[Run]) -> tuple[str, str] | None:
+    """(metric, mode) the pictures show: a sweep's own (its spec.yaml's metric and direction), else the
+    metric the runs pick their best checkpoint by (the commonest), else the first one evaluated."""
+    named = Counter(r.best_metric for r in runs if r.best_metric and r.best)
+    for sweep in dict.fromkeys(r.sweep for r in runs if r.sweep is not None):
+        spec = _spec(sweep)
+        metric = spec.get("metric") if isinstance(spec, dict) else None
+        direction = str(spec.get("direction", "")).lower()[:3] if isinstance(spec, dict) else ""
+        modes = [mode for name, mode in named if name == metric]  # without a direction: the runs' own for it
+        if isinstance(metric, str) and (direction in ("max", "min") or modes):
+            return metric, direction if direction in ("max", "min") else modes[0]
     if named:
         return named.most_common(1)[0][0]
     keys = [k for r in runs for k in r.final]
-    return keys[0] if keys else None
+    return (keys[0], "max") if keys else None
 
 
 def train_loss(run: Run) -> str | None:
@@ -83,7 +91,7 @@ def curves(runs: list[Run], path: Path) -> Path:
     plt = _pyplot()
     from matplotlib.lines import Line2D  # with pyplot, lazily
 
-    metric = eval_metric(runs)
+    metric = (eval_metric(runs) or (None, ""))[0]
     scale, unit = _time_scale(runs)
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), sharex="row", squeeze=False)
     loss_keys = {train_loss(r) for r in runs} - {None}
@@ -163,8 +171,8 @@ def _find(tree, key: str):
 
 def sweep(runs: list[Run], path: Path) -> Path | None:
     """The best metric of each trial against each swept key; None when no trial has a metric yet."""
-    keys, metric = swept_keys(runs), eval_metric(runs)
-    trials = [r for r in runs if r.trial is not None and r.best is not None and r.best_metric[0] == metric]
+    keys, (metric, mode) = swept_keys(runs), eval_metric(runs) or (None, "")
+    trials = [r for r in runs if r.trial is not None and metric and r.best_of(metric, mode) is not None]
     if not keys or not trials:
         return None
     plt = _pyplot()
@@ -178,7 +186,7 @@ def sweep(runs: list[Run], path: Path) -> Path | None:
         xs = values if numeric else [cats.index(_short(v)) for v in values]
         for status in dict.fromkeys(r.status for r in trials):
             marker, color, size = kinds.get(status, ("^", "tab:gray", 45))
-            pts = [(x, r.best[0]) for x, r in zip(xs, trials) if r.status == status]
+            pts = [(x, r.best_of(metric, mode)[0]) for x, r in zip(xs, trials) if r.status == status]
             ax.scatter(*zip(*pts), marker=marker, color=color, s=size, label=status, zorder=3)
         if numeric and log_scaled(key, values, sweeps):
             ax.set_xscale("log")
@@ -187,7 +195,11 @@ def sweep(runs: list[Run], path: Path) -> Path | None:
             ax.set_xlim(-0.5, len(cats) - 0.5)
         ax.set(xlabel=key + (" (log scale)" if ax.get_xscale() == "log" else ""), title=f"{metric} against {key}")
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel(f"best {_with_unit(metric)}")
+    ys = [r.best_of(metric, mode)[0] for r in trials]
+    wide = min(ys) > 0 and max(ys) / min(ys) > 100  # a diverged trial beside good ones
+    if wide:
+        axes[0][0].set_yscale("log")
+    axes[0][0].set_ylabel(f"best {_with_unit(metric)} ({mode})" + (" (log scale)" if wide else ""))
     handles, texts = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, texts, loc="center left", bbox_to_anchor=(1.0, 0.5), title="trial status", frameon=False)
     fig.suptitle(f"{len(trials)} trials: best {metric} of each against the swept keys", fontsize="large")

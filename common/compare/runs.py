@@ -54,10 +54,12 @@ class Run:
 
     @property
     def best(self) -> tuple[float, int] | None:
-        """(value, step) of the best ckpt.best_metric: the earliest step holding the best value."""
-        if self.best_metric is None:
-            return None
-        name, mode = self.best_metric
+        """(value, step) of the best ckpt.best_metric."""
+        return self.best_of(*self.best_metric) if self.best_metric else None
+
+    def best_of(self, name: str, mode: str) -> tuple[float, int] | None:
+        """(value, step) of the best `name` (val/acc1) by `mode` (max or min): the earliest step holding
+        the best value, as the best checkpoint; None when no row has it."""
         split, _, key = name.partition("/")
         seen = self.numbers(split, key)
         if not seen:
@@ -172,7 +174,8 @@ def read(args: list[str]) -> list[Run]:
         elif is_run(path):
             runs.append(read_run(path))
         else:
-            why = "does not exist" if not path.exists() else "is not a run directory (no metrics.jsonl and config.yaml) nor a sweep directory (no trials.json)"
+            why = "does not exist" if not path.exists() else (
+                "is not a run directory (no metrics.jsonl and config.yaml) nor a sweep directory (no trials.json)")
             raise UserError(f"{arg} {why}; pass run directories (a run's out_dir) or sweep directories")
     if not runs:
         raise UserError("no runs to compare: the sweep directories name no trials yet")

@@ -2,7 +2,7 @@
 are real PNGs, a sweep directory stands for its trials (pruned ones shown so), bad input is exit 2.
 
 Three mnist_mlp debug runs (optim.lr and optim.name set) are the trials of a sweep directory built to
-its contract (trials/N run dirs, trials.json with one trial pruned and one waiting); a gan_mnist run
+its contract (trials/N run dirs, trials.json with one trial pruned and one waiting, spec.yaml); a gan_mnist run
 without a judge (evaluations with no numbers) is another recipe.
 """
 import csv
@@ -23,6 +23,13 @@ from support.outputs import metrics
 TRIALS = [{"optim.lr": 0.1, "optim.name": "sgd"}, {"optim.lr": 0.01, "optim.name": "sgd"},
           {"optim.lr": 0.3, "optim.name": "adamw"}]
 STATES = ["COMPLETE", "PRUNED", "COMPLETE"]
+SPEC = """recipe: mnist_mlp
+config: recipes/configs/mnist_mlp_debug.yaml
+metric: val/acc1
+params:
+  optim.lr: {low: 1.0e-3, high: 0.5, log: true}
+  optim.name: {choices: [sgd, adamw]}
+"""
 END = {"finished": "finished", "stopped_early": "stopped early", "preempted": "preempted"}
 
 
@@ -38,6 +45,7 @@ def sweep(tmp_path_factory):
     trials.append({"number": 3, "run_dir": "trials/3", "params": {"optim.lr": 0.02, "optim.name": "adamw"},
                    "state": "WAITING", "value": None})
     (root / "trials.json").write_text(json.dumps(trials))
+    (root / "spec.yaml").write_text(SPEC)
     return root
 
 
