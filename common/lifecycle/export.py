@@ -26,6 +26,7 @@ from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
 from common.formats.checkpoint import MANIFEST
 from common.formats.export import FORMAT, SUFFIXES, read_export, write_export
+from common.lifecycle.inputs import check_file
 from common.lifecycle.preprocess import Preprocess
 from common.lifecycle.source import build_data, open_source
 from common.train.runtime import runtime
@@ -105,13 +106,7 @@ def check_destination(path: Path, src, replace: bool, made: bool) -> None:
         if any((parent / f).exists() for f in ("state.pt", MANIFEST)) or parent == checkpoints:
             raise UserError(f"--to {path} is inside {parent}, which holds the run's checkpoints (an export there "
                             "would replace or sit among them); choose a file outside it, e.g. the default (drop --to)")
-    if path.is_dir():
-        raise UserError(f"--to {path} is a directory; name a file in it, e.g. --to {path / 'model.safetensors'}")
-    if path.exists() and not replace:
-        raise UserError(f"{path} exists; add --overwrite to replace it, or choose another file with --to FILE")
-    if not made and not path.parent.is_dir():
-        raise UserError(f"--to {path}: the directory {path.parent} does not exist; create it or choose another "
-                        "file with --to FILE")
+    check_file(path, replace, made, "model.safetensors")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""--predict's files: the images --input names, where the CSV goes, and writing it.
+"""--predict's files: the images --input names, where the CSV goes (a --to FILE checked), and writing it.
 
 --input is an image (by its extension), a directory tree (its images, sorted directory by directory,
 recursively, as the data loaders list them), or a text file of paths (one a line, relative to the text
@@ -46,11 +46,11 @@ def default_csv(where: Path, source: Path) -> Path:
     return where / DIRECTORY / f"{(source.stem if source.is_file() else source.resolve().name) or 'input'}.csv"
 
 
-def check_destination(path: Path, replace: bool, made: bool) -> None:
-    """Refuse a directory, an existing file unless `replace`, a missing directory unless the path is the default
-    (`made`: its predictions/ folder is created)."""
+def check_file(path: Path, replace: bool, made: bool, example: str = "predictions.csv") -> None:
+    """A --to FILE (--predict's, --export's): refuse a directory, an existing file unless `replace`, a missing
+    directory unless the path is the default (`made`: its folder is created)."""
     if path.is_dir():
-        raise UserError(f"--to {path} is a directory; name a file in it, e.g. --to {path / 'predictions.csv'}")
+        raise UserError(f"--to {path} is a directory; name a file in it, e.g. --to {path / example}")
     if path.exists() and not replace:
         raise UserError(f"{path} exists; add --overwrite to replace it, or choose another file with --to FILE")
     if not made and not path.parent.is_dir():

@@ -21,7 +21,7 @@ from common.data.gpu_decode import require_cuda
 from common.data.sampling import eval_shard
 from common.formats.export import is_export, read_export
 from common.lifecycle.export import describe, load_model
-from common.lifecycle.inputs import check_destination, default_csv, list_inputs, write_csv
+from common.lifecycle.inputs import check_file, default_csv, list_inputs, write_csv
 from common.lifecycle.preprocess import Preprocess
 from common.lifecycle.source import build_data, checkpoint_config, open_source
 from common.metrics.classify import classify
@@ -68,19 +68,19 @@ def open_model(task, cli):
 
 def run(task, cli) -> dict:
     if task.exported != CLASSIFIER:
-        raise UserError(f"--predict classifies images, and {cli.recipe} is a generative recipe (its model "
-                        f"'{task.exported}' makes images): sample it with --evaluate (grids in samples/), or "
-                        "export the generator with --export")
+        raise UserError(f"--predict classifies images with a classifier recipe, and {cli.recipe} is a generative "
+                        f"recipe (its model '{task.exported}' makes images, it classifies none): use --evaluate or "
+                        "--export with it")
     cfg, where, load = open_model(task, cli)
     to = cli.to or default_csv(where, cli.input)
     with runtime(cfg) as rt:
+        paths = dist.on_main(lambda: list_inputs(cli.input))  # bad input is said before the model is read
+        dist.on_main(lambda: check_file(to, cli.replace, made=cli.to is None))
         model, meta, what = load(rt)
         pre = Preprocess.from_meta(meta)
         if cli.top_k > len(pre.classes):
             raise UserError(f"--top-k {cli.top_k}: the model knows {len(pre.classes)} classes; use --top-k "
                             f"{len(pre.classes)} or less")
-        paths = dist.on_main(lambda: list_inputs(cli.input))
-        dist.on_main(lambda: check_destination(to, cli.replace, made=cli.to is None))
         mine = eval_shard(len(paths), rt.world_size, rt.rank).tolist()
         batch = max(1, cfg.train.eval_batch_size // rt.world_size)  # as evaluation's per-rank batches
         rows = {}

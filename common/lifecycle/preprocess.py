@@ -59,8 +59,8 @@ class Preprocess:
     alone; then a batch on the device, where evaluation finishes its batches)."""
 
     def __init__(self, meta: dict):
-        what = "the export metadata"
-        fields(meta, {"input": dict, "config": dict, "num_classes": int}, what, meta.get("recipe", "?"), "its keys", FIX)
+        name = f"'{meta.get('recipe')}'" if isinstance(meta, dict) else "described"
+        fields(meta, {"input": dict, "config": dict, "num_classes": int}, "the model", name, "its export metadata", FIX)
         spec, data = meta["input"], meta["config"].get("data", {})
         self.shape = tuple(spec["shape"])
         self.classes = list(meta.get("classes") or [str(i) for i in range(meta["num_classes"])])

@@ -2,6 +2,7 @@
 exactly; 2 processes write the 1-process CSV; unreadable files are rows; an image of another size is converted
 as evaluation converts a file (a tensor of another size is refused); the file runs' eval transform."""
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -114,3 +115,11 @@ def test_an_image_of_another_size_is_converted_as_evaluation_converts_a_file(run
     with pytest.raises(UserError, match=r"a uint8 image of \[1, 46, 41\] for a model trained on 1 x 28 x 28 images"):
         info.preprocess(torch.zeros(1, 1, 46, 41, dtype=torch.uint8))
     assert model(x).shape == (3, 10)
+    # A .pt2/.onnx file's metadata is the JSON beside it; a GAN's generator (noise in) has no image transform.
+    (tmp_path / "m.onnx.json").write_text(json.dumps(info.meta))
+    assert torch.equal(Preprocess.from_file(tmp_path / "m.onnx")([jpeg]), x[:1])
+    with pytest.raises(UserError, match=r"cannot read .*m\.pt2\.json, the metadata of .*m\.pt2"):
+        Preprocess.from_file(tmp_path / "m.pt2")
+    gan = {**info.meta, "recipe": "gan_mnist", "model": "G", "input": {"shape": [1, 28, 28], "mean": [0.5], "std": [0.5]}}
+    with pytest.raises(UserError, match="the gan_mnist model 'G' takes no image input the metadata describes"):
+        Preprocess.from_meta(gan)
