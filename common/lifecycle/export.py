@@ -48,8 +48,8 @@ def input_spec(cfg, loaders) -> dict:
     if hasattr(ev, "mean"):  # in-memory tensors (common/data/classifier_data.py)
         spec.update(mean=ev.mean.flatten().tolist(), std=ev.std.flatten().tolist(),
                     pad_to=getattr(cfg.data, "pad_to", 0))
-        # Image files at inference are converted as common/data/datasets.py's read_folder converts them.
-        spec["resize"] = "PIL.ImageOps.fit to the data's H x W (bicubic, centre crop), grey for C=1, RGB for C=3"
+        if cfg.data.name in ("folder", "shards"):  # image files converted as common/data/datasets.py's read_folder does
+            spec["resize"] = "PIL.ImageOps.fit to H x W (bicubic, centre crop), grey for C=1, RGB for C=3"
         return spec
     t = getattr(getattr(ev, "ds", None), "transform", None)  # image files (common/data/streaming.py)
     if hasattr(t, "spec"):  # classification presets: resize, center crop, interpolation, normalise

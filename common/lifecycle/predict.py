@@ -137,5 +137,5 @@ def summary(table: list[list], what: str, rt, to) -> str:
     lines = [f"predicted {len(table)} image(s) with {what} on {rt.world_size} process(es), {rt.device}: "
              f"{len(good)} classified, {len(table) - len(good)} unreadable"]
     lines += [f"  {r[0]}: {r[1]} ({float(r[2]) * 100:.1f}%)" for r in good[:5]]
-    lines += [f"  ... and {len(good) - 5} more" for _ in [0] if len(good) > 5]
+    lines += [f"  ... and {len(good) - 5} more"] if len(good) > 5 else []
     return "\n".join([*lines, f"wrote {to}"])

@@ -39,6 +39,12 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def export(run):
+    run_inprocess("mnist_cnn", "--export", str(run), "--to", str(run / "m.safetensors"), config=None)
+    return run / "m.safetensors"
+
+
 def predict(*args, check=True):
     return run_inprocess("mnist_cnn", "--predict", *map(str, args), config=None, check=check)
 
@@ -61,14 +67,15 @@ def test_accuracy_on_10000_real_png_files_equals_evaluate(run, pngs, tmp_path):
     assert "10000 classified, 0 unreadable" in p.stdout and "ema weights" in p.stdout
 
 
-def test_two_processes_write_the_one_process_csv_with_unreadable_files_as_rows(run, pngs, tmp_path):
+def test_two_processes_write_the_one_process_csv_with_unreadable_files_as_rows(run, export, pngs, tmp_path):
     root, _ = pngs
     (tmp_path / "broken.png").write_bytes(b"not an image")
     listed = tmp_path / "list.txt"
     listed.write_text("".join(f"{root / f'{i:05d}.png'}\n" for i in range(9)) + "broken.png\nmissing.jpg\n\n")
-    predict(run, "--input", listed, "--to", tmp_path / "one.csv")
-    run_recipe("mnist_cnn", "--predict", str(run), "--input", str(listed), "--to", str(tmp_path / "two.csv"),
-               nproc=2, config=None, check=False).check_returncode()
+    predict(run, "--input", listed, "--to", tmp_path / "one.csv")  # the run directory; 2 processes: its export
+    p = run_recipe("mnist_cnn", "--predict", str(export), "--input", str(listed), "--to", str(tmp_path / "two.csv"),
+                   nproc=2, config=None, check=False)
+    assert p.returncode == 0 and "on 2 process(es)" in p.stdout, p.stderr[-3000:]
     one, two = rows(tmp_path / "one.csv"), rows(tmp_path / "two.csv")
     assert one == two and len(one) == 12
     assert [r[0] for r in one[-2:]] == [str(tmp_path / "broken.png"), str(tmp_path / "missing.jpg")]
@@ -81,10 +88,12 @@ def test_two_processes_write_the_one_process_csv_with_unreadable_files_as_rows(r
     assert len(rows(tmp_path / "none.csv")) == 3
 
 
-def test_bad_input_is_exit_2_naming_the_fix(run, tmp_path):
+def test_bad_input_is_exit_2_naming_the_fix(run, pngs, tmp_path):
     cases = [(["--input", tmp_path / "nowhere"], "does not exist; give an image, a directory"),
              (["--input", tmp_path], "holds no images"),
-             (["--input", FASHION / "t10k-labels-idx1-ubyte.gz", "--top-k", 11], "the model knows 10 classes; use --top-k 10")]
+             (["--input", FASHION / "t10k-labels-idx1-ubyte.gz"], "is not an image (.bmp, .jpeg, .jpg, .pgm, .png, "
+              ".ppm, .tif, .tiff, .webp) and cannot be read as a text file of paths"),
+             (["--input", pngs[0] / "00000.png", "--top-k", 11], "the model knows 10 classes; use --top-k 10")]
     for args, message in cases:
         p = predict(run, *args, check=False)
         assert p.returncode == 2 and message in p.stderr, p.stderr
@@ -92,12 +101,10 @@ def test_bad_input_is_exit_2_naming_the_fix(run, tmp_path):
     assert p.returncode == 2 and "gan_mnist is a generative recipe" in p.stderr, p.stderr
 
 
-def test_an_image_of_another_size_is_converted_as_evaluation_converts_a_file(run, tmp_path):
+def test_an_image_of_another_size_is_converted_as_evaluation_converts_a_file(export, tmp_path):
     """A 41x46 colour JPEG for the 1x28x28 model: grey, fitted to 28x28 exactly as a data.name=folder run reads
     the file; a uint8 tensor of that size is refused (evaluation never converts one)."""
     from PIL import Image
-    export = tmp_path / "m.safetensors"
-    run_inprocess("mnist_cnn", "--export", str(run), "--to", str(export), config=None)
     model, info = load_model(export)  # no task: recipes/mnist_cnn.py, named in the file
     pixels = np.random.default_rng(0).integers(0, 256, (46, 41, 3), dtype=np.uint8)
     for split in ("train", "val"):
