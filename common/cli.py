@@ -1,5 +1,6 @@
 """The command line: `python recipes/<name>.py [--config FILE ...] [--dry-run] [key=value ...]`, or after
-training `--evaluate RUN_OR_CHECKPOINT` / `--export RUN_OR_CHECKPOINT [--to FILE]` (common/lifecycle/).
+training `--evaluate RUN_OR_CHECKPOINT` / `--export RUN_OR_CHECKPOINT [--to FILE]` /
+`--predict RUN_OR_CHECKPOINT_OR_EXPORT --input PATH [--top-k K] [--to FILE]` (common/lifecycle/).
 
 Values layer: schema defaults <- recipes/configs/<name>.yaml <- each --config FILE in order (each
 YAML may name a `base:` it extends) <- key=value. Every value remembers where it came from, for
@@ -27,10 +28,12 @@ class Cli:
     config_files: list[Path]  # every YAML applied, in order: the recipe's, then each --config (bases before each)
     sources: dict[str, str] = field(default_factory=dict)  # dotted key -> where its value came from; absent = schema default
     user_keys: set[str] = field(default_factory=set)  # keys set by a --config file (or its bases) or key=value
-    action: str = "train"  # train | evaluate | export
-    source: Path | None = None  # --evaluate / --export: the run directory or checkpoint
-    to: Path | None = None  # --export --to FILE
-    replace: bool = False  # --export --overwrite: an existing file may be replaced
+    action: str = "train"  # train | evaluate | export | predict
+    source: Path | None = None  # --evaluate / --export / --predict: the run directory or checkpoint (--predict: or an export)
+    to: Path | None = None  # --export / --predict --to FILE
+    replace: bool = False  # --export / --predict --overwrite: an existing file may be replaced
+    input: Path | None = None  # --predict --input PATH: an image, a directory tree of images, or a text file of paths
+    top_k: int = 5  # --predict --top-k K: classes (with probabilities) per image
     weights: str | None = None  # --weights ema|raw; None = the EMA copy when the checkpoint has one
 
 
@@ -124,6 +127,7 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
         f"usage: {prog} [--config FILE ...] [--dry-run] [key=value ...]",
         f"       {prog} --evaluate RUN_DIR_OR_CHECKPOINT [--weights ema|raw] [key=value ...]",
         f"       {prog} --export RUN_DIR_OR_CHECKPOINT [--to FILE] [--overwrite] [--weights ema|raw]",
+        f"       {prog} --predict RUN_DIR_OR_CHECKPOINT_OR_EXPORT --input PATH [--top-k 5] [--to FILE.csv] [--overwrite]",
         "",
         f"Values come from the schema defaults below, then {_show(default_file) if default_file else '(no recipe YAML)'},",
         "then each --config FILE in order, then key=value; later layers win.",
@@ -136,7 +140,11 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
         "  --export RUN    write its weights as a plain state_dict with inference metadata;",
         "                  --to FILE (.safetensors or .pt) names the file; --overwrite replaces",
         "                  an existing one (without it an existing file is an error)",
-        "  --weights W     with --evaluate/--export: ema or raw (default: ema when the run kept one)",
+        "  --predict RUN   classify image files with a run, a checkpoint or an --export file: --input",
+        "                  an image, a directory tree of images or a text file of paths; one CSV row",
+        "                  per image (top --top-k classes and probabilities), --to FILE (default:",
+        "                  RUN/predictions/<input name>.csv, or beside the export file)",
+        "  --weights W     with --evaluate/--export/--predict: ema or raw (default: ema when the run kept one)",
         "",
         "config keys (default) meaning [type, range] {role}. Roles (docs/usage.md): 'fixed on resume': a resume",
         "that changes it is refused; 'not compared on resume': where a run lives or starts from; 'training-only':",
@@ -201,7 +209,7 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
             overrides[key.strip()] = _parse_value(value)
         else:
             raise ConfigError(f"unexpected argument '{arg}': use key=value, --config FILE, --dry-run, --evaluate RUN, "
-                              "--export RUN or --help")
+                              "--export RUN, --predict RUN --input PATH or --help")
     cfg, sources, files, user_keys = cls(), {}, [], set(overrides)
     for kind, top in ([("recipe YAML", recipe_file)] if recipe_file else []) + [("--config", f) for f in config_args]:
         layers = load_yaml(top)
@@ -218,35 +226,54 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
                **after_training(after, dry_run))
 
 
-OVERWRITE = "--overwrite"  # with --export: replace an existing file (it takes no value)
+OVERWRITE = "--overwrite"  # with --export, --predict: replace an existing file (it takes no value)
 AFTER_TRAINING = {"--evaluate": "RUN_DIR_OR_CHECKPOINT", "--export": "RUN_DIR_OR_CHECKPOINT",
-                  "--to": "FILE (.safetensors or .pt)", "--weights": "ema|raw"}
+                  "--predict": "RUN_DIR_OR_CHECKPOINT_OR_EXPORT", "--input": "PATH (an image, a directory or a text "
+                  "file of paths)", "--top-k": "K (classes per image)", "--to": "FILE (--export: .safetensors or .pt; --predict: a CSV)",
+                  "--weights": "ema|raw"}
+PREDICT_ONLY = ("--input", "--top-k")
 
 
 def after_training(flags: dict[str, str], dry_run: bool) -> dict:
-    """Cli fields for --evaluate / --export and the flags that go with them; misuse is a ConfigError."""
-    actions = [f for f in ("--evaluate", "--export") if f in flags]
+    """Cli fields for --evaluate / --export / --predict and the flags that go with them; misuse is a ConfigError."""
+    actions = [f for f in ("--evaluate", "--export", "--predict") if f in flags]
     if len(actions) > 1:
-        raise ConfigError("--evaluate and --export are two commands: run them one after the other")
+        raise ConfigError(f"{' and '.join(actions)} are {['two', 'three'][len(actions) - 2]} commands: run them one after the other")
     if not actions:
-        extra = [f for f in flags if f in ("--to", "--weights", OVERWRITE)]
+        extra = [f for f in flags if f in ("--to", "--weights", OVERWRITE, *PREDICT_ONLY)]
         if extra:
-            raise ConfigError(f"{extra[0]} goes with --export{' or --evaluate' if extra[0] == '--weights' else ''}: "
-                              f"e.g. --export runs/<name> {extra[0]} {AFTER_TRAINING.get(extra[0], '').split(' ')[0]}".rstrip())
+            flag, only = extra[0], extra[0] in PREDICT_ONLY
+            raise ConfigError(f"{flag} goes with {'--predict' if only else '--export'}"
+                              f"{' or --evaluate' if flag == '--weights' else ''}{'' if only else ' or --predict'}: e.g. "
+                              f"{'--predict' if only else '--export'} runs/<name> {flag} "
+                              f"{AFTER_TRAINING.get(flag, '').split(' ')[0]}".rstrip())
         return {}
     (action,) = actions
     if dry_run:
         raise ConfigError(f"--dry-run is for training; {action} reads the checkpoint's config: drop --dry-run")
     for flag in ("--to", OVERWRITE):
-        if flag in flags and action != "--export":
-            raise ConfigError(f"{flag} is about the file --export writes; --evaluate appends its row to the run's "
-                              "metrics.jsonl")
+        if flag in flags and action == "--evaluate":
+            raise ConfigError(f"{flag} is about the file --export or --predict writes; --evaluate appends its row to "
+                              "the run's metrics.jsonl")
+    for flag in PREDICT_ONLY:
+        if flag in flags and action != "--predict":
+            raise ConfigError(f"{flag} goes with --predict: --predict RUN --input PATH {flag} ...")
     weights = flags.get("--weights")
     if weights not in (None, "ema", "raw"):
         raise ConfigError(f"--weights {weights!r}: use --weights ema (the run's EMA copy) or --weights raw")
     to = flags.get("--to")
     return {"action": action[2:], "source": Path(flags[action]), "to": Path(to) if to else None, "weights": weights,
-            "replace": OVERWRITE in flags}
+            "replace": OVERWRITE in flags, **(predict_flags(flags) if action == "--predict" else {})}
+
+
+def predict_flags(flags: dict[str, str]) -> dict:
+    if "--input" not in flags:
+        raise ConfigError(f"--predict needs the images: --predict {flags['--predict']} --input PATH (an image, a "
+                          "directory tree of images, or a text file of paths)")
+    k = flags.get("--top-k", "5")
+    if not k.isdigit() or int(k) < 1:
+        raise ConfigError(f"--top-k {k!r}: give a whole number of classes >= 1, e.g. --top-k 5")
+    return {"input": Path(flags["--input"]), "top_k": int(k)}
 
 
 def validate(cfg) -> None:

@@ -2,6 +2,7 @@
 
     python recipes/<name>.py [--config FILE ...] [--dry-run] [key=value ...]
     python recipes/<name>.py --evaluate RUN_DIR_OR_CHECKPOINT | --export RUN_DIR_OR_CHECKPOINT [--to FILE] [--overwrite]
+    python recipes/<name>.py --predict RUN_DIR_OR_CHECKPOINT_OR_EXPORT --input PATH [--top-k K] [--to FILE]
 
 Task is the contract every recipe's `task` fulfils (built by common/tasks/); the entry point, the
 after-training commands, tests and benchmarks use its members and nothing else. run() is the whole
@@ -27,7 +28,7 @@ from common.cli import parse_cli
 from common.config import dump_yaml
 from common.data.gpu_decode import require_cuda
 from common.data.sampling import check_batch
-from common.lifecycle import evaluate, export
+from common.lifecycle import evaluate, export, predict
 from common.train import checks
 from common.train.report import batch_split
 from common.train.loop import fit, total_steps
@@ -106,12 +107,12 @@ def dry_run(cli, rt) -> None:
 
 
 def run(task: Task, script: str, argv=None):
-    """Parse the command line for task.Config, then dry-run, train, or evaluate/export a finished run
+    """Parse the command line for task.Config, then dry-run, train, or evaluate/export/predict with a finished run
     (common/lifecycle/); returns the final metrics."""
     try:
         cli = parse_cli(task.Config, script, argv)
         if cli.action != "train":
-            return {"evaluate": evaluate.run, "export": export.run}[cli.action](task, cli)
+            return {"evaluate": evaluate.run, "export": export.run, "predict": predict.run}[cli.action](task, cli)
         with runtime(cli.cfg) as rt:
             reps = getattr(cli.cfg.data, "ra_reps", 1)  # the classifiers' repeated augmentation; 1 where a recipe has none
             check_batch(cli.cfg.train.batch_size, rt.world_size, cli.cfg.train.grad_accum, reps)

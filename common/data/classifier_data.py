@@ -30,6 +30,11 @@ def _augment(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, pad: in
     return torch.where(flips[:, None, None, None], out.flip(3), out)
 
 
+def normalised(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> the model's input: [0, 1], then per channel (x - mean) / std (mean, std: [1, C, 1, 1])."""
+    return (x.float().div_(255) - mean) / std
+
+
 def _store(t: torch.Tensor, device, storage) -> torch.Tensor:
     """The dataset tensor where it lives: on the compute device, or pinned in host memory."""
     storage = torch.device(device if storage is None else storage)
@@ -146,7 +151,7 @@ class TensorTrainLoader:
                 images = self._uint8(order, shifts, flips, drawn, torch.cat(positions)).split([len(p) for p in positions])
             for step, pos, x in zip(steps[c:c + self.chunk], positions, images):
                 y = _fetch(self.labels, self._samples(order, pos), self.device)
-                x = ((x.float().div_(255) - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+                x = normalised(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
                 if self.sample_augment:
                     x = self.sample_augment.apply_erase(x, {k: v[pos] for k, v in drawn.items()})
                 if self.mix is not None:
@@ -173,7 +178,7 @@ class TensorEvalLoader:
 
     def __iter__(self):
         for idx in self.idx.split(self.batch):
-            x = (_fetch(self.images, idx, self.device).float().div_(255) - self.mean) / self.std
+            x = normalised(_fetch(self.images, idx, self.device), self.mean, self.std)
             yield x.contiguous(memory_format=self.memory_format), _fetch(self.labels, idx, self.device)
 
 

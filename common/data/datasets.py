@@ -26,6 +26,7 @@ STATS = {  # per-channel mean/std of the training split, in [0, 1] units
     "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
     "synthetic": ([0.5], [0.25]),
 }
+SHAPES = {"mnist": [1, 28, 28], "fashion_mnist": [1, 28, 28], "cifar10": [3, 32, 32], "cifar100": [3, 32, 32]}  # C, H, W as read
 
 
 # ----------------------------------------------------------------------------- readers
@@ -155,14 +156,20 @@ def read_images(source, shape: list[int]) -> torch.Tensor:
     """Every image of an ImageFiles source (a folder's files, a pack's shards) as uint8 [N, C, H, W]: decoded,
     grey or RGB by C, resized and centre-cropped to H x W. Decoded with threads (PIL releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
-    from PIL import Image, ImageOps
-    c, h, w = shape
 
     def load(i):
-        img = ImageOps.fit(decode(source.read(i), source.where(i)).convert("L" if c == 1 else "RGB"), (w, h), Image.BICUBIC)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).reshape(h, w, -1).permute(2, 0, 1)
+        return fit(decode(source.read(i), source.where(i)), shape)
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         return torch.stack(list(pool.map(load, range(len(source)))))
+
+
+def fit(img, shape: list[int]) -> torch.Tensor:
+    """A decoded (RGB) PIL image as the in-memory classifiers' uint8 [C, H, W]: grey or RGB by C, resized and
+    centre-cropped to H x W (PIL.ImageOps.fit, bicubic). read_images and inference (common/lifecycle/preprocess.py)."""
+    from PIL import Image, ImageOps
+    c, h, w = shape
+    img = ImageOps.fit(img.convert("L" if c == 1 else "RGB"), (w, h), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).reshape(h, w, -1).permute(2, 0, 1)
 
 
 def channel_stats(name: str, train_images: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -122,9 +122,11 @@ def decode(src, where=None):
     import io
     from PIL import Image
     where = src if where is None else where
+    opened = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
     try:
-        with Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src) as f:
+        with Image.open(opened) as f:
             f.load()
             return f if f.mode == "RGB" else f.convert("RGB")  # a JPEG is RGB already: no copy
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {where} ({type(e).__name__}: {e}); delete or replace the file") from None
+        said = str(e).replace(repr(opened), str(where))  # PIL names the buffer by its address
+        raise DataError(f"cannot read image {where} ({type(e).__name__}: {said}); delete or replace the file") from None

@@ -7,12 +7,16 @@ the recipe, the resolved config (model section included), the input the model wa
 the checkpoint and which weights (EMA or raw). `.safetensors` (default) keeps the metadata as JSON
 under the "dtrain" key of the header; `.pt` is `{"state_dict", "meta"}` for torch.load(weights_only=True).
 
-Loading it back (README, "After training"): `load_model(path, task)` -> (model in eval mode, Exported),
-with `Exported.preprocess(uint8 images)` applying the training normalisation.
+Loading it back (README, "After training"): `load_model(path)` -> (model in eval mode, Exported), the model
+built by the recipe the file names (from recipes/ beside this package, or the `task` given), with
+`Exported.preprocess(images)` applying the run's evaluation transform (common/lifecycle/preprocess.py).
 """
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,9 +24,10 @@ import torch
 
 from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
-from common.data.classifier_data import _pad
 from common.formats.checkpoint import MANIFEST
 from common.formats.export import FORMAT, SUFFIXES, read_export, write_export
+from common.lifecycle.inputs import check_file
+from common.lifecycle.preprocess import Preprocess
 from common.lifecycle.source import build_data, open_source
 from common.train.runtime import runtime
 from common.train.weights import checkpoint_weights
@@ -101,13 +106,7 @@ def check_destination(path: Path, src, replace: bool, made: bool) -> None:
         if any((parent / f).exists() for f in ("state.pt", MANIFEST)) or parent == checkpoints:
             raise UserError(f"--to {path} is inside {parent}, which holds the run's checkpoints (an export there "
                             "would replace or sit among them); choose a file outside it, e.g. the default (drop --to)")
-    if path.is_dir():
-        raise UserError(f"--to {path} is a directory; name a file in it, e.g. --to {path / 'model.safetensors'}")
-    if path.exists() and not replace:
-        raise UserError(f"{path} exists; add --overwrite to replace it, or choose another file with --to FILE")
-    if not made and not path.parent.is_dir():
-        raise UserError(f"--to {path}: the directory {path.parent} does not exist; create it or choose another "
-                        "file with --to FILE")
+    check_file(path, replace, made, "model.safetensors")
 
 
 @dataclass
@@ -120,22 +119,46 @@ class Exported:
     def classes(self) -> list[str] | None:
         return self.meta["classes"]
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images [N, C, H, W] -> the model's input: zero padding to data.pad_to, scale to [0, 1],
-        per-channel mean/std, as in training. It neither resizes, crops nor checks the size: images
-        must already be meta['input']['shape'] (image files converted first the way
-        meta['input']['resize'] describes); another size passes through unchanged."""
-        spec = self.meta["input"]
-        x = _pad(images, spec.get("pad_to", 0)).float() / 255
-        mean, std = (torch.tensor(spec[k], device=x.device).view(1, -1, 1, 1) for k in ("mean", "std"))
-        return (x - mean) / std
+    @cached_property
+    def transform(self) -> Preprocess:
+        return Preprocess.from_meta(self.meta)
+
+    def preprocess(self, images, device="cpu") -> torch.Tensor:
+        """Images -> the model's input, float [N, C, H, W] on `device`: the run's evaluation transform exactly
+        (common/lifecycle/preprocess.py). images: image paths, their bytes, PIL images (each converted as
+        evaluation converts a file: resize and centre crop, grey or RGB), or a uint8 tensor [N, C, H, W] (of
+        the data's own size for a model trained on a dataset by name: another size is a UserError)."""
+        return self.transform(images, device)
 
 
-def load_model(path, task, device="cpu"):
-    """(model with the exported weights, in eval mode on `device`, Exported) for a recipe's task:
-    the model is built by the recipe's own code from the config stored in the file."""
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # the repository's recipes, beside common/
+
+
+def recipe_task(recipe: str, path):
+    """The `task` of recipes/<recipe>.py, its module loaded once (not run as a script)."""
+    script = RECIPES / f"{recipe}.py"
+    name = f"dtrain_recipes.{recipe}"
+    if name not in sys.modules:
+        if not script.is_file():
+            raise UserError(f"{path} holds a '{recipe}' model and {script} does not exist: pass the recipe's task, "
+                            "load_model(path, task=module.task), where module is your recipe")
+        spec = importlib.util.spec_from_file_location(name, script)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it runs
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name].task
+
+
+def load_model(path, task=None, device="cpu"):
+    """(model with the exported weights, in eval mode on `device`, Exported): the model is built by the
+    recipe's own code (its `task`; None: recipes/<the recipe the file names>.py) from the config stored in the file."""
     weights, meta = read_export(path)
     fields(meta, {"config": dict, "input": dict}, "the weight file", path, "its metadata", "export it again with --export")
+    task = task or recipe_task(meta["recipe"], path)
     recipe = Path(task.script).stem
     if meta["recipe"] != recipe:
         raise UserError(f"{path} holds a '{meta['recipe']}' model; load it with that recipe's task, not {recipe}'s")

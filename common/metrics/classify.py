@@ -11,6 +11,16 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(1) == target).float().mean() * 100
 
 
+def classify(model, rt, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+    """float32 logits of a batch as evaluation computes them (rt's autocast; with tta_flip the mean of the
+    image's and its mirror image's). Evaluation and --predict both call this."""
+    with rt.autocast():
+        logits = model(x).float()
+        if tta_flip:
+            logits = (logits + model(x.flip(3)).float()) / 2
+    return logits
+
+
 @torch.no_grad()
 def evaluate_classifier(model, rt, loader, tta_flip: bool = False) -> dict[str, float]:
     """Loss, top-1 and (with more than 5 classes) top-5 accuracy over the whole eval split, each
@@ -23,10 +33,7 @@ def evaluate_classifier(model, rt, loader, tta_flip: bool = False) -> dict[str, 
     model.eval()
     sums = torch.zeros(5, device=rt.device, dtype=torch.float64)  # loss sum, correct, count, top-5 correct, top-5 batches
     for x, y in loader:
-        with rt.autocast():
-            logits = model(x).float()
-            if tta_flip:
-                logits = (logits + model(x.flip(3)).float()) / 2
+        logits = classify(model, rt, x, tta_flip)
         sums[0] += F.cross_entropy(logits, y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)

@@ -85,6 +85,24 @@ def test_resume_mid_epoch_with_ta_wide_erasing_and_mixing_is_bitwise_identical(t
     run_inprocess("imagenet", "--export", str(full), "--to", str(tmp_path / "m.safetensors"), config=None)
     spec = read_export(tmp_path / "m.safetensors")[1]["input"]
     assert (spec["shape"], spec["resize"], spec["center_crop"], spec["interpolation"]) == ([3, 32, 32], 40, 36, "bicubic")
+    # Its Preprocess is that eval transform, torchvision's preset, bit for bit, on any image size (a 41x46 JPEG
+    # for this 32x32 model included); --predict on the val tree gives --evaluate's accuracy.
+    from PIL import Image
+    from torchvision.transforms import v2
+    from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from common.lifecycle.preprocess import Preprocess
+    Image.fromarray(torch.randint(0, 256, (46, 41, 3), dtype=torch.uint8).numpy()).save(tmp_path / "odd.jpg")
+    files = [*sorted((tmp_path / "tree" / "val").rglob("*.jpg")), tmp_path / "odd.jpg"]
+    preset = v2.Compose([v2.Resize(40, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(36),
+                         v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    x = Preprocess.from_file(tmp_path / "m.safetensors")(files)
+    assert x.shape == (len(files), 3, 36, 36) and torch.equal(x, torch.stack([preset(Image.open(f).convert("RGB")) for f in files]))
+    ev = run_inprocess("imagenet", "--evaluate", str(full), config=None).result
+    run_inprocess("imagenet", "--predict", str(tmp_path / "m.safetensors"), "--input", str(tmp_path / "tree" / "val"),
+                  "--to", str(tmp_path / "p.csv"), "--top-k", "1", config=None)
+    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(files) - 1
+    assert 100.0 * sum(r.split(",")[0].split("/")[-2] == r.split(",")[1] for r in rows) / len(rows) == ev["acc1"]
     # --evaluate on a machine without CUDA: data.decode=gpu is refused before any file is read, naming the fix.
     p = run_inprocess("imagenet", "--evaluate", str(full), "data.decode=gpu", config=None, check=False)
     assert p.returncode == 2 and "data.decode=gpu decodes JPEGs with nvJPEG on a CUDA GPU" in p.stderr, p.stderr

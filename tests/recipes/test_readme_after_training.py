@@ -1,17 +1,27 @@
 """The README's "After training" section, run as written: its shell commands in order, then its Python
-snippet, from a fresh directory holding only a link to recipes/ (the docs cannot drift from the code).
+snippet, from a fresh directory holding only a link to recipes/ and a folder my_photos/ of the user's own
+JPEGs (real Fashion-MNIST test images, enlarged, in colour) (the docs cannot drift from the code).
 
-The snippet's accuracy must equal the --evaluate figure on the same weights and split, and its loss
-agree to float precision (the snippet evaluates in batches of 1000, --evaluate in its own)."""
+The snippet's class for a JPEG is --predict's for that file. The exported file, loaded through the same
+public API without a task, gives the --evaluate figures on the run's test split: the accuracy exactly, the
+loss to float precision (evaluated here in batches of 1000, --evaluate in its own)."""
+import csv
 import re
 import shlex
 import subprocess
 import sys
 
+import torch
+import torch.nn.functional as F
+
+from common.data.datasets import load_split, read_idx
+from common.lifecycle.export import load_model
+from support.images import FASHION
 from support.runs import ROOT
 from support.outputs import metrics
 
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
+PHOTOS = {"boot.jpg": 0, "pullover.jpg": 1, "trouser.jpg": 2}  # file -> index in the Fashion-MNIST test split
 
 
 def section() -> dict[str, str]:
@@ -20,8 +30,17 @@ def section() -> dict[str, str]:
     return {lang: code for lang, code in FENCE.findall(body)}
 
 
+def my_photos(where):
+    from PIL import Image
+    where.mkdir()
+    images = read_idx(FASHION / "t10k-images-idx3-ubyte.gz")
+    for name, i in PHOTOS.items():
+        Image.fromarray(images[i]).convert("RGB").resize((90 + 7 * i, 110)).save(where / name, quality=92)
+
+
 def test_readme_after_training_runs_as_written(tmp_path):
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    my_photos(tmp_path / "my_photos")
     env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     blocks = section()
     outputs = []
@@ -32,11 +51,20 @@ def test_readme_after_training_runs_as_written(tmp_path):
                               text=True, timeout=600)
         assert proc.returncode == 0, f"{line}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         outputs.append(proc.stdout)
-    ev = [m for m in metrics(tmp_path / "runs/mnist_cnn_debug") if m["split"] == "eval"][-1]
+    run = tmp_path / "runs/mnist_cnn_debug"
+    ev = [m for m in metrics(run) if m["split"] == "eval"][-1]
     assert f"[eval] step {ev['step']} loss " in outputs[1] and ev["weights"] == "ema"
-    assert "re-initialised (shape differs; this run's fresh init is kept): " in outputs[3]
+    with open(run / "predictions" / "my_photos.csv", newline="") as f:
+        predicted = {row["path"]: row for row in csv.DictReader(f)}
+    assert sorted(predicted) == [f"my_photos/{name}" for name in sorted(PHOTOS)] and "3 classified" in outputs[2]
+    assert "re-initialised (shape differs; this run's fresh init is kept): " in outputs[4]
     snippet = subprocess.run([sys.executable, "-c", blocks["python"]], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=600)
     assert snippet.returncode == 0, snippet.stderr[-3000:]
-    acc, loss = map(float, re.fullmatch(r"acc1 (\S+) loss (\S+)\n", snippet.stdout).groups())
-    assert acc == round(ev["acc1"], 2) and abs(loss - ev["loss"]) < 1e-4, (snippet.stdout, ev)
+    assert snippet.stdout == predicted["my_photos/boot.jpg"]["class_1"] + "\n", (snippet.stdout, predicted)
+    model, info = load_model(run / "mnist_cnn.safetensors")
+    images, labels = load_split(info.config.data, "test")  # uint8 [10000, 1, 28, 28], the run's test split
+    with torch.no_grad():
+        logits = torch.cat([model(x) for x in info.preprocess(images).split(1000)])
+    acc, loss = (logits.argmax(1) == labels).float().mean().item() * 100, F.cross_entropy(logits, labels).item()
+    assert round(acc, 2) == round(ev["acc1"], 2) and abs(loss - ev["loss"]) < 1e-4, (acc, loss, ev)

@@ -21,12 +21,18 @@ SCRIPT = str(ROOT / "recipes" / "mnist_mlp.py")
 @pytest.mark.parametrize("argv, message", [
     (["--evaluate", "r", "--export", "r"], "--evaluate and --export are two commands"),
     (["--evaluate"], "--evaluate needs one value: --evaluate RUN_DIR_OR_CHECKPOINT"),
-    (["--export", "r", "--to"], "--to needs one value: --to FILE (.safetensors or .pt)"),
+    (["--export", "r", "--to"], "--to needs one value: --to FILE (--export: .safetensors or .pt; --predict: a CSV)"),
     (["--evaluate", "r", "--dry-run"], "--dry-run is for training; --evaluate reads the checkpoint's config"),
-    (["--evaluate", "r", "--to", "w.pt"], "--to is about the file --export writes"),
-    (["--evaluate", "r", "--overwrite"], "--overwrite is about the file --export writes"),
-    (["--overwrite"], "--overwrite goes with --export: e.g. --export runs/<name> --overwrite"),
-    (["--to", "w.pt"], "--to goes with --export: e.g. --export runs/<name> --to FILE"),
+    (["--evaluate", "r", "--to", "w.pt"], "--to is about the file --export or --predict writes"),
+    (["--evaluate", "r", "--overwrite"], "--overwrite is about the file --export or --predict writes"),
+    (["--overwrite"], "--overwrite goes with --export or --predict: e.g. --export runs/<name> --overwrite"),
+    (["--to", "w.pt"], "--to goes with --export or --predict: e.g. --export runs/<name> --to FILE"),
+    (["--predict", "r", "--export", "r"], "--export and --predict are two commands"),
+    (["--predict", "r"], "--predict needs the images: --predict r --input PATH"),
+    (["--predict", "r", "--input", "p", "--top-k", "0"], "--top-k '0': give a whole number of classes >= 1"),
+    (["--predict", "r", "--input", "p", "--top-k", "two"], "--top-k 'two': give a whole number"),
+    (["--input", "p"], "--input goes with --predict: e.g. --predict runs/<name> --input PATH"),
+    (["--export", "r", "--top-k", "3"], "--top-k goes with --predict: --predict RUN --input PATH --top-k"),
 ])
 def test_flag_misuse_says_how_to_write_it(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
@@ -39,6 +45,8 @@ def test_flags_parse_with_equals_and_record_the_users_keys():
     assert parse_cli(MLP.Config, SCRIPT, ["--export", "runs/x", "--overwrite"]).replace
     assert cli.user_keys == {"device"}
     assert parse_cli(MLP.Config, SCRIPT, []).action == "train"
+    cli = parse_cli(MLP.Config, SCRIPT, ["--predict=runs/x", "--input", "photos", "--top-k=3", "--to", "p.csv"])
+    assert (cli.action, cli.source, cli.input, cli.top_k, cli.to) == ("predict", Path("runs/x"), Path("photos"), 3, Path("p.csv"))
 
 
 def test_a_file_that_is_not_an_export_is_named(tmp_path):
