@@ -10,6 +10,7 @@ its trials the same way and leave them to be resumed by the next sweep with this
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -25,25 +26,48 @@ from common.train.preempt import EXIT_INTERRUPTED, EXIT_PREEMPTED
 JOB = "slurm_job"  # a trial's user attribute: its SLURM job id, found again by a re-run sweep
 
 
+class ValRows:
+    """(step, value) of the val rows holding the metric that a growing metrics.jsonl gained since the last call.
+    The run replaces the file when it starts (fresh: removed; resumed: cut after the checkpoint's step), which
+    gives it a new inode: it is then read from the start again."""
+
+    def __init__(self, path: Path, metric: str):
+        self.path, self.name, self.inode, self.offset = path, metric.split("/", 1)[1], None, 0
+
+    def new(self) -> list[tuple[int, float]]:
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if (st.st_ino, st.st_dev) != self.inode or st.st_size < self.offset:
+                    self.inode, self.offset = (st.st_ino, st.st_dev), 0
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        data = data[:data.rfind(b"\n") + 1]  # whole lines only: the last one may be half written
+        self.offset += len(data)
+        out = []
+        for line in data.splitlines():
+            if b'"val"' not in line:  # cheap: most rows are train rows
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut by a crash
+                continue
+            if row.get("split") == "val" and self.name in row:
+                out.append((row["step"], float(row[self.name])))
+        return out
+
+
 @dataclass
 class Running:
     trial: optuna.trial.Trial
     handle: object
-    metrics: Path
+    rows: ValRows
     reported: set[int] = field(default_factory=set)  # steps already reported (also by an earlier sweep)
     stopping: bool = False  # SIGTERM sent (by the pruner, or the sweep is stopping)
     pruned: bool = False  # the pruner said stop
-
-
-def val_rows(path: Path, metric: str) -> list[tuple[int, float]]:
-    """(step, value) of every complete val row that holds the metric."""
-    name = metric.split("/", 1)[1]
-    try:
-        lines = path.read_text().splitlines(keepends=True)
-    except FileNotFoundError:
-        return []
-    rows = [json.loads(line) for line in lines if line.endswith("\n") and line.strip()]
-    return [(r["step"], float(r[name])) for r in rows if r.get("split") == "val" and name in r]
+    last: float | None = None  # the metric at the newest val row: the trial's value when it completes
 
 
 class Sweep:
@@ -100,7 +124,7 @@ class Sweep:
         handle = self.launcher.start(self.dir, number, args, job=trial.user_attrs.get(JOB))
         if getattr(handle, "job", None):
             trial.set_user_attr(JOB, handle.job)
-        self.running[number] = Running(trial, handle, out / "metrics.jsonl", reported)
+        self.running[number] = Running(trial, handle, ValRows(out / "metrics.jsonl", self.spec.metric), reported)
         print(f"sweep: trial {number} started: {' '.join(f'{k}={arg(v)}' for k, v in params.items())}", flush=True)
         self._write()
 
@@ -116,7 +140,8 @@ class Sweep:
                 self._finish(r, rc)
 
     def _report(self, r: Running) -> None:
-        for step, value in val_rows(r.metrics, self.spec.metric):
+        for step, value in r.rows.new():
+            r.last = value
             if step in r.reported:
                 continue
             r.trial.report(value, step)
@@ -128,20 +153,21 @@ class Sweep:
 
     def _finish(self, r: Running, rc: int) -> None:
         number = r.trial.number
-        rows = val_rows(r.metrics, self.spec.metric)
         log = self.dir / "logs" / f"{number}.log"
-        if rc == 0 and rows:
-            self.study.tell(r.trial, rows[-1][1])
-            print(f"sweep: trial {number} complete: {self.spec.metric} {rows[-1][1]:g}", flush=True)
+        if rc == 0 and r.last is not None:
+            self.study.tell(r.trial, r.last)
+            print(f"sweep: trial {number} complete: {self.spec.metric} {r.last:g}", flush=True)
         elif r.pruned:
             self.study.tell(r.trial, state=TrialState.PRUNED)
-        elif self.signal is not None and rc in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
-            pass  # stopped with the sweep: stays RUNNING in the study, resumed by the next sweep process
+        elif r.stopping:
+            # Stopped with the sweep (exit 75, or 1 from torchrun, which its own SIGTERM makes fail after the
+            # workers checkpointed): stays RUNNING in the study, resumed by the next sweep process.
+            pass
         elif rc == EXIT_PREEMPTED:  # preempted by someone else: it checkpointed, so it goes on from there
             print(f"sweep: trial {number} was preempted (exit code {rc}); it resumes from its checkpoint", flush=True)
             self.resume.append((r.trial._trial_id, r.reported))
         else:
-            why = f"exit code {rc}" if rc else f"no val row with {self.spec.metric} in {r.metrics}"
+            why = f"exit code {rc}" if rc else f"no val row with {self.spec.metric} in {r.rows.path}"
             self.study.tell(r.trial, state=TrialState.FAIL)
             print(f"sweep: trial {number} failed ({why}); its log: {log}", flush=True)
         self._write()
