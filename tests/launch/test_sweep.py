@@ -113,6 +113,9 @@ def test_a_sweep_of_sbatch_jobs_prunes_with_scancel(tmp_path):
     """Three trials of the documented spec as sbatch jobs of slurm/single_node.sbatch, two in the queue at once:
     trial 2 (the tiny learning rate) is pruned through `scancel --signal=TERM` and checkpoints first."""
     spec = yaml.safe_load(SPEC)
+    # Longer trials than the page's: the pruned one must still be training when `scancel` comes (the sweep looks
+    # at a job every 2 s), so that it checkpoints on the signal instead of finishing first.
+    spec["overrides"]["train.max_steps"] = 240
     spec.update(n_trials=3, slurm={"options": ["--nodes=1", "--cpus-per-task=1", "--time=10"]})
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
     sweep_dir = tmp_path / "sweep"
