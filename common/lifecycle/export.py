@@ -23,6 +23,7 @@ from common.config import ConfigError, UserError, from_dict, to_dict
 from common.data.classifier_data import _pad
 from common.formats.checkpoint import MANIFEST
 from common.formats.export import FORMAT, SUFFIXES, read_export, write_export
+from common.lifecycle import deploy_formats, deployed
 from common.lifecycle.source import build_data, open_source
 from common.train.runtime import runtime
 from common.train.weights import checkpoint_weights
@@ -72,8 +73,11 @@ def default_path(src, recipe: str, which: str) -> Path:
 def run(task, cli) -> dict:
     """The --export command (every rank takes part; rank 0 writes)."""
     to = cli.to
-    if to is not None and to.suffix not in SUFFIXES:
-        raise ConfigError(f"--to {to}: the file must end in .safetensors (default) or .pt; e.g. --to {to.with_suffix('.safetensors')}")
+    if to is not None and to.suffix not in SUFFIXES + deployed.SUFFIXES:
+        raise ConfigError(f"--to {to}: the file must end in .safetensors (default), .pt, .pt2 (torch.export) or "
+                          f".onnx; e.g. --to {to.with_suffix('.safetensors')}")
+    if to is not None:
+        deploy_formats.require(to)
     src = open_source(cli)
     cfg = src.cfg
     if hasattr(cfg, "eval") and hasattr(cfg.eval, "classifier"):
@@ -87,7 +91,10 @@ def run(task, cli) -> dict:
         loaders = build_data(task, src, rt)
         name = task.exported
         meta = describe(task, src, loaders, cli.recipe, which)
-        dist.on_main(lambda: write_export(path, weights[name], meta))
+        if path.suffix in deployed.SUFFIXES:
+            dist.on_main(lambda: deploy_formats.export_program(task, src.cfg, loaders, weights[name], path, meta, rt.log))
+        else:
+            dist.on_main(lambda: write_export(path, weights[name], meta))
         rt.log(f"exported '{name}' ({which} weights) of {src.ckpt}, {src.why}, to {path}")
     return {}
 
