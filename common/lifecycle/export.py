@@ -6,6 +6,7 @@ the recipe, the resolved config (model section included), the input the model wa
 (shape, normalisation, padding or resize/crop), the class count and names where known, the step,
 the checkpoint and which weights (EMA or raw). `.safetensors` (default) keeps the metadata as JSON
 under the "dtrain" key of the header; `.pt` is `{"state_dict", "meta"}` for torch.load(weights_only=True).
+`.pt2` and `.onnx` are programs checked against eager, with the metadata beside them (deploy_formats.py).
 
 Loading it back (README, "After training"): `load_model(path, task)` -> (model in eval mode, Exported),
 with `Exported.preprocess(uint8 images)` applying the training normalisation.
