@@ -1,8 +1,8 @@
 """--export --to model.pt2 / model.onnx: checked against eager before success, the sidecar JSON, loading.
 
 The default run: an ONNX export of mnist_mlp trained on real Fashion-MNIST, loaded the way docs/usage.md
-shows (only onnxruntime, numpy and the sidecar; the docs' snippet run as written) and giving eager
-PyTorch's classes on real test images; a program that differs from eager (a model that draws noise in
+(and the README, where it shows it) does, with only onnxruntime, numpy and the sidecar (the snippet run as
+written), giving eager PyTorch's classes on real test images; a program that differs from eager (a model that draws noise in
 its forward: the exported program draws its own) refused with nothing written; ONNX without its
 packages. The DDP run's exports to both formats are in test_after_training.py, ZeRO and FSDP checkpoints
 in tests/launch/test_export_deepspeed.py and tests/dist/test_fsdp.py, the cGAN in tests/gan. Under
@@ -27,13 +27,16 @@ from support.images import FASHION
 from support.inprocess import run_inprocess
 from support.runs import ROOT, load_recipe
 
-DOCS = ROOT / "docs" / "usage.md"
 
 
-def docs_snippet() -> str:
-    """The python block of docs/usage.md that loads model.onnx in onnxruntime."""
-    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
-    return next(b for b in blocks if "onnxruntime" in b)
+def onnx_snippets() -> dict[str, str]:
+    """{page: its python block that loads model.onnx in onnxruntime}: docs/usage.md's, and the README's
+    where it shows one (each runs as written)."""
+    found = {}
+    for page in ("docs/usage.md", "README.md"):
+        blocks = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
+        found.update({page: b for b in blocks if "import onnxruntime" in b})
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +48,18 @@ def fashion(tmp_path_factory):
     return out
 
 
-def test_onnx_in_onnxruntime_as_the_docs_show_gives_eager_classes(fashion, tmp_path, monkeypatch, capsys):
+def test_the_docs_show_an_onnx_snippet():
+    assert "docs/usage.md" in onnx_snippets()
+
+
+@pytest.mark.parametrize("page", sorted(onnx_snippets()))
+def test_onnx_in_onnxruntime_as_the_docs_show_gives_eager_classes(page, fashion, tmp_path, monkeypatch, capsys):
     proc = run_inprocess("mnist_mlp", "--export", str(fashion), "--to", str(tmp_path / "model.onnx"), config=None)
     assert "checked model.onnx against eager PyTorch on the first eval batch (32 rows) and at batch 1" in proc.stdout
     pixels = read_idx(FASHION / "t10k-images-idx3-ubyte.gz")[-64:, None]  # real uint8 images [64, 1, 28, 28]
     np.save(tmp_path / "images.npy", pixels)
     monkeypatch.chdir(tmp_path)
-    exec(compile(docs_snippet(), str(DOCS), "exec"), {})  # as written, in the folder holding the files it names
+    exec(compile(onnx_snippets()[page], page, "exec"), {})  # as written, in the folder holding the files it names
     names = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
     run_inprocess("mnist_mlp", "--export", str(fashion), "--to", str(tmp_path / "w.pt"), config=None)
     model, info = load_model(tmp_path / "w.pt", load_recipe("mnist_mlp").task)
