@@ -134,7 +134,8 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
         "  --evaluate RUN  evaluate a run directory (its best, else newest valid checkpoint) or a",
         "                  checkpoint on the eval split; the model config comes from the checkpoint",
         "  --export RUN    write its weights as a plain state_dict with inference metadata;",
-        "                  --to FILE (.safetensors or .pt) names the file; --overwrite replaces",
+        "                  --to FILE (.safetensors or .pt) names the file, or a program checked",
+        "                  against eager: .pt2 (torch.export) or .onnx; --overwrite replaces",
         "                  an existing one (without it an existing file is an error)",
         "  --weights W     with --evaluate/--export: ema or raw (default: ema when the run kept one)",
         "",
@@ -220,7 +221,7 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
 
 OVERWRITE = "--overwrite"  # with --export: replace an existing file (it takes no value)
 AFTER_TRAINING = {"--evaluate": "RUN_DIR_OR_CHECKPOINT", "--export": "RUN_DIR_OR_CHECKPOINT",
-                  "--to": "FILE (.safetensors or .pt)", "--weights": "ema|raw"}
+                  "--to": "FILE (.safetensors, .pt, .pt2 or .onnx)", "--weights": "ema|raw"}
 
 
 def after_training(flags: dict[str, str], dry_run: bool) -> dict:

@@ -93,7 +93,7 @@ def run(task, cli) -> dict:
         name = task.exported
         meta = describe(task, src, loaders, cli.recipe, which)
         if path.suffix in deployed.SUFFIXES:
-            dist.on_main(lambda: deploy_formats.export_program(task, src.cfg, loaders, weights[name], path, meta, rt.log))
+            dist.on_main(lambda: deploy_formats.export_program(task, cfg, loaders, weights[name], path, meta, rt.log))
         else:
             dist.on_main(lambda: write_export(path, weights[name], meta))
         rt.log(f"exported '{name}' ({which} weights) of {src.ckpt}, {src.why}, to {path}")
