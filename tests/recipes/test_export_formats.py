@@ -44,7 +44,7 @@ def fashion(tmp_path_factory):
     if not (FASHION / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip("apt-get install dataset-fashion-mnist")
     out = tmp_path_factory.mktemp("fashion") / "run"
-    run_inprocess("mnist_mlp", f"out_dir={out}", "data.name=fashion_mnist", f"data.root={FASHION}")
+    run_inprocess("mnist_mlp", f"out_dir={out}", "data.name=fashion_mnist", f"data.root={FASHION}", "train.max_steps=8")
     return out
 
 
