@@ -138,7 +138,8 @@ def help_text(cls, prog: str, default_file: Path | None) -> str:
         "  --evaluate RUN  evaluate a run directory (its best, else newest valid checkpoint) or a",
         "                  checkpoint on the eval split; the model config comes from the checkpoint",
         "  --export RUN    write its weights as a plain state_dict with inference metadata;",
-        "                  --to FILE (.safetensors or .pt) names the file; --overwrite replaces",
+        "                  --to FILE (.safetensors or .pt) names the file, or a program checked",
+        "                  against eager: .pt2 (torch.export) or .onnx; --overwrite replaces",
         "                  an existing one (without it an existing file is an error)",
         "  --predict RUN   classify image files with a run, a checkpoint or an --export file: --input",
         "                  an image, a directory tree of images or a text file of paths; one CSV row",
@@ -229,7 +230,7 @@ def parse_cli(cls, script: str, argv: list[str] | None = None) -> Cli:
 OVERWRITE = "--overwrite"  # with --export, --predict: replace an existing file (it takes no value)
 AFTER_TRAINING = {"--evaluate": "RUN_DIR_OR_CHECKPOINT", "--export": "RUN_DIR_OR_CHECKPOINT",
                   "--predict": "RUN_DIR_OR_CHECKPOINT_OR_EXPORT", "--input": "PATH (an image, a directory or a text "
-                  "file of paths)", "--top-k": "K (classes per image)", "--to": "FILE (--export: .safetensors or .pt; --predict: a CSV)",
+                  "file of paths)", "--top-k": "K (classes per image)", "--to": "FILE (--export: .safetensors, .pt, .pt2 or .onnx; --predict: a CSV)",
                   "--weights": "ema|raw"}
 PREDICT_ONLY = ("--input", "--top-k")
 

@@ -41,6 +41,14 @@ CALLS = {"build_data": ("cfg", "rt"), "build_models": ("cfg", "loaders"),
          "train_step": ("cfg", "batch", "state", "rt"), "evaluate": ("cfg", "state", "rt", "loader")}
 
 
+def _takes(fn, args) -> bool:
+    try:
+        inspect.signature(fn).bind(*args)
+    except (TypeError, ValueError):  # not callable, or another number of arguments
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Task:
     """What a recipe is to everything that runs it (docs/usage.md, "Writing a recipe"). Classifier(...)
@@ -54,6 +62,7 @@ class Task:
     ema: tuple[str, ...]  # the models with an EMA copy (train.ema_decay > 0), which evaluation uses
     exported: str  # the model --export writes and load_model builds
     metrics: dict[str, str] = dataclasses.field(default_factory=dict)  # "val/<name>" evaluate can log -> "max"|"min" (better); {} = not declared
+    inputs: Callable | None = None  # (cfg, batch) -> {name: tensor}: the exported model's inputs from an eval batch; None = {"images": batch[0]}
 
     def __post_init__(self):
         if not (isinstance(self.Config, type) and issubclass(self.Config, BaseConfig)
@@ -63,10 +72,10 @@ class Task:
             raise TypeError(f"Task.script must be the recipe's __file__, not {self.script!r}")
         for name, args in CALLS.items():
             fn = getattr(self, name)
-            try:
-                inspect.signature(fn).bind(*args)
-            except (TypeError, ValueError):  # not callable, or another number of arguments
-                raise TypeError(f"Task.{name} must be called as {name}({', '.join(args)}); got {fn!r}") from None
+            if not _takes(fn, args):
+                raise TypeError(f"Task.{name} must be called as {name}({', '.join(args)}); got {fn!r}")
+        if self.inputs is not None and not _takes(self.inputs, ("cfg", "batch")):
+            raise TypeError(f"Task.inputs must be called as inputs(cfg, batch); got {self.inputs!r}")
         if not (isinstance(self.ema, tuple) and all(isinstance(n, str) for n in self.ema)
                 and isinstance(self.exported, str)):
             raise TypeError(f"Task.ema must be a tuple of model names and Task.exported one name, not "

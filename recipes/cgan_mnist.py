@@ -65,7 +65,7 @@ class Generator(nn.Module):
 
     def forward(self, z, y):
         h = torch.cat([self.z(z), self.y(F.one_hot(y, self.num_classes).to(z.dtype))], 1)
-        return self.joint(h).view(len(z), *self.shape)
+        return self.joint(h).view(z.shape[0], *self.shape)  # not len(z): it would fix the exported batch size
 
 
 class Discriminator(nn.Module):
@@ -121,7 +121,8 @@ def evaluate(cfg, state, rt, loader, judge) -> dict:
                               real_labels=True), "class_rows": grid}
 
 
-task = gan.GanTask(Config, build_models, __file__, train_step=train_step, evaluate=evaluate)
+task = gan.GanTask(Config, build_models, __file__, train_step=train_step, evaluate=evaluate,
+                   inputs=gan.noise_inputs("uniform01", labels=True))  # --export: G(z, real labels)
 
 
 if __name__ == "__main__":

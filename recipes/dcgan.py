@@ -74,7 +74,7 @@ class Generator(nn.Module):
         gan.init_dcgan(self)
 
     def forward(self, z):
-        return self.net(self.project(z).view(len(z), self.c, 4, 4))
+        return self.net(self.project(z).view(z.shape[0], self.c, 4, 4))  # not len(z): it would fix the exported batch size
 
 
 def build_discriminator(m: ModelConfig, channels: int) -> nn.Module:

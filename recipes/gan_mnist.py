@@ -52,7 +52,7 @@ class Generator(nn.Module):
         self.shape = tuple(shape)
 
     def forward(self, z):
-        return self.net(z).view(len(z), *self.shape)
+        return self.net(z).view(z.shape[0], *self.shape)  # not len(z): it would fix the exported batch size
 
 
 def build_discriminator(m: ModelConfig, shape) -> nn.Module:

@@ -164,8 +164,13 @@ def evaluate(cfg, state, rt, loader, judge) -> dict:
     return out
 
 
+def inputs(cfg, batch) -> dict:
+    """G's input for --export: the A images of held-out pairs."""
+    return {"images": batch[0].chunk(2, dim=1)[0]}
+
+
 task = gan.GanTask(Config, build_models, __file__, train_step=train_step, evaluate=evaluate,
-                   build_data=build_data, metrics={"val/l1": "min", "val/psnr": "max"})
+                   build_data=build_data, metrics={"val/l1": "min", "val/psnr": "max"}, inputs=inputs)
 
 
 if __name__ == "__main__":

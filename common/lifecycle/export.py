@@ -6,6 +6,7 @@ the recipe, the resolved config (model section included), the input the model wa
 (shape, normalisation, padding or resize/crop), the class count and names where known, the step,
 the checkpoint and which weights (EMA or raw). `.safetensors` (default) keeps the metadata as JSON
 under the "dtrain" key of the header; `.pt` is `{"state_dict", "meta"}` for torch.load(weights_only=True).
+`.pt2` and `.onnx` are programs checked against eager, with the metadata beside them (deploy_formats.py).
 
 Loading it back (README, "After training"): `load_model(path)` -> (model in eval mode, Exported), the model
 built by the recipe the file names (from recipes/ beside this package, or the `task` given), with
@@ -26,6 +27,7 @@ from common import dist
 from common.config import ConfigError, UserError, from_dict, to_dict
 from common.formats.checkpoint import MANIFEST
 from common.formats.export import FORMAT, SUFFIXES, read_export, write_export
+from common.lifecycle import deploy_formats, deployed
 from common.lifecycle.inputs import check_file
 from common.lifecycle.preprocess import Preprocess
 from common.lifecycle.source import build_data, open_source
@@ -77,8 +79,11 @@ def default_path(src, recipe: str, which: str) -> Path:
 def run(task, cli) -> dict:
     """The --export command (every rank takes part; rank 0 writes)."""
     to = cli.to
-    if to is not None and to.suffix not in SUFFIXES:
-        raise ConfigError(f"--to {to}: the file must end in .safetensors (default) or .pt; e.g. --to {to.with_suffix('.safetensors')}")
+    if to is not None and to.suffix not in SUFFIXES + deployed.SUFFIXES:
+        raise ConfigError(f"--to {to}: the file must end in .safetensors (default), .pt, .pt2 (torch.export) or "
+                          f".onnx; e.g. --to {to.with_suffix('.safetensors')}")
+    if to is not None:
+        deploy_formats.require(to)
     src = open_source(cli)
     cfg = src.cfg
     if hasattr(cfg, "eval") and hasattr(cfg.eval, "classifier"):
@@ -92,7 +97,10 @@ def run(task, cli) -> dict:
         loaders = build_data(task, src, rt)
         name = task.exported
         meta = describe(task, src, loaders, cli.recipe, which)
-        dist.on_main(lambda: write_export(path, weights[name], meta))
+        if path.suffix in deployed.SUFFIXES:
+            dist.on_main(lambda: deploy_formats.export_program(task, cfg, loaders, weights[name], path, meta, rt.log))
+        else:
+            dist.on_main(lambda: write_export(path, weights[name], meta))
         rt.log(f"exported '{name}' ({which} weights) of {src.ckpt}, {src.why}, to {path}")
     return {}
 

@@ -1,7 +1,7 @@
 """`--predict RUN_DIR|CHECKPOINT|EXPORT --input PATH [--top-k 5] [--to FILE] [--weights ema|raw]`: classify images.
 
 The model comes from a run directory or checkpoint (the weights --evaluate takes; its data config is read, as
---evaluate reads it) or from an --export file (nothing else needed): open_model is the one place it is opened.
+--evaluate reads it) or from an --export file: weights, or a .pt2/.onnx program run as exported (nothing else needed): open_model is the one place it is opened.
 Each image goes through the run's evaluation transform (common/lifecycle/preprocess.py) and the forward pass
 evaluation uses (common/metrics/classify.py classify: autocast, train.tta_flip), in batches of
 train.eval_batch_size on rt.device. Under torchrun the files are sharded over the ranks and gathered; rank 0
@@ -20,6 +20,7 @@ from common.config import UserError
 from common.data.gpu_decode import require_cuda
 from common.data.sampling import eval_shard
 from common.formats.export import is_export, read_export
+from common.lifecycle import deployed
 from common.lifecycle.export import describe, load_model
 from common.lifecycle.inputs import check_file, default_csv, list_inputs, write_csv
 from common.lifecycle.preprocess import Preprocess
@@ -36,8 +37,9 @@ def open_model(task, cli):
     """(config for the runtime, where the CSV goes by default, open(rt) -> (model on rt.device, export metadata,
     what it is in words)) for cli.source: an --export file, or a run directory / checkpoint."""
     path, flag = cli.source, "--predict"
-    if is_export(path):
-        meta = read_export(path)[1]
+    program = path.suffix in deployed.SUFFIXES  # .pt2/.onnx: run as exported, the metadata beside it
+    if program or is_export(path):
+        meta = deployed.read_sidecar(path) if program else read_export(path)[1]
         if meta["recipe"] != cli.recipe:
             raise UserError(f"{flag} {path}: the file holds a '{meta['recipe']}' model; run "
                             f"recipes/{meta['recipe']}.py {flag} {path}")
@@ -45,10 +47,13 @@ def open_model(task, cli):
             raise UserError(f"--weights {cli.weights}: {path} holds one set of weights (its {meta['weights']} "
                             "weights); drop --weights, or export the others")
         cfg, _ = checkpoint_config(cli, meta["config"], flag)
+        what = f"{path} ({meta['weights']} weights, step {meta['step']})"
 
         def load(rt):
+            if program:
+                return deployed.program(path, rt.device), meta, what
             model, info = load_model(path, task)
-            return rt.place(model).eval(), info.meta, f"{path} ({meta['weights']} weights, step {meta['step']})"
+            return rt.place(model).eval(), info.meta, what
         return cfg, path.parent, load
     src = open_source(cli)
 

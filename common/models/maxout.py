@@ -12,4 +12,4 @@ class Maxout(nn.Module):
         self.linear, self.units, self.pieces = nn.Linear(d_in, units * pieces), units, pieces
 
     def forward(self, x):
-        return self.linear(x).view(len(x), self.units, self.pieces).amax(-1)
+        return self.linear(x).view(x.shape[0], self.units, self.pieces).amax(-1)  # not len(x): it would fix the exported batch size

@@ -52,12 +52,13 @@ METRICS = {"val/fd": "min", "val/label_acc": "max"}  # quality()'s (label_acc fo
 
 
 def GanTask(Config: type, build_models, script: str, *, train_step, evaluate=None, build_data=None,
-            metrics=METRICS) -> Task:
+            metrics=METRICS, inputs=None) -> Task:
     """A GAN recipe's Task: models G and D from build_models(cfg, loaders) -> {"G", "D"}, one optimizer
     each, an EMA of G (exported). The recipe gives its train_step(cfg, batch, state, rt) (D step, then the
     frozen-D G step) and, where they differ from an unconditional GAN's, evaluate(cfg, state, rt, loader,
     judge) (judge: the FD classifier of eval.classifier, or None) and build_data(cfg, rt) (a GAN's
-    checkpoint saves no classes or stats, so `saved` is empty), and the metrics that evaluate logs."""
+    checkpoint saves no classes or stats, so `saved` is empty), the metrics that evaluate logs, and
+    G's inputs for --export (default: evaluation's noise ~ U(-1, 1) of model.z_dim, noise_inputs)."""
     evaluate, build_data = evaluate or evaluate_from_noise, build_data or images_for_fd
     judge = None  # this run's, loaded with its data
 
@@ -72,7 +73,17 @@ def GanTask(Config: type, build_models, script: str, *, train_step, evaluate=Non
         return evaluate(cfg, state, rt, loader, judge)
 
     return Task(Config, script, data, within_memory(build_models), train_step, judged, ema=("G",), exported="G",
-                metrics=metrics)
+                metrics=metrics, inputs=inputs or noise_inputs("uniform"))
+
+
+def noise_inputs(kind: str, labels: bool = False):
+    """Task.inputs of a generator of noise (and of labels: the eval batch's real ones): evaluation's
+    fixed noise bank, one vector per row of the eval batch."""
+    def inputs(cfg, batch) -> dict:
+        real, y = batch
+        z = {"z": noise_bank(len(real), (cfg.model.z_dim,), kind, cfg.seed, "cpu")}
+        return {**z, "labels": y} if labels else z
+    return inputs
 
 
 def images_for_fd(cfg, rt):

@@ -22,6 +22,8 @@ import torch
 from common.config import UserError
 from common.engines.fsdp import read_full_weights
 from common.formats.checkpoint import load_file
+from common.lifecycle import deployed
+from support.inprocess import run_inprocess
 from support.runs import ROOT, free_port, recipe_command, run_recipe
 from support.outputs import final_weights, metrics
 
@@ -197,3 +199,15 @@ def test_gan_on_fsdp_equals_ddp(tmp_path):
 def test_read_full_weights_names_a_checkpoint_of_another_engine(runs):
     with pytest.raises(UserError, match="not written by engine=fsdp"):
         read_full_weights(ckpt(runs["ddp"], STEPS))
+
+
+def test_an_fsdp_checkpoint_exports_to_pt2(runs, tmp_path):
+    """The sharded checkpoint, gathered on one process, as a torch.export program that passed its check
+    against eager and holds exactly the checkpoint's weights."""
+    to = tmp_path / "m.pt2"
+    run_inprocess("mnist_mlp", "--export", str(runs["fsdp"]), "--to", str(to), "--weights", "raw", config=None)
+    forward, meta = deployed.load(to)
+    assert meta["check"]["max_abs_diff"] <= meta["check"]["tolerance"] and meta["weights"] == "raw"
+    program = torch.export.load(str(to)).module().state_dict()
+    gathered = read_full_weights(ckpt(runs["fsdp"], meta["step"]))["net"]
+    assert program.keys() == gathered.keys() and all(torch.equal(program[k], gathered[k]) for k in program)

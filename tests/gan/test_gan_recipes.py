@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from common.config import flatten
+from common.lifecycle import deployed
 from support.runs import ROOT, assert_finished, recipe_command, run_recipe
 from support.images import image_tree
 from support.inprocess import run_inprocess
@@ -57,6 +58,13 @@ def test_debug_config_trains_under_python(recipe, judge_dir, tmp_path):
     assert val[-1]["fd"] > 0
     if recipe == "cgan_mnist":  # the judge must recognise real images, or label_acc means nothing
         assert val[-1]["real_label_acc"] > 90, val[-1]
+        # G(z, labels) as ONNX, checked in onnxruntime on the eval batch's labels; the labels steer it.
+        run_inprocess(recipe, "--export", str(out), "--to", str(tmp_path / "g.onnx"), config=None)
+        forward, meta = deployed.load(tmp_path / "g.onnx")
+        assert [(i["name"], i["dtype"]) for i in meta["inputs"]] == [("z", "float32"), ("labels", "int64")]
+        z = torch.rand(2, meta["config"]["model"]["z_dim"]).repeat(2, 1)
+        images = forward(z, torch.tensor([0, 1, 2, 3]))
+        assert images.shape == (4, 1, 28, 28) and not torch.equal(images[:2], images[2:])
     if recipe == "pix2pix":
         assert 0 < val[-1]["l1"] < 1 and val[-1]["psnr"] > 0
         assert train[-1]["l1"] < train[0]["l1"], [r["l1"] for r in train]

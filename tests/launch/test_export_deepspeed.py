@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from common.formats.export import read_export
+from common.lifecycle import deployed
+from support.inprocess import run_inprocess
 from support.outputs import metrics
 from support.launchutil import deepspeed_weights, launch
 
@@ -25,6 +27,11 @@ def test_deepspeed_run_exports_and_evaluates(zero, tmp_path):
     gathered = deepspeed_weights(out, best)
     assert weights.keys() == gathered.keys() and all(torch.equal(weights[k], gathered[k]) for k in weights)
     assert meta["weights"] == "raw" and meta["step"] == best  # no EMA in this run: the trained weights
+    if zero == "zero3":  # the default run exports an FSDP checkpoint to .pt2 (tests/dist/test_fsdp.py)
+        run_inprocess("mnist_mlp", "--export", str(out), "--to", str(tmp_path / "m.pt2"), config=None)
+        program = torch.export.load(str(tmp_path / "m.pt2")).module().state_dict()
+        assert program.keys() == gathered.keys() and all(torch.equal(program[k], gathered[k]) for k in program)
+        assert deployed.read_sidecar(tmp_path / "m.pt2")["check"]["max_abs_diff"] <= 1e-4
     proc = launch("torchrun", "mnist_mlp", None, "--evaluate", str(out), nproc=2)
     assert "raw weights" in proc.stdout
     val = next(m for m in metrics(out) if m["split"] == "val" and m["step"] == best)

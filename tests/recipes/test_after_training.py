@@ -13,6 +13,8 @@ import torch
 from common.entry import run
 from common.fields import APPLIED, roles
 from common.formats.export import read_export
+from common.lifecycle import deployed
+from common.lifecycle.export import load_model
 from support.inprocess import run_inprocess
 from support.runs import load_recipe, run_recipe
 from support.outputs import final_weights, metrics
@@ -128,8 +130,8 @@ def test_errors_name_the_flag_or_key_and_the_fix(trained, tmp_path, capsys):
     assert f"--evaluate {tmp_path}: no valid checkpoint there; give a run directory" in err
     err = _fails(capsys, "mnist_cnn", "--export", str(trained))
     assert "written by recipe 'mnist_mlp'; run recipes/mnist_mlp.py --export" in err
-    err = _fails(capsys, "mnist_mlp", "--export", str(trained), "--to", str(tmp_path / "w.onnx"))
-    assert "--to" in err and "must end in .safetensors (default) or .pt" in err
+    err = _fails(capsys, "mnist_mlp", "--export", str(trained), "--to", str(tmp_path / "w.h5"))
+    assert "--to" in err and "must end in .safetensors (default), .pt, .pt2 (torch.export) or .onnx" in err
     err = _fails(capsys, "mnist_mlp", "--weights", "raw")
     assert "--weights goes with --export or --evaluate" in err
     err = _fails(capsys, "mnist_mlp", "--evaluate", str(trained), "--weights", "best")
@@ -170,3 +172,26 @@ def test_export_replaces_an_existing_file_only_with_overwrite(trained, tmp_path,
     mod = load_recipe("mnist_mlp")
     run(mod.task, mod.task.script, ["--export", str(trained), "--to", str(to), "--overwrite", "device=cpu"])
     assert read_export(to)[1]["step"] == STEPS
+
+
+def test_export_to_pt2_and_onnx_is_checked_and_loads_at_any_batch(trained, tmp_path):
+    """Both programs from the DDP run: checked against eager before success, the sidecar beside each,
+    and deployed.load's forward equal to the eager model at a batch size neither used."""
+    run_inprocess("mnist_mlp", "--export", str(trained), "--to", str(tmp_path / "w.pt"), config=None)
+    eager, info = load_model(tmp_path / "w.pt", load_recipe("mnist_mlp").task)
+    x = info.preprocess(torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+    for suffix in ("pt2", "onnx"):
+        out = run_inprocess("mnist_mlp", "--export", str(trained), "--to", str(tmp_path / f"m.{suffix}"), config=None).stdout
+        forward, meta = deployed.load(tmp_path / f"m.{suffix}")
+        check = meta["check"]
+        assert f"checked m.{suffix} against eager PyTorch on the first eval batch (32 rows) and at batch 1: max abs " \
+               f"diff {check['max_abs_diff']:.2e}, tolerance {check['tolerance']:.1e}" in out
+        assert check["max_abs_diff"] <= check["tolerance"] == pytest.approx(1e-4 * max(1, check["max_abs_output"]))
+        assert check["batch_sizes"] == [32, 1] and meta["dynamic_batch"] is True
+        assert meta["inputs"] == [{"name": "images", "dtype": "float32", "shape": ["batch", 1, 28, 28]}]
+        assert {k: meta[k] for k in info.meta} == info.meta  # describe()'s metadata, as in the .pt export
+        assert meta["weights"] == "ema" and meta["step"] == STEPS and meta["recipe"] == "mnist_mlp"
+        assert meta["opset"] >= 18 if suffix == "onnx" else meta["opset"] is None
+        with torch.no_grad():
+            assert (forward(x) - eager(x)).abs().max().item() <= check["tolerance"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json", "m.pt2", "m.pt2.json", "w.pt"]

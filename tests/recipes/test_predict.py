@@ -81,6 +81,12 @@ def test_two_processes_write_the_one_process_csv_with_unreadable_files_as_rows(r
     assert [r[0] for r in one[-2:]] == [str(tmp_path / "broken.png"), str(tmp_path / "missing.jpg")]
     assert "cannot read image" in one[-2][-1] and "not an image" not in one[-2][-1] and one[-2][1] == ""
     assert "cannot read image" in one[-1][-1] and "No such file" in one[-1][-1]
+    # A torch.export program (--export --to .pt2) predicts as the weights do, with only its sidecar JSON.
+    run_inprocess("mnist_cnn", "--export", str(run), "--to", str(tmp_path / "m.pt2"), config=None)
+    predict(tmp_path / "m.pt2", "--input", listed, "--to", tmp_path / "pt2.csv")
+    pt2 = rows(tmp_path / "pt2.csv")
+    assert [[r[0], r[1], r[3], r[5], r[-1]] for r in pt2] == [[r[0], r[1], r[3], r[5], r[-1]] for r in one]
+    assert all(abs(float(a) - float(b)) <= 2e-6 for r, q in zip(pt2[1:10], one[1:10]) for a, b in zip(r[2:7:2], q[2:7:2]))
     # None readable: the CSV says why for each, and the command is exit 2 in one line.
     listed.write_text("broken.png\nmissing.jpg\n")
     p = predict(run, "--input", listed, "--to", tmp_path / "none.csv", check=False)

@@ -21,7 +21,7 @@ SCRIPT = str(ROOT / "recipes" / "mnist_mlp.py")
 @pytest.mark.parametrize("argv, message", [
     (["--evaluate", "r", "--export", "r"], "--evaluate and --export are two commands"),
     (["--evaluate"], "--evaluate needs one value: --evaluate RUN_DIR_OR_CHECKPOINT"),
-    (["--export", "r", "--to"], "--to needs one value: --to FILE (--export: .safetensors or .pt; --predict: a CSV)"),
+    (["--export", "r", "--to"], "--to needs one value: --to FILE (--export: .safetensors, .pt, .pt2 or .onnx; --predict: a CSV)"),
     (["--evaluate", "r", "--dry-run"], "--dry-run is for training; --evaluate reads the checkpoint's config"),
     (["--evaluate", "r", "--to", "w.pt"], "--to is about the file --export or --predict writes"),
     (["--evaluate", "r", "--overwrite"], "--overwrite is about the file --export or --predict writes"),

@@ -13,7 +13,8 @@ from support.runs import ROOT, load_recipe
 
 RECIPES = sorted(p for p in (ROOT / "recipes").glob("*.py"))
 MEMBERS = [f.name for f in dataclasses.fields(Task)]
-REQUIRED = [f.name for f in dataclasses.fields(Task) if f.default_factory is dataclasses.MISSING]
+REQUIRED = [f.name for f in dataclasses.fields(Task)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
 # What the design keeps out of recipes: process groups, engine wrappers, loss scaling, rank
 # branches, argument parsing, the environment, engine switches.
 PLUMBING = r"init_process_group|DistributedDataParallel|DDP\(|GradScaler|rank\s*==\s*0|argparse|os\.environ|engine\s*==|cfg\.engine"
@@ -36,7 +37,7 @@ def members(task) -> dict:
 def test_every_member_is_required():
     good = members(load_recipe("mnist_mlp").task)
     Task(**good)  # the control: all of them fit
-    assert set(MEMBERS) - set(REQUIRED) == {"metrics"}  # optional: {} declares no metrics
+    assert set(MEMBERS) - set(REQUIRED) == {"metrics", "inputs"}  # optional: {} declares no metrics; None: the images
     for name in REQUIRED:
         with pytest.raises(TypeError, match=name):
             Task(**{k: v for k, v in good.items() if k != name})
@@ -73,6 +74,13 @@ def test_a_step_without_its_config_and_an_evaluate_that_wants_a_judge_are_refuse
         dataclasses.replace(task, train_step=lambda batch, state, rt: {})
     with pytest.raises(TypeError, match="Task.evaluate"):
         dataclasses.replace(task, evaluate=lambda cfg, state, rt, loader, judge: {})
+
+
+def test_inputs_for_export_are_made_from_cfg_and_a_batch():
+    task = load_recipe("cgan_mnist").task
+    dataclasses.replace(task, inputs=takes(2))  # the control
+    with pytest.raises(TypeError, match=r"Task.inputs must be called as inputs\(cfg, batch\)"):
+        dataclasses.replace(task, inputs=lambda batch: {})
 
 
 def test_a_config_that_is_not_a_recipe_schema_is_refused():
