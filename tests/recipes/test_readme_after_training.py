@@ -2,7 +2,8 @@
 snippet, from a fresh directory holding only a link to recipes/ and a folder my_photos/ of the user's own
 JPEGs (real Fashion-MNIST test images, enlarged, in colour) (the docs cannot drift from the code).
 
-The snippet's class for a JPEG is --predict's for that file. The exported file, loaded through the same
+The snippet's class for a JPEG, from the exported weights and from the ONNX file in onnxruntime, is --predict's
+for that file. The exported file, loaded through the same
 public API without a task, gives the --evaluate figures on the run's test split: the accuracy exactly, the
 loss to float precision (evaluated here in batches of 1000, --evaluate in its own)."""
 import csv
@@ -57,11 +58,12 @@ def test_readme_after_training_runs_as_written(tmp_path):
     with open(run / "predictions" / "my_photos.csv", newline="") as f:
         predicted = {row["path"]: row for row in csv.DictReader(f)}
     assert sorted(predicted) == [f"my_photos/{name}" for name in sorted(PHOTOS)] and "3 classified" in outputs[2]
-    assert "re-initialised (shape differs; this run's fresh init is kept): " in outputs[4]
+    assert "checked mnist_cnn.onnx against eager PyTorch on the first eval batch" in outputs[4]
+    assert "re-initialised (shape differs; this run's fresh init is kept): " in outputs[5]
     snippet = subprocess.run([sys.executable, "-c", blocks["python"]], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=600)
     assert snippet.returncode == 0, snippet.stderr[-3000:]
-    assert snippet.stdout == predicted["my_photos/boot.jpg"]["class_1"] + "\n", (snippet.stdout, predicted)
+    assert snippet.stdout == 2 * (predicted["my_photos/boot.jpg"]["class_1"] + "\n"), (snippet.stdout, predicted)
     model, info = load_model(run / "mnist_cnn.safetensors")
     images, labels = load_split(info.config.data, "test")  # uint8 [10000, 1, 28, 28], the run's test split
     with torch.no_grad():
