@@ -19,16 +19,24 @@ def ends(out):
 
 
 def test_a_run_that_stops_improving_stops_early_with_a_checkpoint_and_a_rerun_says_complete(tmp_path):
-    # Evaluations at 4 (the best), 8 and 12 (no improvement: the second one stops the run at step 12).
+    # 8 steps: evaluations at 4 (the best) and 8 (no improvement), finished. Resumed for 64 steps, the count
+    # continues: the evaluation at 12 is the second without improvement and stops the run there (a count
+    # started over would take the best at 12 and stop at 20).
+    first = run_inprocess("mnist_mlp", f"out_dir={tmp_path}", *FROZEN, *STOP, "train.max_steps=8")
+    assert [(r["status"], r["step"], r["reason"]) for r in ends(tmp_path)] == [("finished", 8, "trained all 8 steps")]
+    assert "finished: step 8 of 8" in first.stdout
+    best = [r["acc1"] for r in metrics(tmp_path) if r["split"] == "val"][0]
     proc = run_inprocess("mnist_mlp", f"out_dir={tmp_path}", *FROZEN, *STOP)
-    assert proc.returncode == 0
-    reason = "val/acc1 did not improve by more than 0 for 2 evaluations (train.early_stop_patience=2; best "
+    assert (f"early stopping on val/acc1: best {best:.6g}, 1 evaluation(s) without improvement; the run stops at "
+            "train.early_stop_patience=2") in proc.stdout, proc.stdout
+    reason = f"val/acc1 did not improve by more than 0 for 2 evaluations (train.early_stop_patience=2; best {best:.6g})"
     assert f"run mnist_mlp stopped early at step 12 of 64: {reason}" in proc.stdout, proc.stdout
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows if r["split"] == "val"] == [4, 8, 12]
+    assert [r["split"] for r in rows].count("end") == 1  # the finished part's row went with the resume
     assert rows[-1]["split"] == "end" and rows[-1]["status"] == "stopped_early" and rows[-1]["step"] == 12
-    assert rows[-1]["reason"].startswith(reason) and rows[-1]["epoch"] == 1  # 256 / 32 = 8 steps an epoch
-    sd = load_file(tmp_path / "checkpoints" / "step_00000012")  # written at the stop, not a cadence's
+    assert rows[-1]["reason"] == reason and rows[-1]["epoch"] == 1  # 256 / 32 = 8 steps an epoch
+    sd = load_file(tmp_path / "checkpoints" / "step_00000012")
     assert sd["early_stop"]["stopped_step"] == 12 and sd["early_stop"]["bad"] == 2
     assert (tmp_path / "checkpoints" / "best.json").read_text().startswith('{"name": "step_00000004"')
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
@@ -40,20 +48,6 @@ def test_a_run_that_stops_improving_stops_early_with_a_checkpoint_and_a_rerun_sa
     assert ("changed since the checkpoint, not applied, the run stopped early at step 12: "
             "train.early_stop_patience 2 -> 5") in again.stdout
     assert (tmp_path / "metrics.jsonl").read_bytes() == before  # nothing trained, nothing logged
-
-
-def test_a_resumed_run_continues_the_patience_count(tmp_path):
-    # 8 steps: the best at 4, one evaluation without improvement at 8. Resumed for 64: one more stops it at 12
-    # (a count started over would take the best at 12 and stop at 20).
-    first = run_inprocess("mnist_mlp", f"out_dir={tmp_path}", *FROZEN, *STOP, "train.max_steps=8")
-    assert ends(tmp_path) == [{**ends(tmp_path)[0], "status": "finished", "step": 8, "reason": "trained all 8 steps"}]
-    assert "finished: step 8 of 8" in first.stdout
-    best = [r["acc1"] for r in metrics(tmp_path) if r["split"] == "val"][0]
-    proc = run_inprocess("mnist_mlp", f"out_dir={tmp_path}", *FROZEN, *STOP)
-    assert (f"early stopping on val/acc1: best {best:.6g}, 1 evaluation(s) without improvement; the run stops at "
-            "train.early_stop_patience=2") in proc.stdout, proc.stdout
-    assert "stopped early at step 12 of 64" in proc.stdout
-    assert [(r["status"], r["step"]) for r in ends(tmp_path)] == [("stopped_early", 12)]  # the finished row is gone
 
 
 def test_a_metric_the_recipe_does_not_log_is_refused_before_anything_starts(tmp_path):
