@@ -137,9 +137,11 @@ def start(cfg, state, rt, loaders, recipe: str, watch: Watch):
     if state.step and (state.step >= total or watch.stopped):  # resume=auto found the last step's checkpoint
         rows = read_metrics(out) if rt.is_main else []
         at = f"step {state.step} of {total}" if state.step == total else f"step {state.step}, past this config's {total} steps"
-        at = f"stopped early at step {state.step}: {state.early_stop['reason']}" if watch.stopped else at
-        rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: {at}; "
-                                               "nothing to train (a new out_dir, or resume=none overwrite=true, starts over)"))
+        again = "a new out_dir, or resume=none overwrite=true, starts over"
+        if watch.stopped:  # whatever the settings now: its count decided it is done
+            at = f"stopped early at step {state.step}: {state.early_stop['reason']}"
+            again = f"a new out_dir with init_from={out} trains on from its weights; resume=none overwrite=true starts over"
+        rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: {at}; nothing to train ({again})"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
     rundir.record_config(out, cfg, state.step)  # only now: a refused resume leaves the old config.yaml as it was
     rt.log(report.banner(cfg, state, rt, recipe, total, loaders))

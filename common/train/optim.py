@@ -78,6 +78,14 @@ def lr_factor(o, step: int, total: int) -> float:
     raise ValueError(f"unknown schedule {o.schedule}")
 
 
+def improved(value, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """A finite value better than `best` ("max" or "min" is better) by more than min_delta; any finite value
+    beats no best. What the plateau schedule and early stopping (common/train/stopping.py) count."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return best is None or (value > best + min_delta if mode == "max" else value < best - min_delta)
+
+
 class Plateau(LambdaLR):
     """optim.schedule=plateau: LR = optim.lr x warm-up factor x scale. observe() takes each evaluation's
     metric: after more than optim.plateau_patience evaluations in a row without a strictly better value,
@@ -90,13 +98,10 @@ class Plateau(LambdaLR):
         self.progress = {"scale": 1.0, "best": None, "bad": 0, "reductions": 0}
         super().__init__(optimizer, lambda step: lr_factor(o, step, total_steps) * self.progress["scale"])
 
-    def state_dict(self) -> dict:
-        return super().state_dict()
-
     def observe(self, value: float, mode: str) -> None:
         """One evaluation's metric (the same on every rank); mode: "max" or "min" is better."""
         p = self.progress
-        if math.isfinite(value) and (p["best"] is None or (value > p["best"] if mode == "max" else value < p["best"])):
+        if improved(value, p["best"], mode):
             p["best"], p["bad"] = value, 0
             return
         p["bad"] += 1

@@ -10,11 +10,9 @@ The patience count (TrainState.early_stop) is saved in every checkpoint and cont
 """
 from __future__ import annotations
 
-import math
-
 from common import dist
 from common.config import ConfigError, UserError
-from common.train.optim import Plateau
+from common.train.optim import Plateau, improved
 
 OFF = ("", "none", "null")
 
@@ -46,13 +44,6 @@ def watched(cfg, metrics: dict[str, str]) -> tuple[tuple[str, str] | None, tuple
         raise ConfigError("optim.schedule=plateau lowers the LR when an eval metric stalls, and none is set: set "
                           "train.early_stop_metric or ckpt.best_metric (e.g. val/loss)")
     return stop, (best, direction("ckpt.best_metric", best, metrics))
-
-
-def improved(value, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    """A finite value better than `best` by more than min_delta (any finite value beats no best)."""
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return False
-    return best is None or (value > best + min_delta if mode == "max" else value < best - min_delta)
 
 
 class Watch:
