@@ -73,6 +73,9 @@ class TrainConfig:
     max_nonfinite_steps: int = ranged(5, ge=1)  # stop when train_step returns NaN/inf this many optimizer steps in a row
     profile_steps: int = ranged(0, ge=0)  # torch.profiler traces of this many steps into out_dir/profile/; 0 = off
     profile_start: int = ranged(10, ge=0)  # the first optimizer step recorded (0-based; the first steps are warm-up)
+    early_stop_metric: str | None = None  # stop when this eval metric (e.g. val/acc1) stops improving (docs/usage.md); none = off
+    early_stop_patience: int = ranged(5, ge=1, read_when="train.early_stop_metric=val/loss")  # early stopping: evaluations in a row without improvement before the run stops
+    early_stop_min_delta: float = ranged(0.0, ge=0, read_when="train.early_stop_metric=val/loss")  # early stopping: an improvement is a change of more than this, the better way
 
 
 @dataclass
@@ -84,13 +87,15 @@ class OptimConfig:
     betas: list[float] = ranged(factory=lambda: [0.9, 0.999], length=2, ge=0, lt=1, read_when="optim.name=adam")  # Adam, AdamW, LAMB and Lion betas
     weight_decay: float = ranged(0.0, ge=0)  # decoupled for AdamW, LAMB and Lion, L2 for SGD and LARS
     decay_norm_and_bias: bool = False  # also apply weight decay to norm layers and biases
-    schedule: Literal["constant", "cosine", "step", "onecycle", "poly", "cosine_restarts"] = "cosine"  # LR schedule, stepped per optimizer step
+    schedule: Literal["constant", "cosine", "step", "onecycle", "poly", "cosine_restarts", "plateau"] = "cosine"  # LR schedule, stepped per optimizer step (plateau: lowered at evaluations)
     warmup_steps: int = ranged(0, ge=0)  # linear warmup from 0 to lr (every schedule but onecycle)
     step_milestones: list[float] = ranged(factory=lambda: [0.5, 0.75], ge=0, le=1, read_when="optim.schedule=step")  # step schedule: fractions of training
     step_gamma: float = ranged(0.1, gt=0, read_when="optim.schedule=step")  # step schedule: LR factor at each milestone
-    min_lr_ratio: float = ranged(0.0, ge=0, le=1, read_when="optim.schedule=cosine")  # cosine, cosine_restarts, poly: final lr as a fraction of lr
+    min_lr_ratio: float = ranged(0.0, ge=0, le=1, read_when="optim.schedule=cosine")  # cosine, cosine_restarts, poly: final lr as a fraction of lr (plateau: the lowest)
     power: float = ranged(1.0, gt=0, read_when="optim.schedule=poly")  # poly: lr falls as (1 - progress) ** power
     cycles: int = ranged(2, ge=1, read_when="optim.schedule=cosine_restarts")  # cosine_restarts: equal cosine cycles after warmup, each from lr
+    plateau_factor: float = ranged(0.1, gt=0, lt=1, read_when="optim.schedule=plateau")  # plateau: the LR is multiplied by this when the eval metric stalls
+    plateau_patience: int = ranged(2, ge=0, read_when="optim.schedule=plateau")  # plateau: evaluations without improvement tolerated; the LR drops at the next
 
 
 @dataclass

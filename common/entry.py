@@ -35,6 +35,7 @@ from common.train.loop import fit, total_steps
 from common.train.preempt import EXIT_INTERRUPTED
 from common.train.runtime import runtime
 from common.train.state import TrainState, build_state
+from common.train.stopping import watched
 
 # The callable members and the positional arguments each is called with.
 CALLS = {"build_data": ("cfg", "rt"), "build_models": ("cfg", "loaders"),
@@ -122,6 +123,7 @@ def run(task: Task, script: str, argv=None):
         cli = parse_cli(task.Config, script, argv)
         if cli.action != "train":
             return {"evaluate": evaluate.run, "export": export.run, "predict": predict.run}[cli.action](task, cli)
+        watched(cli.cfg, task.metrics)  # early stopping's and the plateau schedule's metric: before anything starts
         with runtime(cli.cfg) as rt:
             reps = getattr(cli.cfg.data, "ra_reps", 1)  # the classifiers' repeated augmentation; 1 where a recipe has none
             check_batch(cli.cfg.train.batch_size, rt.world_size, cli.cfg.train.grad_accum, reps)
@@ -132,7 +134,7 @@ def run(task: Task, script: str, argv=None):
             for warning in checks.warnings(cli.cfg, total_steps(cli.cfg, loaders.train), loaders.train.plan.n):
                 rt.log(f"warning: {warning}")
             state = task.build_state(cli.cfg, rt, loaders)
-            return fit(cli.cfg, state, rt, loaders, task.train_step, task.evaluate, cli.recipe)
+            return fit(cli.cfg, state, rt, loaders, task.train_step, task.evaluate, cli.recipe, task.metrics)
     except UserError as e:
         prefix = "config error" if isinstance(e, ValueError) else "error"  # ConfigError is a ValueError
         # One write of the whole line: ranks printing the same error at once must not run into one line.

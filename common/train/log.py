@@ -4,7 +4,7 @@
 Other ranks get a logger whose methods do nothing, so callers never branch on rank.
 Only already-reduced numbers arrive here. On resume, events after the resumed step
 are dropped from both metrics.jsonl and TensorBoard (purge_step), so curves continue
-without overlap.
+without overlap, and so are the rows of how the run ended before (split "end": end()).
 """
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ from common.formats.writes import write_failure, writes_agreed
 from common.train.progress import PERF, line
 from common.train.report import count_parameters
 from common.train.trackers import check_installed, open_trackers
+
+
+END = "end"  # the split of the row that says how the run ended (Logger.end)
 
 
 def _hparams(config: dict) -> dict:
@@ -83,7 +86,8 @@ class Logger:
                             f"{type(e).__name__}: {e}") from None
 
     def _truncate_after(self, step: int) -> None:
-        keep = [r for r in read_metrics(self.out_dir) if isinstance(r.get("step"), int) and r["step"] <= step]
+        keep = [r for r in read_metrics(self.out_dir) if isinstance(r.get("step"), int) and r["step"] <= step
+                and r.get("split") != END]  # the run goes on: how it ended before is no longer its end
         tmp = self.jsonl.with_name(".metrics.jsonl.tmp")  # replaced whole: a full disk cannot cut the history
         tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
         tmp.replace(self.jsonl)
@@ -99,6 +103,15 @@ class Logger:
         with self._writes(f"log {split} metrics at step {step}"):
             self._write(split, step, epoch, values, metrics)
         return metrics
+
+    def end(self, step: int, epoch: int, status: str, reason: str) -> None:
+        """How the run ended, the last row fit() writes: status "finished", "stopped_early" or "preempted"
+        (a signal's exit), and why in one line. Only to metrics.jsonl. Collective, like log()."""
+        with self._writes(f"log the end of the run at step {step}"):
+            if self.enabled:
+                with open(self.jsonl, "a") as f:
+                    f.write(json.dumps({"split": END, "step": step, "epoch": epoch, "wall_time": time.time(),
+                                        "status": status, "reason": reason}) + "\n")
 
     def _write(self, split: str, step: int, epoch: int, values: dict, metrics: dict) -> None:
         if not self.enabled:

@@ -5,7 +5,9 @@ micro-batches from the loader, train_step on each (the engine skips the gradient
 all-reduce on all but the last), one engine end_step, one scheduler step, the EMA
 update when one is due. Metrics stay on the device and are reduced across ranks only
 on log steps. Logs, evaluations and checkpoints follow their Cadence; what a checkpoint
-holds and whether it is the best: common/train/saver.py.
+holds and whether it is the best: common/train/saver.py. Each evaluation may stop the run early
+(common/train/stopping.py). The run ends with a checkpoint and a row in metrics.jsonl saying how it
+ended (Logger.end): finished, stopped_early, or preempted (a signal).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from common.train.progress import Progress
 from common.train.preempt import PREEMPT_CHECK_STEPS, Preemption
 from common.train.resume import resume
 from common.train.saver import Saver
+from common.train.stopping import Watch
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,12 @@ class Cadence:
         return last or (step % self.every == 0 if self.every else epoch_end) or (self.at_epoch_end and epoch_end)
 
 
-def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str, float]:
+def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str, metrics: dict[str, str] | None = None) -> dict[str, float]:
+    """metrics: the recipe's Task.metrics ({"val/<name>": "max"|"min"}), which early stopping and the
+    plateau schedule read their metric's direction from."""
     started, t, train = time.perf_counter(), cfg.train, loaders.train
-    out, ckpt, total, done = start(cfg, state, rt, loaders, recipe)
+    watch = Watch(cfg, state, metrics or {}, total_steps(cfg, train))  # the metric checks: before any file
+    out, ckpt, total, done = start(cfg, state, rt, loaders, recipe, watch)
     if done is not None:
         return done
     log_at, eval_at, ckpt_at = Cadence(t.log_every_steps, at_epoch_end=True), Cadence(t.eval_every_steps), Cadence(t.ckpt_every_steps)
@@ -48,10 +54,10 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
     saver, profiler = Saver(cfg, state, rt, ckpt, guard, loaders, recipe), StepProfiler(t, out, rt, state.step)
     bar = logger.progress = Progress(t.progress and rt.is_main, total, state, train.plan.steps)  # last: close() restores stdout
     try:
-        while state.step < total:
+        while state.step < total and not watch.stopped:
             train.set_epoch(state.epoch, state.batch_in_epoch)
             batches = iter(train)
-            while state.step < total and (micro_batches := speed.wait(batches)) is not None:
+            while state.step < total and not watch.stopped and (micro_batches := speed.wait(batches)) is not None:
                 epoch_end, last = state.batch_in_epoch + 1 == train.plan.steps, state.step + 1 == total  # of this step
                 rt.want_grad_norm = log_at.due(state.step + 1, epoch_end, last)  # the norm only where it is logged
                 for i, batch in enumerate(micro_batches):
@@ -68,21 +74,28 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str) -> dict[str,
                 if eval_at.due(state.step, epoch_end, last):
                     with rt.whole(state.models.values()):
                         saver.evaluated(logger.log("val", state.step, state.epoch, evaluate(cfg, state, rt, bar.counted(loaders.eval))))
+                    watch.evaluated(saver.last_eval)  # may stop the run: this step's checkpoint holds the count
                 if ckpt_at.due(state.step, epoch_end, last):
                     saver.save()
                 if (rt.world_size == 1 or state.step % PREEMPT_CHECK_STEPS == 0) and preempt.agreed(rt):
                     saver.finish()
+                    logger.end(state.step, state.epoch, "preempted", preempt.reason)
                     preempt.exit(rt, state.step)
                 if epoch_end:
                     break
         preempt.finish()
         saver.finish()
+        stopped = state.early_stop["reason"] if watch.stopped else ""
+        logger.end(state.step, state.epoch, "stopped_early" if stopped else "finished",
+                   stopped or f"trained all {total} steps")
         logger.hparams(to_dict(cfg), saver.last_eval)
         logger.close()  # before the summary: a tracker's own footer (W&B's) must not come after it
         bar.close()  # and the bar is gone: the summary is the last thing on the terminal
         if rt.is_main:
-            rt.log(report.summary(cfg, ckpt, read_metrics(out), f"run {recipe} finished: step {state.step} of "
-                                  f"{total} in {time.perf_counter() - started:.1f} s"))
+            how = f"stopped early at step {state.step} of {total}: {stopped}," if stopped else \
+                f"finished: step {state.step} of {total}"
+            rt.log(report.summary(cfg, ckpt, read_metrics(out), f"run {recipe} {how} in "
+                                  f"{time.perf_counter() - started:.1f} s"))
         return saver.last_eval
     finally:
         preempt.restore()
@@ -109,9 +122,9 @@ def end_step(state, rt, epoch_end: bool) -> None:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
 
-def start(cfg, state, rt, loaders, recipe: str):
+def start(cfg, state, rt, loaders, recipe: str, watch: Watch):
     """Run directory, resume, the banner: (out_dir, checkpointer, total steps, None), or with the
-    final metrics in place of None when the resumed checkpoint is already the last step.
+    final metrics in place of None when the resumed checkpoint is already the last step, or stopped early.
     loaders.classes: the data's class names, which a resumed checkpoint must share."""
     train, classes = loaders.train, loaders.classes
     out = Path(cfg.out_dir)
@@ -119,11 +132,16 @@ def start(cfg, state, rt, loaders, recipe: str):
     rundir.prepare(cfg, rt, ckpt)  # locked, and not another run's: before anything is written
     total = total_steps(cfg, train)
     resume(cfg, state, rt, ckpt, recipe, total, classes)
-    if state.step and state.step >= total:  # resume=auto found the last step's checkpoint
+    if (count := watch.begin()) is not None:
+        rt.log(count)
+    if state.step and (state.step >= total or watch.stopped):  # resume=auto found the last step's checkpoint
         rows = read_metrics(out) if rt.is_main else []
         at = f"step {state.step} of {total}" if state.step == total else f"step {state.step}, past this config's {total} steps"
-        rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: {at}; "
-                                               "nothing to train (a new out_dir, or resume=none overwrite=true, starts over)"))
+        again = "a new out_dir, or resume=none overwrite=true, starts over"
+        if watch.stopped:  # whatever the settings now: its count decided it is done
+            at = f"stopped early at step {state.step}: {state.early_stop['reason']}"
+            again = f"a new out_dir with init_from={out} trains on from its weights; resume=none overwrite=true starts over"
+        rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: {at}; nothing to train ({again})"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
     rundir.record_config(out, cfg, state.step)  # only now: a refused resume leaves the old config.yaml as it was
     rt.log(report.banner(cfg, state, rt, recipe, total, loaders))

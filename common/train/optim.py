@@ -2,7 +2,9 @@
 
 sgd, adam and adamw are torch's; lamb, lars and lion are timm's (timm.optim), on the same two parameter
 groups. Every schedule but onecycle is lr_factor, a closed form of (step, total): a resume that changes
-the run's length or the schedule's keys puts the new schedule at the checkpoint's step.
+the run's length or the schedule's keys puts the new schedule at the checkpoint's step. plateau is the
+warm-up's closed form times a scale that falls at evaluations (Plateau): that scale is history, saved in
+the checkpoint and continued, never re-planned.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def lr_factor(o, step: int, total: int) -> float:
     """Multiplier of the peak LR at optimizer step `step` of `total` (every schedule but onecycle)."""
     if step < o.warmup_steps:
         return (step + 1) / (o.warmup_steps + 1)
-    if o.schedule == "constant":
+    if o.schedule in ("constant", "plateau"):  # plateau: Plateau's scale multiplies this
         return 1.0
     span, done = max(1, total - o.warmup_steps), step - o.warmup_steps
     progress = min(1.0, done / span)
@@ -76,7 +78,49 @@ def lr_factor(o, step: int, total: int) -> float:
     raise ValueError(f"unknown schedule {o.schedule}")
 
 
+def improved(value, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """A finite value better than `best` ("max" or "min" is better) by more than min_delta; any finite value
+    beats no best. What the plateau schedule and early stopping (common/train/stopping.py) count."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return best is None or (value > best + min_delta if mode == "max" else value < best - min_delta)
+
+
+class Plateau(LambdaLR):
+    """optim.schedule=plateau: LR = optim.lr x warm-up factor x scale. observe() takes each evaluation's
+    metric: after more than optim.plateau_patience evaluations in a row without a strictly better value,
+    scale *= optim.plateau_factor, floored at optim.min_lr_ratio (torch's ReduceLROnPlateau with threshold 0
+    and no cooldown, as a factor, so the warm-up and a changed optim.lr still apply). `progress` (scale,
+    best, evaluations without improvement, reductions) is in state_dict() and restored by load_progress()."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, o, total_steps: int):
+        self.factor, self.patience, self.floor = o.plateau_factor, o.plateau_patience, o.min_lr_ratio
+        self.progress = {"scale": 1.0, "best": None, "bad": 0, "reductions": 0}
+        super().__init__(optimizer, lambda step: lr_factor(o, step, total_steps) * self.progress["scale"])
+
+    def observe(self, value: float, mode: str) -> None:
+        """One evaluation's metric (the same on every rank); mode: "max" or "min" is better."""
+        p = self.progress
+        if improved(value, p["best"], mode):
+            p["best"], p["bad"] = value, 0
+            return
+        p["bad"] += 1
+        if p["bad"] > self.patience:
+            p["scale"], p["bad"], p["reductions"] = max(p["scale"] * self.factor, self.floor), 0, p["reductions"] + 1
+            # The LR of the next optimizer step, as step() would compute it at this position.
+            for group, base, fn in zip(self.optimizer.param_groups, self.base_lrs, self.lr_lambdas):
+                group["lr"] = base * fn(self.last_epoch)
+            self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def load_progress(self, saved: dict) -> None:
+        """A checkpoint's scheduler state: its plateau progress, if it was a plateau schedule."""
+        if "progress" in saved:
+            self.progress = dict(saved["progress"])
+
+
 def build_scheduler(o, optimizer: torch.optim.Optimizer, total_steps: int):
+    if o.schedule == "plateau":
+        return Plateau(optimizer, o, total_steps)
     if o.schedule == "onecycle":
         return OneCycleLR(optimizer, max_lr=o.lr, total_steps=max(1, total_steps),
                           pct_start=max(o.warmup_steps / max(1, total_steps), 0.01) if o.warmup_steps else 0.3)

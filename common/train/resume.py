@@ -11,7 +11,9 @@ Every other setting takes effect: the optimizer's hyperparameters are this run's
 param groups would silently keep the old LR, weight decay, momentum, betas), and the LR schedule is the
 one build_state made for this run's config and length, positioned at the checkpoint's step (the saved
 scheduler would keep the old peak LR and length). Unchanged settings give bitwise the same LR as an
-uninterrupted run: every schedule here is a closed form of the step. The log lists what changed.
+uninterrupted run: every schedule here is a closed form of the step, times, for optim.schedule=plateau,
+the saved scale its evaluations reached (history: kept, never re-planned for a new length). The log
+lists what changed.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from common.fields import NOT_COMPARED, OWN_FORMAT, Fixed, Role, roles
 from common.data.files import class_change
 from common.formats.checkpoint import load_file
 from common.train.checkpoint import Checkpointer
+from common.train.optim import Plateau
+
+LENGTH = ("train.max_steps", "train.epochs")
 
 
 def changes(saved: dict, now: dict, keys: dict[str, Role]) -> list[tuple[str, object, object]]:
@@ -103,10 +108,17 @@ def resume(cfg, state, rt, ckpt: Checkpointer, recipe: str, total: int,
         position(sched, state.step)
     rt.log(f"resumed from {path}: step {state.step}, epoch {state.epoch}, batch {state.batch_in_epoch} of the epoch")
     moved = [f"processes {sd['world_size']} -> {rt.world_size}"] if sd.get("world_size", rt.world_size) != rt.world_size else []
+    stopped = state.early_stop["stopped_step"] is not None
     if changed or moved:
-        done = f"not applied, the run is complete (step {state.step} of this config's {total})"
-        rt.log(f"changed since the checkpoint, {done if state.step >= total else 'in effect from now'}: "
+        done = (f"not applied, the run stopped early at step {state.step}" if stopped else
+                f"not applied, the run is complete (step {state.step} of this config's {total})")
+        rt.log(f"changed since the checkpoint, {done if state.step >= total or stopped else 'in effect from now'}: "
                + "; ".join([f"{k} {old!r} -> {new!r}" for k, old, new in changed] + moved))
+    plateau = next((s for s in state.scheds.values() if isinstance(s, Plateau)), None)
+    if plateau and not stopped and state.step < total and any(k in LENGTH for k, _, _ in changed):
+        p = plateau.progress
+        rt.log(f"optim.schedule=plateau is not re-planned for the new run length: the LR keeps the {p['reductions']} "
+               f"reduction(s) made so far (x{p['scale']:.6g} of optim.lr) and falls again only when its metric stalls")
     return path
 
 

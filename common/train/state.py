@@ -17,7 +17,7 @@ from common import dist
 from common.config import START_OVER, UserError, seed_bits
 from common.engines.base import full_tensor, unwrap
 from common.train.init import init_from
-from common.train.optim import build_optimizer, build_scheduler
+from common.train.optim import Plateau, build_optimizer, build_scheduler
 
 FORMAT_VERSION = 1
 
@@ -92,6 +92,12 @@ def ema_settings(cfg) -> dict:
     return dict(decay=t.ema_decay, every=t.ema_every_steps, warmup=t.ema_warmup, lr_warmup_steps=cfg.optim.warmup_steps)
 
 
+def no_early_stop() -> dict:
+    """The early-stopping count of a fresh run (common/train/stopping.py): the metric it counts, its best value,
+    evaluations since it improved, and the step the run stopped at (None: it did not) and why."""
+    return {"metric": None, "best": None, "bad": 0, "stopped_step": None, "reason": ""}
+
+
 @dataclass
 class TrainState:
     models: dict[str, nn.Module]
@@ -102,6 +108,7 @@ class TrainState:
     epoch: int = 0  # current epoch
     batch_in_epoch: int = 0  # global batches of the current epoch already consumed
     best: float | None = None  # best value of cfg.ckpt.best_metric so far
+    early_stop: dict = field(default_factory=no_early_stop)  # the early-stopping count (no_early_stop)
 
     def update_ema(self, step: int) -> None:
         """The EMA updates due after optimizer step `step` (counted from 1)."""
@@ -124,6 +131,7 @@ class TrainState:
             "config": config,
             "world_size": dist.world_size(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "best": self.best,
+            "early_stop": dict(self.early_stop),
             "models": {k: unwrap(m).state_dict() for k, m in self.models.items() if k not in owned},
             "optims": {k: o.state_dict() for k, o in self.optims.items() if k not in owned},
             "engine_owned": sorted(owned),
@@ -170,11 +178,16 @@ class TrainState:
                     raise StateMismatch(f"checkpoint optimizer state for '{k}' does not fit this optimizer ({e}); "
                                         "use the checkpoint's model and optimizer config, or start a new out_dir "
                                         "with init_from= its weights") from None
-        # Schedulers are not loaded: common/train/resume.py positions this run's schedule at the step.
+        # Schedulers are not loaded: common/train/resume.py positions this run's schedule at the step. A plateau
+        # schedule's reductions so far are history, not a function of the step: they are loaded.
+        for k, sched in self.scheds.items():
+            if isinstance(sched, Plateau) and k in sd.get("scheds", {}):
+                sched.load_progress(sd["scheds"][k])
         for k, e in self.ema.items():
             if k in sd["ema"]:
                 e.load_state_dict(sd["ema"][k])
         self.step, self.epoch, self.batch_in_epoch, self.best = sd["step"], sd["epoch"], sd["batch_in_epoch"], sd["best"]
+        self.early_stop = {**no_early_stop(), **sd.get("early_stop", {})}
         warnings = []
         if len(sd["rng"]) == dist.world_size():
             rng = sd["rng"][dist.rank()]

@@ -10,7 +10,7 @@ import torch
 
 from support.inprocess import run_inprocess
 from support.runs import ROOT, FAULTY, free_port, recipe_command, run_recipe
-from support.outputs import final_weights, last_checkpoint_step
+from support.outputs import final_weights, last_checkpoint_step, metrics
 
 from common.train.preempt import PREEMPT_CHECK_STEPS
 
@@ -80,8 +80,11 @@ def test_preemption_signal_checkpoints_exits_75_and_resumes_identical(sig, refer
     assert proc.returncode == EXIT_PREEMPTED, log[-3000:]
     # one process acts at the boundary of the step that got the signal
     assert last_checkpoint_step(out) == 15 and "preempted: checkpoint at step 15" in log, log[-3000:]
+    ends = lambda: [(r["status"], r["step"], r["reason"]) for r in metrics(out) if r["split"] == "end"]  # noqa: E731
+    assert ends() == [("preempted", 15, "preempted")]  # the last row says how the run ended
     run_inprocess("mnist_cnn", f"out_dir={out}", *LONG)
     assert same(final_weights(reference_1proc), final_weights(out))
+    assert [status for status, _, _ in ends()] == ["finished"]  # the resumed run's end replaces it
 
 
 def test_signal_to_one_rank_stops_all_ranks_together(reference_2proc, tmp_path):

@@ -33,10 +33,11 @@ def test_an_in_process_run_is_the_process_run_and_restores_the_process(tmp_path)
     run_recipe("mnist_cnn", f"out_dir={tmp_path / 'proc'}", *STEPS)
     a, b = final_weights(tmp_path / "in"), final_weights(tmp_path / "proc")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    losses = [[m["loss"] for m in metrics(tmp_path / d)] for d in ("in", "proc")]
+    losses = [[m["loss"] for m in metrics(tmp_path / d) if m["split"] != "end"] for d in ("in", "proc")]
     assert len(losses[0]) == 5 and losses[0] == losses[1]  # 4 train rows and 1 val row, equal to the last bit
+    assert [m["status"] for m in metrics(tmp_path / "in") if m["split"] == "end"] == ["finished"]  # the last row
     assert inproc.returncode == 0 and "run mnist_cnn: fresh" in inproc.stdout and "finished: step 4 of 4" in inproc.stdout
-    assert inproc.result["acc1"] == metrics(tmp_path / "in")[-1]["acc1"]  # the final metrics run() returned
+    assert inproc.result["acc1"] == metrics(tmp_path / "in")[-2]["acc1"]  # the final metrics run() returned
 
 
 def test_a_user_error_is_exit_2_with_its_line_on_stderr(tmp_path):

@@ -131,3 +131,25 @@ def test_schedules_resume_with_another_length_at_the_checkpoints_step():
         sched = build_scheduler(cfg, opt, 80)
         position(sched, 37)
         assert opt.param_groups[0]["lr"] == pytest.approx(lrs(cfg, 80)[37], rel=1e-12)
+
+
+def test_plateau_scales_the_warmed_up_lr_when_the_metric_stalls_and_only_then():
+    cfg = OptimConfig(lr=1.0, schedule="plateau", warmup_steps=4, plateau_factor=0.5, plateau_patience=1,
+                      min_lr_ratio=0.2)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = build_scheduler(cfg, opt, 100)
+    seen = []
+    for metric in (0.5, 0.4, 0.4, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6):  # "min": 0.5 then 0.4 improve, the rest do not
+        opt.step()
+        sched.step()
+        sched.observe(metric, "min")
+        seen.append(opt.param_groups[0]["lr"])
+    # Warm-up (steps 1-3 of 4) times the scale; the second evaluation in a row without improvement halves it,
+    # at once (the next step's LR), down to min_lr_ratio.
+    assert seen == [2 / 5, 3 / 5, 4 / 5, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2]
+    assert sched.progress == {"scale": 0.2, "best": 0.4, "bad": 1, "reductions": 3}
+    again = build_scheduler(cfg, torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr), 100)
+    again.load_progress(sched.state_dict())  # what a checkpoint holds
+    assert again.progress == sched.progress
+    sched.observe(float("nan"), "min")  # never an improvement: the second in a row, at the floor already
+    assert sched.progress == {"scale": 0.2, "best": 0.4, "bad": 0, "reductions": 4}
