@@ -39,11 +39,14 @@ def launches(sweep_dir: Path, number: int) -> int:
 
 
 def pruned_itself(run: Path, log: str, max_steps: int) -> None:
-    """The run stopped at its pruned evaluation, before its last step, and said so."""
+    """The run stopped at its pruned evaluation, before its last step, and said so: in its summary, or, relaunched
+    because the sweep was killed before it recorded PRUNED, in the line saying it is already complete."""
     end = metrics(run)[-1]
     assert end["split"] == "end" and end["status"] == "pruned" and end["step"] < max_steps, end
     assert end["reason"].startswith(f"pruned by the sweep's pruner at step {end['step']} (val/acc1 "), end
-    assert f"stopped at step {end['step']} of {max_steps}, {end['reason']}," in log, log
+    said = re.findall(rf"run mnist_mlp (?:stopped at step {end['step']} of {max_steps}, |is already complete: stopped at "
+                      rf"step {end['step']}: ){re.escape(end['reason'])}", log)
+    assert said, log
 
 
 def checkpointed(sweep_dir: Path, row: dict) -> bool:
