@@ -23,7 +23,7 @@ from common.train.log import read_metrics
 from common.train.report import final_metrics
 from common.userfiles import torch_load
 
-END_STATUS = {"finished": "finished", "stopped_early": "stopped early", "preempted": "preempted"}
+END_STATUS = {"finished": "finished", "stopped_early": "stopped early", "pruned": "pruned", "preempted": "preempted"}
 TRIAL_STATUS = {"PRUNED": "pruned", "RUNNING": "running", "FAIL": "failed", "WAITING": "waiting"}
 TIMED = ("train", "val", "end")  # rows a run writes while it trains (--evaluate's `eval` rows come later)
 IGNORED = {"out_dir"}  # differs between any two runs and says nothing about them

@@ -1,8 +1,9 @@
 """Where a trial's run goes: a process on this machine (Local) or an sbatch job (Slurm).
 
-start(number, args) launches `recipe args` (args end with out_dir=SWEEP/trials/N) with its output
-appended to SWEEP/logs/N.log and returns a handle: poll() -> None while it runs, else its exit code;
-stop() asks it to checkpoint and exit (SIGTERM: the run exits 75); kill() ends it at once.
+start(number, args, env) launches `recipe args` (args end with out_dir=SWEEP/trials/N) with `env` added to
+this process's environment (sbatch passes it on: SLURM's default --export=ALL) and its output appended to
+SWEEP/logs/N.log, and returns a handle: poll() -> None while it runs, else its exit code; stop() asks it
+to checkpoint and exit (SIGTERM: the run exits 75); kill() ends it at once.
 A local trial is its own process group and gets SIGTERM when the sweep process dies (Linux), so a
 killed sweep leaves no run training on alone; a SLURM job outlives the sweep and is found again.
 """
@@ -68,17 +69,18 @@ class Local:
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
              str(recipe)]
 
-    def start(self, sweep_dir: Path, number: int, args: list[str], job: str | None = None) -> LocalTrial:
+    def start(self, sweep_dir: Path, number: int, args: list[str], env: dict[str, str],
+              job: str | None = None) -> LocalTrial:
         cmd = self.prefix + args
         with open(_log(sweep_dir, number, cmd), "ab") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+                                    env={**os.environ, **env}, start_new_session=True, preexec_fn=_die_with_parent)
         return LocalTrial(proc)
 
 
-def _slurm(*cmd: str) -> subprocess.CompletedProcess:
+def _slurm(*cmd: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env and {**os.environ, **env})
     except subprocess.TimeoutExpired as e:  # a busy controller: the caller asks again at its next poll
         return subprocess.CompletedProcess(cmd, 124, "", f"timed out after {e.timeout} s")
     except FileNotFoundError:
@@ -130,14 +132,15 @@ class Slurm:
         if not any(o.startswith(("--gpus-per-node", "--gres")) for o in self.options):
             self.options = [f"--gpus-per-node={nproc_per_node}", *self.options]  # the template's processes per node
 
-    def start(self, sweep_dir: Path, number: int, args: list[str], job: str | None = None) -> SlurmTrial:
+    def start(self, sweep_dir: Path, number: int, args: list[str], env: dict[str, str],
+              job: str | None = None) -> SlurmTrial:
         if job and SlurmTrial(job).poll() is None:
             return SlurmTrial(job)  # submitted by an earlier sweep process, still queued or running
         log = (sweep_dir / "logs" / f"{number}.log").resolve()
         cmd = ["sbatch", "--parsable", f"--output={log}", f"--job-name=sweep-{number}", *self.options,
                str(self.template), str(self.recipe), *args]
         _log(sweep_dir, number, cmd)
-        out = _slurm(*cmd)
+        out = _slurm(*cmd, env=env)  # the job's environment: sbatch's default --export=ALL
         if out.returncode != 0:
             raise UserError(f"sbatch refused trial {number}: {out.stderr.strip()}")
         return SlurmTrial(out.stdout.strip().split(";")[0])

@@ -17,14 +17,18 @@ from optuna.trial import TrialState
 
 from common.config import UserError
 from common.sweep.spec import Param, Spec
+from common.train import trial as sweep_trial
 
 STUDY = "sweep"  # the one study in a sweep's database
-PRUNER_CLASSES = {"median": optuna.pruners.MedianPruner, "asha": optuna.pruners.SuccessiveHalvingPruner,
-                  "hyperband": optuna.pruners.HyperbandPruner}
 
 
 def run_dir(number: int) -> str:
     return f"trials/{number}"
+
+
+def url(sweep_dir: Path) -> str:
+    """The study's storage URL, absolute: the trials' runs open it too (common/train/trial.py)."""
+    return f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
 
 
 def _build(cls, options: dict, what: str, **fixed):
@@ -57,12 +61,12 @@ def sampler(spec: Spec, number: int):
 
 
 def pruner(spec: Spec):
-    options = {k: v for k, v in spec.pruner.items() if k != "name"}
-    if spec.pruner["name"] == "none":
-        if options:
-            raise UserError(f"sweep spec: pruner none takes no options, got {', '.join(options)}")
-        return optuna.pruners.NopPruner()
-    return _build(PRUNER_CLASSES[spec.pruner["name"]], options, f"pruner {spec.pruner['name']}")
+    """The spec's pruner, built here to check its options; each trial's run builds its own to decide
+    (common/train/trial.py)."""
+    options, name = {k: v for k, v in spec.pruner.items() if k != "name"}, spec.pruner["name"]
+    if name == "none" and options:
+        raise UserError(f"sweep spec: pruner none takes no options, got {', '.join(options)}")
+    return _build(getattr(optuna.pruners, sweep_trial.PRUNERS[name]), options, f"pruner {name}")
 
 
 def check(spec: Spec) -> None:
@@ -72,8 +76,7 @@ def check(spec: Spec) -> None:
 
 def open_study(spec: Spec, sweep_dir: Path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own lines
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(sweep_dir / 'study.db').resolve()}")
-    study = optuna.create_study(storage=storage, study_name=STUDY, direction=spec.direction,
+    study = optuna.create_study(storage=sweep_trial.storage(url(sweep_dir)), study_name=STUDY, direction=spec.direction,
                                 sampler=sampler(spec, 0), pruner=pruner(spec), load_if_exists=True)
     if study.direction.name.lower() != spec.direction:
         raise UserError(f"{sweep_dir}/study.db {study.direction.name.lower()}s; the spec says {spec.direction}")

@@ -105,8 +105,9 @@ class Logger:
         return metrics
 
     def end(self, step: int, epoch: int, status: str, reason: str) -> None:
-        """How the run ended, the last row fit() writes: status "finished", "stopped_early" or "preempted"
-        (a signal's exit), and why in one line. Only to metrics.jsonl. Collective, like log()."""
+        """How the run ended, the last row fit() writes: status "finished", "stopped_early", "pruned" (by a
+        sweep's pruner) or "preempted" (a signal's exit), and why in one line. Only to metrics.jsonl.
+        Collective, like log()."""
         with self._writes(f"log the end of the run at step {step}"):
             if self.enabled:
                 with open(self.jsonl, "a") as f:

@@ -6,8 +6,8 @@ all-reduce on all but the last), one engine end_step, one scheduler step, the EM
 update when one is due. Metrics stay on the device and are reduced across ranks only
 on log steps. Logs, evaluations and checkpoints follow their Cadence; what a checkpoint
 holds and whether it is the best: common/train/saver.py. Each evaluation may stop the run early
-(common/train/stopping.py). The run ends with a checkpoint and a row in metrics.jsonl saying how it
-ended (Logger.end): finished, stopped_early, or preempted (a signal).
+(common/train/stopping.py), or a sweep's pruner. The run ends with a checkpoint and a row in metrics.jsonl
+saying how it ended (Logger.end): finished, stopped_early, pruned, or preempted (a signal).
 """
 from __future__ import annotations
 
@@ -85,15 +85,16 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str, metrics: dic
                     break
         preempt.finish()
         saver.finish()
-        stopped = state.early_stop["reason"] if watch.stopped else ""
-        logger.end(state.step, state.epoch, "stopped_early" if stopped else "finished",
+        stopped, pruned = state.early_stop["reason"] if watch.stopped else "", state.early_stop["pruned"]
+        logger.end(state.step, state.epoch, "pruned" if pruned else "stopped_early" if stopped else "finished",
                    stopped or f"trained all {total} steps")
         logger.hparams(to_dict(cfg), saver.last_eval)
         logger.close()  # before the summary: a tracker's own footer (W&B's) must not come after it
         bar.close()  # and the bar is gone: the summary is the last thing on the terminal
         if rt.is_main:
-            how = f"stopped early at step {state.step} of {total}: {stopped}," if stopped else \
-                f"finished: step {state.step} of {total}"
+            how = f"finished: step {state.step} of {total}" if not stopped else \
+                f"stopped at step {state.step} of {total}, {stopped}," if pruned else \
+                f"stopped early at step {state.step} of {total}: {stopped},"
             rt.log(report.summary(cfg, ckpt, read_metrics(out), f"run {recipe} {how} in "
                                   f"{time.perf_counter() - started:.1f} s"))
         return saver.last_eval
@@ -138,8 +139,9 @@ def start(cfg, state, rt, loaders, recipe: str, watch: Watch):
         rows = read_metrics(out) if rt.is_main else []
         at = f"step {state.step} of {total}" if state.step == total else f"step {state.step}, past this config's {total} steps"
         again = "a new out_dir, or resume=none overwrite=true, starts over"
-        if watch.stopped:  # whatever the settings now: its count decided it is done
-            at = f"stopped early at step {state.step}: {state.early_stop['reason']}"
+        if watch.stopped:  # whatever the settings now: its count (or a sweep's pruner) decided it is done
+            at = f"{'stopped' if state.early_stop['pruned'] else 'stopped early'} at step {state.step}: " \
+                 f"{state.early_stop['reason']}"
             again = f"a new out_dir with init_from={out} trains on from its weights; resume=none overwrite=true starts over"
         rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: {at}; nothing to train ({again})"))
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))

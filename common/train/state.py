@@ -94,8 +94,9 @@ def ema_settings(cfg) -> dict:
 
 def no_early_stop() -> dict:
     """The early-stopping count of a fresh run (common/train/stopping.py): the metric it counts, its best value,
-    evaluations since it improved, and the step the run stopped at (None: it did not) and why."""
-    return {"metric": None, "best": None, "bad": 0, "stopped_step": None, "reason": ""}
+    evaluations since it improved, and the step the run stopped at (None: it did not), why, and whether a
+    sweep's pruner stopped it (common/train/trial.py) rather than the count."""
+    return {"metric": None, "best": None, "bad": 0, "stopped_step": None, "reason": "", "pruned": False}
 
 
 @dataclass

@@ -7,11 +7,14 @@ Task.metrics ({"val/<name>": "max"|"min"}): one it does not declare is a ConfigE
 Watch.evaluated() takes an evaluation's reduced metrics; rank 0's values are broadcast (one small
 collective per evaluation), so every rank steps the plateau schedules alike and stops at the same step.
 The patience count (TrainState.early_stop) is saved in every checkpoint and continues on resume.
+In a sweep's trial (common/train/trial.py), rank 0 also reports the trial's metric and asks the pruner;
+its decision travels in the same broadcast, and a pruned run stops like an early stop (pruned: True).
 """
 from __future__ import annotations
 
 from common import dist
 from common.config import ConfigError, UserError
+from common.train import trial as sweep_trial
 from common.train.optim import Plateau, improved
 
 OFF = ("", "none", "null")
@@ -51,6 +54,9 @@ class Watch:
 
     def __init__(self, cfg, state, metrics: dict[str, str], total: int):
         self.stop_on, self.plateau_on = watched(cfg, metrics)
+        self.trial = sweep_trial.from_env()
+        if self.trial:
+            direction(sweep_trial.ENV, self.trial.metric, metrics)
         self.state, self.total = state, total
         self.patience, self.min_delta = cfg.train.early_stop_patience, cfg.train.early_stop_min_delta
 
@@ -76,31 +82,57 @@ class Watch:
 
     def evaluated(self, metrics: dict) -> None:
         """The evaluation of the current step (every rank calls it): plateau schedules observe their metric,
-        and the early-stop count advances; at `patience` evaluations without improvement the run is
-        stopped (before its last step: at the last one it has finished anyway)."""
-        names = sorted({w[0] for w in (self.stop_on, self.plateau_on) if w})
+        the early-stop count advances, and in a sweep's trial rank 0 asks the pruner. At `patience` evaluations
+        without improvement, or when the pruner says so, the run is stopped (before its last step: at the
+        last one it has finished anyway)."""
+        followed = [w[0] for w in (self.stop_on, self.plateau_on) if w] + ([self.trial.metric] if self.trial else [])
+        names = sorted(set(followed))
         if not names:
             return
         step = self.state.step
-        values, logged = dist.broadcast_object(({n: metrics.get(n.partition("/")[2]) for n in names}, sorted(metrics)))
+        values = {n: metrics.get(n.partition("/")[2]) for n in names}
+        prune, failed = self._ask_pruner(step, values)
+        values, logged, prune, failed = dist.broadcast_object((values, sorted(metrics), prune, failed))
+        if failed:  # on every rank: rank 0 alone raising would leave the others waiting
+            raise UserError(failed)
         for name, value in values.items():
-            if not isinstance(value, (int, float)):
-                raise UserError(f"{name} (train.early_stop_metric or ckpt.best_metric for optim.schedule=plateau) is not "
-                                f"in the evaluation at step {step}, which logged {', '.join(logged) or 'nothing'} (a GAN "
-                                "logs val/fd only with a judge: eval.classifier); set the metric, or turn it off")
+            if not _number(value):
+                raise UserError(f"{name} (train.early_stop_metric, ckpt.best_metric for optim.schedule=plateau, or the "
+                                f"sweep's metric) is not in the evaluation at step {step}, which logged "
+                                f"{', '.join(logged) or 'nothing'} (a GAN logs val/fd only with a judge: "
+                                "eval.classifier); set the metric, or turn it off")
         if self.plateau_on:
             for sched in self.state.scheds.values():
                 if isinstance(sched, Plateau):
                     sched.observe(float(values[self.plateau_on[0]]), self.plateau_on[1])
+        c = self.state.early_stop
+        if prune:
+            c.update(stopped_step=step, pruned=True, reason=f"pruned by the sweep's pruner at step {step} "
+                     f"({self.trial.metric} {values[self.trial.metric]:.6g})")
         if not self.stop_on:
             return
-        (name, mode), c = self.stop_on, self.state.early_stop
+        name, mode = self.stop_on
         if improved(values[name], c["best"], mode, self.min_delta):
             c["best"], c["bad"] = float(values[name]), 0
         else:
             c["bad"] += 1
-        if c["bad"] >= self.patience and step < self.total:
+        if c["bad"] >= self.patience and step < self.total and not prune:
             best = "none" if c["best"] is None else f"{c['best']:.6g}"
             c["stopped_step"] = step
             c["reason"] = (f"{name} did not improve by more than {self.min_delta:g} for {c['bad']} evaluations "
                            f"(train.early_stop_patience={self.patience}; best {best})")
+
+    def _ask_pruner(self, step: int, values: dict) -> tuple[bool, str]:
+        """Rank 0 in a sweep's trial: (prune?, why the study could not be asked, or "")."""
+        if self.trial is None or dist.rank() != 0 or not _number(values[self.trial.metric]):
+            return False, ""
+        try:
+            return self.trial.report(step, values[self.trial.metric]) and step < self.total, ""
+        except UserError as e:
+            return False, str(e)
+        except Exception as e:  # noqa: BLE001 -- the database's failure, named, on every rank
+            return False, f"{sweep_trial.ENV}: the sweep's study {self.trial.url} failed: {type(e).__name__}: {e}"
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float))

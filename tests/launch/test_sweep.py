@@ -1,6 +1,8 @@
 """python -m common.sweep for real: the spec of docs/sweeps.md as written, its sweep SIGKILLed (with its running
 trials) once two trials are complete and one has a checkpoint, then re-run to the end; and a sweep whose trials
-are sbatch jobs on the real single-node SLURM cluster (tests/launch/conftest.py)."""
+are sbatch jobs on the real single-node SLURM cluster (tests/launch/conftest.py). In both, trial 2 prunes itself:
+its run reports to the study and stops where the pruner says (common/train/trial.py), so the outcome does not
+depend on when the sweep looks."""
 import json
 import os
 import re
@@ -34,6 +36,17 @@ def trials(sweep_dir: Path) -> list[dict]:
 
 def launches(sweep_dir: Path, number: int) -> int:
     return (sweep_dir / "logs" / f"{number}.log").read_text().count(f"dtrain sweep: trial {number}: ")
+
+
+def pruned_itself(run: Path, log: str, max_steps: int) -> None:
+    """The run stopped at its pruned evaluation, before its last step, and said so: in its summary, or, relaunched
+    because the sweep was killed before it recorded PRUNED, in the line saying it is already complete."""
+    end = metrics(run)[-1]
+    assert end["split"] == "end" and end["status"] == "pruned" and end["step"] < max_steps, end
+    assert end["reason"].startswith(f"pruned by the sweep's pruner at step {end['step']} (val/acc1 "), end
+    said = re.findall(rf"run mnist_mlp (?:stopped at step {end['step']} of {max_steps}, |is already complete: stopped at "
+                      rf"step {end['step']}: ){re.escape(end['reason'])}", log)
+    assert said, log
 
 
 def checkpointed(sweep_dir: Path, row: dict) -> bool:
@@ -84,8 +97,11 @@ def test_the_documented_sweep_prunes_survives_sigkill_and_resumes_to_the_end(tmp
     assert [r["number"] for r in after] == list(range(6))
     assert {r["state"] for r in after} <= {"COMPLETE", "PRUNED"}, after
     spec = yaml.safe_load(SPEC)
-    # Trial 2 draws optim.lr 3.3e-05 (the spec's seed): far below the two before it, and pruned at its first report.
+    # Trial 2 draws optim.lr 3.3e-05 (the spec's seed): far below the two before it, and pruned at its first report
+    # (trial 0 is complete by then: trial 2 takes its slot).
     assert after[2]["params"]["optim.lr"] < 1e-4 and after[2]["state"] == "PRUNED", after
+    pruned_itself(sweep_dir / "trials" / "2", (sweep_dir / "logs" / "2.log").read_text(),
+                  spec["overrides"]["train.max_steps"])
     for n, r in finished.items():  # complete and pruned trials are neither rerun nor changed
         assert after[n] == r and launches(sweep_dir, n) == 1
     for n in interrupted:  # the same trial, run dir and params, continued from its checkpoint
@@ -109,13 +125,11 @@ def test_the_documented_sweep_prunes_survives_sigkill_and_resumes_to_the_end(tmp
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
-def test_a_sweep_of_sbatch_jobs_prunes_with_scancel(tmp_path):
+def test_a_sweep_of_sbatch_jobs_prunes_inside_the_jobs(tmp_path):
     """Three trials of the documented spec as sbatch jobs of slurm/single_node.sbatch, two in the queue at once:
-    trial 2 (the tiny learning rate) is pruned through `scancel --signal=TERM` and checkpoints first."""
+    trial 2 (the tiny learning rate) is submitted once trial 0 or 1 is complete, and its job, which got the trial
+    through sbatch's environment, prunes itself at its first evaluation and exits 0."""
     spec = yaml.safe_load(SPEC)
-    # Longer trials than the page's: the pruned one must still be training when `scancel` comes (the sweep looks
-    # at a job every 2 s), so that it checkpoints on the signal instead of finishing first.
-    spec["overrides"]["train.max_steps"] = 240
     spec.update(n_trials=3, slurm={"options": ["--nodes=1", "--cpus-per-task=1", "--time=10"]})
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
     sweep_dir = tmp_path / "sweep"
@@ -128,4 +142,5 @@ def test_a_sweep_of_sbatch_jobs_prunes_with_scancel(tmp_path):
     for r in rows:
         log = (sweep_dir / "logs" / f"{r['number']}.log").read_text()
         assert "dtrain: job " in log and f"out_dir={sweep_dir}/trials/{r['number']}" in log, log  # a job of the template
-    assert "preempted: checkpoint at step " in (sweep_dir / "logs" / "2.log").read_text()
+    pruned_itself(sweep_dir / "trials" / "2", (sweep_dir / "logs" / "2.log").read_text(),
+                  spec["overrides"]["train.max_steps"])

@@ -30,7 +30,7 @@ params:
   optim.lr: {low: 1.0e-3, high: 0.5, log: true}
   optim.name: {choices: [sgd, adamw]}
 """
-END = {"finished": "finished", "stopped_early": "stopped early", "preempted": "preempted"}
+END = {"finished": "finished", "stopped_early": "stopped early", "pruned": "pruned", "preempted": "preempted"}
 
 
 @pytest.fixture(scope="module")
