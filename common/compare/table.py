@@ -30,9 +30,7 @@ def _number(v) -> str:
 
 
 def _duration(s: float) -> str:
-    """Seconds as `12.3 s` under a minute, else H:MM:SS."""
-    if s < 60:
-        return f"{s:.1f} s"
+    """Seconds as H:MM:SS (one format down the column, so runs read side by side)."""
     m, sec = divmod(round(s), 60)
     return f"{m // 60}:{m % 60:02d}:{sec:02d}"
 

@@ -6,6 +6,7 @@ depend on when the sweep looks."""
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -144,3 +145,35 @@ def test_a_sweep_of_sbatch_jobs_prunes_inside_the_jobs(tmp_path):
         assert "dtrain: job " in log and f"out_dir={sweep_dir}/trials/{r['number']}" in log, log  # a job of the template
     pruned_itself(sweep_dir / "trials" / "2", (sweep_dir / "logs" / "2.log").read_text(),
                   spec["overrides"]["train.max_steps"])
+
+
+README_RUNS = re.search(r"\n## Many runs\n.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+
+
+def test_the_readme_sweep_spec_is_valid(monkeypatch):
+    """The spec the README's sweep command names loads and its sampler and pruner build (the sweep itself: heavy)."""
+    from common.sweep import spec as specs, study
+    path = shlex.split(README_RUNS.splitlines()[0], comments=True)[3]
+    monkeypatch.chdir(ROOT)  # its config path is relative to the working directory, as the README runs it
+    spec = specs.load(path)
+    study.check(spec)
+    assert spec.metric == "val/acc1" and spec.n_trials == 8 and spec.pruner["name"] == "median"
+    assert f"python -m common.sweep {path} --local 2 --dir runs/sweep_mnist_cnn" in spec.path.read_text()
+
+
+@pytest.mark.heavy
+def test_the_readme_sweep_and_comparison_run_as_written(tmp_path):
+    """The README's Many runs commands, in order, from a fresh directory: 8 real Fashion-MNIST trials, then the
+    comparison whose sweep.png the README shows."""
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    for line in README_RUNS.splitlines():
+        args = shlex.split(line, comments=True)
+        assert args[:2] == ["python", "-m"], line
+        proc = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, env={**ENV, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, timeout=LIMIT_S)
+        assert proc.returncode == 0, f"{line}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    rows = trials(tmp_path / "runs" / "sweep_mnist_cnn")
+    assert len(rows) == 8 and {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}, rows
+    assert max(r["value"] for r in rows if r["state"] == "COMPLETE") > 80  # real Fashion-MNIST, 400 steps
+    png = tmp_path / "docs" / "sweep_mnist_cnn" / "sweep.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
