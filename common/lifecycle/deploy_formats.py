@@ -19,6 +19,7 @@ import torch
 from common.config import UserError
 from common.formats.writes import write_failure
 from common.lifecycle import deployed
+from common.lifecycle.inputs import replacing
 from common.userfiles import first_line
 
 # fp32 against fp32: the programs run the same ops with other kernels and summation orders (ONNX Runtime
@@ -125,12 +126,7 @@ def compare(forward, model, inputs: dict, path: Path) -> dict:
 def _place(tmp: Path, path: Path, meta: dict) -> None:
     """The sidecar, then the program, each written to a temporary name and renamed."""
     side, side_tmp = deployed.sidecar(path), deployed.sidecar(tmp)
-    try:
+    with replacing(path, side_tmp):
         side_tmp.write_text(json.dumps(meta, indent=1) + "\n")
         tmp.replace(path)
         side_tmp.replace(side)
-    except OSError as e:
-        raise UserError(f"could not write {path}: {e}; nothing was replaced. Free space or fix permissions there, "
-                        "or choose another file with --to FILE") from None
-    finally:
-        side_tmp.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ order: path, class_1, prob_1, ..., class_K, prob_K, error (empty, or why the fil
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from pathlib import Path
@@ -65,16 +66,24 @@ def header(k: int) -> list[str]:
 def write_csv(path: Path, k: int, rows: list[list]) -> None:
     """The CSV, written beside and renamed into place (a reader never sees half a file)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path, tmp):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(header(k))
             writer.writerows(rows)
         tmp.replace(path)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, *temporaries: Path):
+    """Around writing `temporaries` and renaming them into place: a failed write is a UserError naming `path`
+    (what was there stays), and the temporaries are removed either way."""
+    try:
+        yield
     except OSError as e:
-        raise UserError(f"could not write {path} ({e.strerror or e}); free space or fix permissions there, or "
-                        "choose another file with --to FILE") from None
+        raise UserError(f"could not write {path} ({e.strerror or e}); nothing was replaced. Free space or fix "
+                        "permissions there, or choose another file with --to FILE") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for t in temporaries:
+            t.unlink(missing_ok=True)

@@ -1,7 +1,6 @@
 """--export --to model.pt2 / model.onnx: checked against eager before success, the sidecar JSON, loading.
 
-The default run: an ONNX export of mnist_mlp trained on real Fashion-MNIST, loaded the way docs/usage.md
-(and the README, where it shows it) does, with only onnxruntime, numpy and the sidecar (the snippet run as
+The default run: an ONNX export of mnist_mlp trained on real Fashion-MNIST, loaded the way docs/usage.md does, with only onnxruntime, numpy and the sidecar (the snippet run as
 written), giving eager PyTorch's classes on real test images; a program that differs from eager (a model that draws noise in
 its forward: the exported program draws its own) refused with nothing written; ONNX without its
 packages. The DDP run's exports to both formats are in test_after_training.py, ZeRO and FSDP checkpoints
@@ -30,10 +29,10 @@ from support.runs import ROOT, load_recipe
 
 
 def onnx_snippets() -> dict[str, str]:
-    """{page: its python block that loads model.onnx in onnxruntime}: docs/usage.md's, and the README's
-    where it shows one (each runs as written)."""
+    """{page: its python block that loads model.onnx in onnxruntime with numpy alone}: docs/usage.md's (runs as
+    written; the README's JPEG-to-class block is run by test_readme_after_training.py)."""
     found = {}
-    for page in ("docs/usage.md", "README.md"):
+    for page in ("docs/usage.md",):
         blocks = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
         found.update({page: b for b in blocks if "import onnxruntime" in b})
     return found
