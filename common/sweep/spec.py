@@ -20,10 +20,11 @@ import yaml
 from common.cli import parse_cli
 from common.config import ConfigError, UserError, schema
 from common.entry import Task
+from common.train import trial as sweep_trial
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # recipes/<name>.py is found here when not under the working dir
 SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("none", "median", "asha", "hyperband")  # asha: Optuna's SuccessiveHalvingPruner
+PRUNERS = tuple(sweep_trial.PRUNERS)  # the names each trial's run builds its pruner from
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 ENTRIES = {"recipe", "config", "overrides", "metric", "direction", "n_trials", "sampler", "pruner", "params",
            "nproc_per_node", "slurm"}
