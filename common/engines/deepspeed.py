@@ -41,6 +41,16 @@ def _cast_inputs(dtype):
     return hook
 
 
+def _release_shm_names() -> None:
+    """DeepSpeed's CPU backend maps a 67 MB /dev/shm buffer per rank (when LOCAL_SIZE is the world size)
+    and never unlinks it, so every run left RAM behind. Once every rank has mapped every buffer (the
+    barrier), each rank unlinks its own name; the mappings live until the processes exit, even on SIGKILL."""
+    name = Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_"
+                               f"{os.environ.get('MASTER_PORT')}_{torch.distributed.get_rank()}")
+    torch.distributed.barrier()
+    name.unlink(missing_ok=True)
+
+
 def _leaf_params(loss: torch.Tensor):
     """The parameters (autograd leaves that need a gradient) that `loss` depends on."""
     seen, todo = set(), [loss.grad_fn]
@@ -115,6 +125,8 @@ class DeepSpeedEngine(Engine):
             engine, *_ = self._deepspeed.initialize(model=unwrap(models[model_name]), optimizer=opt,
                                                     config=json.loads(json.dumps(self.ds_config)),
                                                     dist_init_required=False)
+            if self.device.type == "cpu" and not self.engines:
+                _release_shm_names()
             if engine.bfloat16_enabled() or engine.fp16_enabled():
                 # DeepSpeed keeps bf16/fp16 weights and turns autocast off inside its forward, so the
                 # fp32 batches our loaders yield are cast at the module's door (as fp16.auto_cast does).
