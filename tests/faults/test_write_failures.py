@@ -38,7 +38,7 @@ def stop_on_every_rank(cmd: list[str], env: dict, nproc: int) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("nproc", [1, 2])
+@pytest.mark.parametrize("nproc", [pytest.param(1, marks=pytest.mark.heavy), 2])
 def test_disk_full_stops_every_rank_with_exit_2_naming_the_intact_checkpoint(tmpfs, nproc):
     fs = tmpfs("40m")
     out = fs.path / "run"

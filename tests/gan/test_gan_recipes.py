@@ -97,8 +97,8 @@ def run_ranks(recipe: str, out: Path, *overrides: str) -> list[dict]:
     return [json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.heavy) if r == "cgan_mnist" else r
-                                    for r in RECIPES])  # cgan_mnist: gan_mnist's loop with labels
+@pytest.mark.parametrize("recipe", [r if r == "pix2pix" else pytest.param(r, marks=pytest.mark.heavy)
+                                    for r in RECIPES])  # gan_mnist: test_two_ranks_train_like_one_process_with_the_global_batch
 def test_ddp_ranks_end_identical(recipe, judge_dir, tmp_path):
     out, extra = tmp_path / "run", []
     if recipe == "pix2pix":  # AB folders from disk, decoded by a spawned worker per rank

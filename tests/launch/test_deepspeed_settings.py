@@ -24,7 +24,7 @@ def run(tmp_path_factory):
     return root / "run", config
 
 
-@pytest.mark.parametrize("stage", [3, 1])
+@pytest.mark.parametrize("stage", [pytest.param(3, marks=pytest.mark.heavy), 1])  # the check is stage-blind
 def test_another_zero_stage_in_the_same_json_is_refused_on_every_rank(run, tmp_path, stage):
     out, config = run
     original = config.read_text()

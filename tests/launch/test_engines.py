@@ -14,6 +14,7 @@ curves agree bitwise). Real mistakes are orders of magnitude larger: loss not di
 grad_accum (x2), gradients summed instead of averaged across ranks (x2), a scheduler stepped
 twice, or ranks training on the same shard all move the curve by >1e-2 within a few steps.
 """
+import json
 import math
 import shutil
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.formats.export import read_export
+from support.inprocess import run_inprocess
 from support.outputs import final_weights, metrics
 from support.launchutil import deepspeed_weights, launch, max_abs_diff, state, train_losses
 
@@ -99,6 +102,23 @@ def test_deepspeed_resumes_from_its_checkpoint_exactly(runs, tmp_path):
     # DeepSpeed's CPU all-reduce buffers (67 MB a rank, named after the port) are gone with the run.
     port = proc.args[proc.args.index("--master_port") + 1]
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+
+
+def test_deepspeed_run_exports_and_evaluates_on_one_process(runs, tmp_path):
+    """Both ranks' ZeRO-2 partitions are gathered on one process (after every DeepSpeed file passed the weights_only
+    check): the export equals what DeepSpeed's own zero_to_fp32 rebuilds, and --evaluate gives training's figures."""
+    out, exported = tmp_path / "ds", tmp_path / "w.safetensors"
+    shutil.copytree(runs["deepspeed"], out)
+    run_inprocess("mnist_mlp", "--export", str(out), "--to", str(exported), config=None)
+    best = json.loads((out / "checkpoints" / "best.json").read_text())["step"]  # what a run directory means
+    weights, meta = read_export(exported)
+    gathered = deepspeed_weights(out, best)
+    assert weights.keys() == gathered.keys() and all(torch.equal(weights[k], gathered[k]) for k in weights)
+    assert meta["weights"] == "raw" and meta["step"] == best  # no EMA in this run: the trained weights
+    assert "raw weights" in run_inprocess("mnist_mlp", "--evaluate", str(out), config=None).stdout
+    val = next(m for m in metrics(out) if m["split"] == "val" and m["step"] == best)
+    ev = [m for m in metrics(out) if m["split"] == "eval"][-1]
+    assert ev["step"] == best and ev["acc1"] == val["acc1"] and abs(ev["loss"] - val["loss"]) <= 1e-6 * val["loss"]
 
 
 def test_deepspeed_checkpoint_refuses_another_world_size(runs, tmp_path):

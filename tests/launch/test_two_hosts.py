@@ -137,6 +137,7 @@ def test_torchrun_multinode_sh_without_gpus_and_nvidia_smi(reference):
     assert sd["world_size"] == 2 and len(sd["rng"]) == 2
 
 
+@pytest.mark.heavy  # the script on two hosts: the reference run above
 def test_torchrun_multinode_sh_with_gpus_set(two_hosts, tmp_path):
     out = tmp_path / "run"
     argv = ["bash", str(ROOT / "launch/torchrun_multinode.sh"), *recipe_args("mnist_mlp", out)]
@@ -242,7 +243,7 @@ def _opts(gpus: int, ntasks: int = 1) -> tuple[str, ...]:
 TWO_NODE_TEMPLATES = [  # template, processes per node, sbatch options, engine
     pytest.param("multi_node.sbatch", 1, _opts(1), "ddp", marks=pytest.mark.heavy),  # 2 per node covers it
     ("multi_node.sbatch", 2, _opts(2), "ddp"),
-    ("srun_per_gpu.sbatch", 1, _opts(1), "ddp"),
+    pytest.param("srun_per_gpu.sbatch", 1, _opts(1), "ddp", marks=pytest.mark.heavy),  # single node: test_slurm.py
     ("accelerate_multi_node.sbatch", 1, _opts(1), "accelerate"),
     ("deepspeed_multi_node.sbatch", 1, _opts(1), "deepspeed"),
 ]

@@ -4,7 +4,7 @@ The default run: an ONNX export of mnist_mlp trained on real Fashion-MNIST, load
 written), giving eager PyTorch's classes on real test images; a program that differs from eager (a model that draws noise in
 its forward: the exported program draws its own) refused with nothing written; ONNX without its
 packages. The DDP run's exports to both formats are in test_after_training.py, ZeRO and FSDP checkpoints
-in tests/launch/test_export_deepspeed.py and tests/dist/test_fsdp.py, the cGAN in tests/gan. Under
+in tests/launch/test_engines.py (ZeRO-2; ZeRO-3 in test_export_deepspeed.py) and tests/dist/test_fsdp.py, the cGAN in tests/gan. Under
 `-m heavy`: every recipe's debug run to both formats.
 """
 import ast

@@ -46,7 +46,8 @@ def test_a_vit_trained_at_one_crop_is_evaluated_at_another(tree, tmp_path):
     assert [m["step"] for m in metrics(tmp_path / "run") if m["split"] == "val"] == [2]
 
 
-@pytest.mark.parametrize("name, blocks", [("vit_tiny_patch16_224", 12), ("convnext_atto", 16)])
+@pytest.mark.parametrize("name, blocks", [pytest.param("vit_tiny_patch16_224", 12, marks=pytest.mark.heavy),
+                                          ("convnext_atto", 16)])
 def test_fsdp_on_two_processes_shards_each_block(tree, tmp_path, name, blocks):
     out = tmp_path / "run"
     p = run_recipe("imagenet", f"data.root={tree}", f"out_dir={out}", *SMALL, f"model.name=timm:{name}",
