@@ -41,16 +41,6 @@ def _cast_inputs(dtype):
     return hook
 
 
-def _release_shm_names() -> None:
-    """DeepSpeed's CPU backend maps a 67 MB /dev/shm buffer per rank (when LOCAL_SIZE is the world size)
-    and never unlinks it, so every run left RAM behind. Once every rank has mapped every buffer (the
-    barrier), each rank unlinks its own name; the mappings live until the processes exit, even on SIGKILL."""
-    name = Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR')}_"
-                               f"{os.environ.get('MASTER_PORT')}_{torch.distributed.get_rank()}")
-    torch.distributed.barrier()
-    name.unlink(missing_ok=True)
-
-
 def _leaf_params(loss: torch.Tensor):
     """The parameters (autograd leaves that need a gradient) that `loss` depends on."""
     seen, todo = set(), [loss.grad_fn]
@@ -91,6 +81,13 @@ class DeepSpeedEngine(Engine):
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
+        if get_accelerator().device_name() == "cpu":
+            # DeepSpeed's CPU backend JIT-compiles a C++ shared-memory all-reduce at its first use on a machine
+            # (minutes, a C++ compiler, a lock that a process killed meanwhile leaves for every later run to wait
+            # on forever) and maps a 67 MB /dev/shm buffer per rank that it never unlinks. Only DeepSpeed's
+            # inference (module_inject) calls that all-reduce; training talks through torch.distributed (gloo).
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         if get_accelerator().device_name() != self.device.type:
             raise UserError(f"DeepSpeed runs on '{get_accelerator().device_name()}' but dtrain picked {self.device}; "
@@ -125,8 +122,6 @@ class DeepSpeedEngine(Engine):
             engine, *_ = self._deepspeed.initialize(model=unwrap(models[model_name]), optimizer=opt,
                                                     config=json.loads(json.dumps(self.ds_config)),
                                                     dist_init_required=False)
-            if self.device.type == "cpu" and not self.engines:
-                _release_shm_names()
             if engine.bfloat16_enabled() or engine.fp16_enabled():
                 # DeepSpeed keeps bf16/fp16 weights and turns autocast off inside its forward, so the
                 # fp32 batches our loaders yield are cast at the module's door (as fp16.auto_cast does).

@@ -99,7 +99,8 @@ def test_deepspeed_resumes_from_its_checkpoint_exactly(runs, tmp_path):
     assert f"resumed from {out}/checkpoints/step_00000008: step 8" in proc.stdout
     assert train_losses(out) == train_losses(runs["deepspeed"])  # steps 9..16 replayed identically
     assert max_abs_diff(deepspeed_weights(out, STEPS), deepspeed_weights(runs["deepspeed"], STEPS)) == 0.0
-    # DeepSpeed's CPU all-reduce buffers (67 MB a rank, named after the port) are gone with the run.
+    # DeepSpeed's CPU shared-memory all-reduce (a JIT-built op mapping 67 MB a rank, named after the port, never
+    # unlinked) is off: the run leaves nothing in /dev/shm.
     port = proc.args[proc.args.index("--master_port") + 1]
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
