@@ -31,6 +31,16 @@ def _hparams(config: dict) -> dict:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
 
 
+def write_end(out_dir: Path, is_main: bool, step: int, epoch: int, status: str, reason: str) -> None:
+    """The end row (Logger.end) appended to out_dir/metrics.jsonl by rank 0. Collective: rank 0's write
+    failure stops every rank."""
+    with writes_agreed(f"log the end of the run at step {step} in {out_dir}", out_dir, Path(out_dir) / "checkpoints"):
+        if is_main:
+            with open(Path(out_dir) / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"split": END, "step": step, "epoch": epoch, "wall_time": time.time(),
+                                    "status": status, "reason": reason}) + "\n")
+
+
 def read_metrics(out_dir: Path) -> list[dict]:
     """The records of out_dir/metrics.jsonl; a line cut by a crash mid-write is skipped."""
     f = Path(out_dir) / "metrics.jsonl"
@@ -108,11 +118,7 @@ class Logger:
         """How the run ended, the last row fit() writes: status "finished", "stopped_early", "pruned" (by a
         sweep's pruner) or "preempted" (a signal's exit), and why in one line. Only to metrics.jsonl.
         Collective, like log()."""
-        with self._writes(f"log the end of the run at step {step}"):
-            if self.enabled:
-                with open(self.jsonl, "a") as f:
-                    f.write(json.dumps({"split": END, "step": step, "epoch": epoch, "wall_time": time.time(),
-                                        "status": status, "reason": reason}) + "\n")
+        write_end(self.out_dir, self.enabled, step, epoch, status, reason)
 
     def _write(self, split: str, step: int, epoch: int, values: dict, metrics: dict) -> None:
         if not self.enabled:

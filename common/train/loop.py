@@ -19,7 +19,7 @@ from common import dist
 from common.config import to_dict
 from common.train import report, rundir
 from common.train.checkpoint import Checkpointer
-from common.train.log import Logger, read_metrics
+from common.train.log import END, Logger, read_metrics, write_end
 from common.train.meter import Meter, NonFiniteGuard, Throughput, grad_norms, learning_rates, peak_memory
 from common.train.profile import StepProfiler
 from common.train.progress import Progress
@@ -85,16 +85,15 @@ def fit(cfg, state, rt, loaders, train_step, evaluate, recipe: str, metrics: dic
                     break
         preempt.finish()
         saver.finish()
-        stopped, pruned = state.early_stop["reason"] if watch.stopped else "", state.early_stop["pruned"]
-        logger.end(state.step, state.epoch, "pruned" if pruned else "stopped_early" if stopped else "finished",
-                   stopped or f"trained all {total} steps")
+        status, reason = ending(state, watch)
+        logger.end(state.step, state.epoch, status, reason)
         logger.hparams(to_dict(cfg), saver.last_eval)
         logger.close()  # before the summary: a tracker's own footer (W&B's) must not come after it
         bar.close()  # and the bar is gone: the summary is the last thing on the terminal
         if rt.is_main:
-            how = f"finished: step {state.step} of {total}" if not stopped else \
-                f"stopped at step {state.step} of {total}, {stopped}," if pruned else \
-                f"stopped early at step {state.step} of {total}: {stopped},"
+            how = f"finished: step {state.step} of {total}" if status == "finished" else \
+                f"stopped at step {state.step} of {total}, {reason}," if status == "pruned" else \
+                f"stopped early at step {state.step} of {total}: {reason},"
             rt.log(report.summary(cfg, ckpt, read_metrics(out), f"run {recipe} {how} in "
                                   f"{time.perf_counter() - started:.1f} s"))
         return saver.last_eval
@@ -144,10 +143,20 @@ def start(cfg, state, rt, loaders, recipe: str, watch: Watch):
                  f"{state.early_stop['reason']}"
             again = f"a new out_dir with init_from={out} trains on from its weights; resume=none overwrite=true starts over"
         rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: {at}; nothing to train ({again})"))
+        status, reason = ending(state, watch)
+        if dist.broadcast_object(not rows or (rows[-1]["split"], rows[-1].get("status")) != (END, status)):
+            write_end(out, rt.is_main, state.step, state.epoch, status, reason)  # its process died before it could
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
     rundir.record_config(out, cfg, state.step)  # only now: a refused resume leaves the old config.yaml as it was
     rt.log(report.banner(cfg, state, rt, recipe, total, loaders))
     return out, ckpt, total, None
+
+
+def ending(state, watch: Watch) -> tuple[str, str]:
+    """How a run that got to state.step ended, as its end row says it: (status, reason)."""
+    if watch.stopped:
+        return "pruned" if state.early_stop["pruned"] else "stopped_early", state.early_stop["reason"]
+    return "finished", f"trained all {state.step} steps"
 
 
 def total_steps(cfg, train_loader) -> int:

@@ -50,6 +50,24 @@ def test_a_run_that_stops_improving_stops_early_with_a_checkpoint_and_a_rerun_sa
     assert (tmp_path / "metrics.jsonl").read_bytes() == before  # nothing trained, nothing logged
 
 
+def test_a_rerun_writes_the_end_row_its_killed_run_did_not(tmp_path):
+    """Killed after its stop checkpoint, before its end row: the re-run finds the run complete and writes the row
+    (a sweep reads how its trial ended from it: stopped, pruned or finished)."""
+    import subprocess
+    from support.runs import ROOT, recipe_command
+    cmd, env = recipe_command("mnist_mlp", f"out_dir={tmp_path}", *FROZEN, *STOP, fault="kill_at_end")
+    killed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert killed.returncode == -9 and not ends(tmp_path), killed.stdout + killed.stderr
+    assert metrics(tmp_path)[-1] == {**metrics(tmp_path)[-1], "split": "val", "step": 12}
+    again = run_inprocess("mnist_mlp", f"out_dir={tmp_path}", *FROZEN, *STOP)
+    assert "run mnist_mlp is already complete: stopped early at step 12: " in again.stdout, again.stdout
+    (end,) = ends(tmp_path)
+    assert end["step"] == 12 and end["status"] == "stopped_early" and end["reason"].startswith("val/acc1 did not "), end
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    run_inprocess("mnist_mlp", f"out_dir={tmp_path}", *FROZEN, *STOP)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before  # written once
+
+
 def test_a_metric_the_recipe_does_not_log_is_refused_before_anything_starts(tmp_path):
     proc = run_inprocess("mnist_mlp", f"out_dir={tmp_path}", "train.early_stop_metric=val/fd", check=False)
     assert proc.returncode == 2

@@ -16,6 +16,8 @@ Faults (N = optimizer step being computed, 1-based):
                       ranks print "faulty: rank r entering rendezvous" and go into it, where they wait for rank R
     hold=data         every rank prints "faulty: rank r holding in build_data" and waits there (300 s): start-up
                       phases a test can kill the launcher in, certain that no worker has passed them
+    kill_at_end       the run SIGKILLs itself where it would write its end row (metrics.jsonl's last row), its
+                      last checkpoint written: what a machine lost between the two leaves
     pause=N           every rank prints "faulty: rank R paused at step N" and waits there until it gets
                       SIGUSR1, SIGTERM or SIGINT (at most 300 s): a test can signal a run certain not to have finished
 kill, the signals and pause fire only in a run that started from scratch, not in its resumed or restarted
@@ -123,6 +125,9 @@ def main():
         task = hold(phase, int(rank) if rank else None, task)
     if kind == "kill_in_write":
         kill_inside_write(*map(int, arg.split("@")))
+    if kind == "kill_at_end":
+        from common.train.log import Logger
+        Logger.end = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
     run(task, task.script, argv)
 
 
