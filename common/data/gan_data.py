@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -89,15 +89,16 @@ def gan_data(cfg, rt, size: int | None = None, eval_limit: int = 0) -> Loaders:
 
 
 def paired_data(cfg, rt, size: int, eval_limit: int = 0) -> Loaders:
-    """(A, B) pairs stacked as channels [A | B]: AB folders, or edges -> image from an in-memory dataset."""
+    """(A, B) pairs stacked as channels [A | B]: AB folders, or edges -> image from an in-memory dataset.
+    Pairs have no classes (num_classes 0), whatever labels the files or the dataset carry."""
     if cfg.data.name == "folder":
-        return folder_data(cfg, rt, size, pairs=True, eval_limit=eval_limit)
+        return replace(folder_data(cfg, rt, size, pairs=True, eval_limit=eval_limit), num_classes=0)
     splits = []
     for split in ("train", "test"):
         x, y = load_split(cfg.data, split)
         x = fit_size(x, size)
         splits.append((torch.cat([edges(x), x], dim=1), y))
-    return _memory_loaders(cfg, rt, *splits, eval_limit)
+    return replace(_memory_loaders(cfg, rt, *splits, eval_limit), num_classes=0)
 
 
 def head(loader, n: int) -> torch.Tensor:

@@ -37,8 +37,10 @@ def data_text(cfg, loaders) -> str:
     counts = f"{loaders.train.plan.n:,} train"
     if getattr(loaders.eval, "total", None) is not None:
         counts += f", {loaders.eval.total:,} eval"
-    shape = "x".join(str(v) for v in loaders.shape)
-    return f"{data.name} {source}".strip() + f": {counts} images {shape}, {loaders.num_classes} classes"
+    c, *size = loaders.shape
+    what = f"images {'x'.join(map(str, loaders.shape))}, {loaders.num_classes} classes" if loaders.num_classes else \
+        f"(A, B) pairs of {'x'.join(map(str, (c // 2, *size)))}"  # pairs: no classes, A and B stacked as channels
+    return f"{data.name} {source}".strip() + f": {counts} {what}"
 
 
 def banner(cfg, state, rt, recipe: str, total: int, loaders) -> str:
