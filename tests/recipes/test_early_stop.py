@@ -1,13 +1,13 @@
 """Early stopping and optim.schedule=plateau: a stop at a known evaluation (optim.lr=1e-30: the weights
 cannot move in float32, so the metric never improves), the count continued on resume, a stopped run
-complete on re-run, both ranks of a torchrun stopping at the same step, the plateau LR falling by its
+complete on re-run (and its end row written by the re-run of a run killed before it), both ranks of a torchrun stopping at the same step, the plateau LR falling by its
 factor after its patience, and a plateau run resumed bitwise."""
-import pytest
+import subprocess
 
 from common.formats.checkpoint import load_file
 from support.inprocess import run_inprocess
 from support.outputs import final_weights, metrics, resume_dir_from
-from support.runs import run_recipe
+from support.runs import ROOT, recipe_command, run_recipe
 
 FROZEN = ("optim.lr=1e-30", "train.max_steps=64", "train.eval_every_steps=4", "train.log_every_steps=4",
           "train.ckpt_every_steps=4", "ckpt.keep_last=1", "data.synthetic_train=256", "data.synthetic_test=64")
@@ -53,8 +53,6 @@ def test_a_run_that_stops_improving_stops_early_with_a_checkpoint_and_a_rerun_sa
 def test_a_rerun_writes_the_end_row_its_killed_run_did_not(tmp_path):
     """Killed after its stop checkpoint, before its end row: the re-run finds the run complete and writes the row
     (a sweep reads how its trial ended from it: stopped, pruned or finished)."""
-    import subprocess
-    from support.runs import ROOT, recipe_command
     cmd, env = recipe_command("mnist_mlp", f"out_dir={tmp_path}", *FROZEN, *STOP, fault="kill_at_end")
     killed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert killed.returncode == -9 and not ends(tmp_path), killed.stdout + killed.stderr

@@ -10,7 +10,6 @@ in tests/launch/test_engines.py (ZeRO-2; ZeRO-3 in test_export_deepspeed.py) and
 import ast
 import re
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

@@ -27,7 +27,7 @@ def test_vit_with_drop_path_recomputed_in_backward_changes_no_number(tree, tmp_p
     """Stochastic depth draws a mask per sample in each block; activation checkpointing replays the RNG, so the
     recomputed forward drops the same paths and the weights are bitwise those of a run that keeps activations."""
     args = (f"data.root={tree}", *SMALL, "model.name=timm:vit_tiny_patch16_224", "model.drop_path=0.5")
-    plain = run_inprocess("imagenet", *args, f"out_dir={tmp_path / 'plain'}")
+    run_inprocess("imagenet", *args, f"out_dir={tmp_path / 'plain'}")
     ac = run_inprocess("imagenet", *args, f"out_dir={tmp_path / 'ac'}", "train.activation_checkpointing=true")
     assert "activation checkpointing: 12 blocks of VisionTransformer" in ac.stdout
     a, b = final_weights(tmp_path / "plain"), final_weights(tmp_path / "ac")
