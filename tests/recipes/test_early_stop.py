@@ -1,7 +1,8 @@
 """Early stopping and optim.schedule=plateau: a stop at a known evaluation (optim.lr=1e-30: the weights
 cannot move in float32, so the metric never improves), the count continued on resume, a stopped run
-complete on re-run (and its end row written by the re-run of a run killed before it), both ranks of a torchrun stopping at the same step, the plateau LR falling by its
-factor after its patience, and a plateau run resumed bitwise."""
+complete on re-run (and its end row written by the re-run of a run killed before it), both ranks of a
+torchrun stopping at the same step, the plateau LR falling by its factor after its patience, and a
+plateau run resumed bitwise."""
 import subprocess
 
 from common.formats.checkpoint import load_file
