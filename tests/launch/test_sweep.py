@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from support.inprocess import run_inprocess
@@ -145,6 +146,31 @@ def test_a_sweep_of_sbatch_jobs_prunes_inside_the_jobs(tmp_path):
         assert "dtrain: job " in log and f"out_dir={sweep_dir}/trials/{r['number']}" in log, log  # a job of the template
     pruned_itself(sweep_dir / "trials" / "2", (sweep_dir / "logs" / "2.log").read_text(),
                   spec["overrides"]["train.max_steps"])
+
+
+@pytest.mark.heavy
+def test_two_process_trials_prune_on_both_ranks_under_asha(tmp_path):
+    """nproc_per_node: 2 (each trial a torchrun of 2 processes) with the asha pruner, one trial at a time so the
+    rungs fill in trial order: trial 2 (the tiny learning rate) is below the best at the first rung (step 8) and
+    both its ranks stop there, exit 0, with the pruned end row."""
+    spec = yaml.safe_load(SPEC)
+    spec.update(n_trials=3, nproc_per_node=2, pruner={"name": "asha", "min_resource": 8, "reduction_factor": 3})
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "common.sweep", str(tmp_path / "sweep.yaml"), "--local", "1",
+                           "--dir", str(sweep_dir)], capture_output=True, text=True, cwd=ROOT, timeout=LIMIT_S, env=ENV)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = trials(sweep_dir)
+    assert [r["state"] for r in rows][2] == "PRUNED" and {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}, rows
+    for r in rows:
+        log = (sweep_dir / "logs" / f"{r['number']}.log").read_text()
+        assert "torch.distributed.run --standalone --nproc_per_node=2 " in log, log[:2000]
+        run = sweep_dir / r["run_dir"]
+        last = max((run / "checkpoints").glob("step_*"))
+        assert torch.load(last / "state.pt", map_location="cpu", weights_only=True)["world_size"] == 2
+    pruned_itself(sweep_dir / "trials" / "2", (sweep_dir / "logs" / "2.log").read_text(),
+                  spec["overrides"]["train.max_steps"])
+    assert metrics(sweep_dir / "trials" / "2")[-1]["step"] == 8
 
 
 README_RUNS = re.search(r"\n## Many runs\n.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
