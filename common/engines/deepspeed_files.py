@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
+import os
 from pathlib import Path
 
 import torch
@@ -86,12 +88,14 @@ def read_full_weights(ckpt_dir) -> dict[str, dict[str, torch.Tensor]]:
     the ZeRO-1/2/3 partitions of every rank gathered by DeepSpeed's zero_to_fp32, after each of its files
     passed the weights_only check (refuse_code; zero_to_fp32 itself unpickles with full power). Collective
     when a process group is up: call it on every rank."""
+    if not torch.cuda.is_available():  # else DeepSpeed's import warns that it picked the CPU "if you have a GPU"
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # lazily: seconds to import
 
     ckpt_dir = Path(ckpt_dir)
     out = dict(load_file(ckpt_dir)["models"])  # models DeepSpeed did not own, if any
     for where in sorted(p for p in (ckpt_dir / "deepspeed").iterdir() if p.is_dir()):
         refuse_code(sorted(f for f in (where / TAG).rglob("*") if f.is_file()), safe_types())
-        with contextlib.redirect_stdout(None):  # it prints a line per tensor group
+        with contextlib.redirect_stdout(None), contextlib.redirect_stderr(io.StringIO()):  # a line per group, a bar
             out[where.name] = get_fp32_state_dict_from_zero_checkpoint(str(where), tag=TAG)
     return out
