@@ -83,9 +83,9 @@ class DeepSpeedEngine(Engine):
 
         if get_accelerator().device_name() == "cpu":
             # DeepSpeed's CPU backend JIT-compiles a C++ shared-memory all-reduce at its first use on a machine
-            # (minutes, a C++ compiler, a lock that a process killed meanwhile leaves for every later run to wait
-            # on forever) and maps a 67 MB /dev/shm buffer per rank that it never unlinks. Only DeepSpeed's
-            # inference (module_inject) calls that all-reduce; training talks through torch.distributed (gloo).
+            # (a C++ compiler, half a minute to minutes while other runs wait on its lock) and maps a 67 MB
+            # /dev/shm buffer per rank that it never unlinks. Only DeepSpeed's inference (module_inject) calls
+            # that all-reduce; training talks through torch.distributed (gloo).
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

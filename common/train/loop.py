@@ -135,15 +135,13 @@ def start(cfg, state, rt, loaders, recipe: str, watch: Watch):
     if (count := watch.begin()) is not None:
         rt.log(count)
     if state.step and (state.step >= total or watch.stopped):  # resume=auto found the last step's checkpoint
-        rows = read_metrics(out) if rt.is_main else []
+        rows, (status, reason) = read_metrics(out) if rt.is_main else [], ending(state, watch)
         at = f"step {state.step} of {total}" if state.step == total else f"step {state.step}, past this config's {total} steps"
         again = "a new out_dir, or resume=none overwrite=true, starts over"
         if watch.stopped:  # whatever the settings now: its count (or a sweep's pruner) decided it is done
-            at = f"{'stopped' if state.early_stop['pruned'] else 'stopped early'} at step {state.step}: " \
-                 f"{state.early_stop['reason']}"
+            at = f"{'stopped' if status == 'pruned' else 'stopped early'} at step {state.step}: {reason}"
             again = f"a new out_dir with init_from={out} trains on from its weights; resume=none overwrite=true starts over"
         rt.log(report.summary(cfg, ckpt, rows, f"run {recipe} is already complete: {at}; nothing to train ({again})"))
-        status, reason = ending(state, watch)
         if dist.broadcast_object(not rows or (rows[-1]["split"], rows[-1].get("status")) != (END, status)):
             write_end(out, rt.is_main, state.step, state.epoch, status, reason)  # its process died before it could
         return out, ckpt, total, dist.broadcast_object(report.final_metrics(rows))
